@@ -1,0 +1,295 @@
+"""NATS connections pooled per (event loop, settings), the streams and buckets naq needs, one publish path.
+
+A connection belongs to the loop it was made on and is only ever handed out on that
+loop. Helpers never close pooled connections; `close_all()` does, for the calling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from naq_ipy import settings as names
+from naq_ipy.errors import NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
+from naq_ipy.settings import ConnectionSettings
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_STALL_S = 5.0
+
+_BUCKETS: dict[str, dict[str, Any]] = {
+    names.SCHEDULED_JOBS_KV_NAME: {"history": 1, "description": "naq scheduled jobs"},
+    names.JOB_STATUS_KV_NAME: {"history": 1, "description": "naq job status"},
+    names.RESULTS_KV_NAME: {"history": 1, "description": "naq job results"},
+    names.WORKERS_KV_NAME: {"history": 1, "description": "naq worker heartbeats"},
+}
+
+
+@dataclass
+class Connection:
+    """One pooled NATS connection with its JetStream context and the buckets opened on it."""
+
+    settings: ConnectionSettings
+    nc: Client
+    js: JetStreamContext
+    _kvs: dict[str, KeyValue] = field(default_factory=dict)
+    _streams: set[str] = field(default_factory=set)
+
+    @property
+    def max_payload(self) -> int:
+        """The server's max message size in bytes."""
+        return self.nc.max_payload
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """The KV bucket `bucket`, created with naq's settings if it does not exist yet."""
+        if bucket not in self._kvs:
+            async with nats_errors(self.settings):
+                self._kvs[bucket] = await _open_or_create_kv(self.js, bucket, self.settings.replicas)
+        return self._kvs[bucket]
+
+    async def ensure_stream(self, name: str = names.JOB_STREAM_NAME) -> None:
+        """Create the jobs (or failed-jobs) stream if missing; an existing one is left as it is."""
+        if name in self._streams:
+            return
+        async with nats_errors(self.settings):
+            try:
+                await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                await _add_stream(self.js, name, self.settings.replicas)
+        self._streams.add(name)
+
+    async def recreate_stream_for(self, subject: str) -> bool:
+        """After 'no stream' for `subject`: forget cached facts and recreate naq's stream or bucket."""
+        self._streams.clear()
+        if subject.startswith("$KV."):
+            bucket = subject.split(".")[1]
+            self._kvs.pop(bucket, None)
+            await self.kv(bucket)
+            return True
+        for name, prefix in ((names.JOB_STREAM_NAME, names.QUEUE_SUBJECT_PREFIX),
+                             (names.FAILED_STREAM_NAME, names.FAILED_SUBJECT_PREFIX)):
+            if subject.startswith(prefix + "."):
+                await self.ensure_stream(name)
+                return True
+        return False
+
+
+def _stream_config(name: str, replicas: int) -> api.StreamConfig:
+    if name == names.JOB_STREAM_NAME:
+        return api.StreamConfig(
+            name=name,
+            subjects=[f"{names.QUEUE_SUBJECT_PREFIX}.*"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=names.DUPLICATE_WINDOW_S,
+            num_replicas=replicas,
+        )
+    if name == names.FAILED_STREAM_NAME:
+        return api.StreamConfig(
+            name=name,
+            subjects=[f"{names.FAILED_SUBJECT_PREFIX}.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+        )
+    raise NaqException(f"unknown naq stream {name!r}")
+
+
+async def _add_stream(js: JetStreamContext, name: str, replicas: int) -> None:
+    try:
+        await js.add_stream(_stream_config(name, replicas))
+    except nats.js.errors.BadRequestError:
+        await js.stream_info(name)  # created concurrently by someone else: fine if it exists now
+
+
+async def _open_or_create_kv(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(bucket=bucket, replicas=replicas, **_BUCKETS.get(bucket, {}))
+    except nats.js.errors.BadRequestError:
+        return await js.key_value(bucket)  # lost a creation race; use the winner's bucket as it is
+
+
+def _tls_context(settings: ConnectionSettings) -> ssl.SSLContext | None:
+    if not (settings.tls_ca_file or settings.tls_cert_file):
+        return None
+    context = ssl.create_default_context(cafile=settings.tls_ca_file)
+    if settings.tls_cert_file:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+async def _log_nats_error(error: Exception) -> None:
+    # reconnect attempts fail every 250 ms while a server is down: keep those at debug level
+    quiet = isinstance(error, OSError | nats.errors.UnexpectedEOF | nats.errors.StaleConnectionError)
+    logger.log(logging.DEBUG if quiet else logging.WARNING, "nats: %s",
+               type(error).__name__ if "@" in str(error) else error)
+
+
+def _connection_callbacks(settings: ConnectionSettings) -> dict[str, Any]:
+    async def disconnected() -> None:
+        logger.warning("lost connection to NATS at %s; reconnecting", settings.safe_url)
+
+    async def reconnected() -> None:
+        logger.warning("reconnected to NATS at %s", settings.safe_url)
+
+    return {"error_cb": _log_nats_error, "disconnected_cb": disconnected, "reconnected_cb": reconnected}
+
+
+async def connect(settings: ConnectionSettings, *, name: str = "naq_ipy", retry_s: float = 0.0) -> Connection:
+    """Open a new, unpooled connection; raises NaqConnectionError naming the (redacted) URL.
+
+    `retry_s` keeps retrying the first connection that long (for clients that may start
+    before their server); reconnects after a first success are always automatic.
+    """
+    options: dict[str, Any] = {
+        "servers": settings.servers,
+        "name": name,
+        "connect_timeout": max(1, int(settings.connect_timeout_s)),
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.25,
+        "tls": _tls_context(settings),
+        "user": settings.user,
+        "password": settings.password,
+        "token": settings.token,
+        "user_credentials": settings.credentials_file,
+    }
+    options = {k: v for k, v in options.items() if v is not None} | _connection_callbacks(settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(retry_s, 0.0)
+    while True:
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(**options), settings.connect_timeout_s * len(settings.servers) + 1.0
+            )
+            break
+        except (TimeoutError, OSError, nats.errors.Error) as e:
+            if loop.time() < deadline:
+                await asyncio.sleep(0.25)
+                continue
+            reason = "authorization failed" if isinstance(e, nats.errors.AuthorizationError) else "not reachable"
+            raise NaqConnectionError(f"NATS server at {settings.safe_url} {reason}") from None
+    # the first connect tries each server once; after a success, reconnect forever
+    # (nats-py reads this option at reconnect time)
+    nc.options["max_reconnect_attempts"] = -1
+    return Connection(settings=settings, nc=nc, js=nc.jetstream())
+
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ConnectionSettings, Connection]] = (
+    weakref.WeakKeyDictionary()
+)
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def get_connection(url: str | ConnectionSettings | None = None) -> Connection:
+    """The pooled connection for this event loop and these settings, made on first use."""
+    settings = ConnectionSettings.resolve(url)
+    loop = asyncio.get_running_loop()
+    pool = _pools.setdefault(loop, {})
+    conn = pool.get(settings)
+    if conn is not None and not conn.nc.is_closed:
+        return conn
+    lock = _locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        conn = pool.get(settings)
+        if conn is None or conn.nc.is_closed:
+            conn = pool[settings] = await connect(settings)
+    return conn
+
+
+async def close_all() -> None:
+    """Close every pooled connection of the calling loop (at shutdown)."""
+    pool = _pools.pop(asyncio.get_running_loop(), {})
+    for conn in pool.values():
+        with contextlib.suppress(Exception):
+            await conn.nc.close()
+
+
+@contextlib.asynccontextmanager
+async def nats_errors(settings: ConnectionSettings) -> AsyncIterator[None]:
+    """Turn nats-py errors raised inside the block into naq errors, without credentials."""
+    try:
+        yield
+    except nats.js.errors.APIError as e:
+        if e.code == 403 or "permission" in (e.description or "").lower():
+            raise PermissionDeniedError(f"permission denied by NATS at {settings.safe_url}: {e.description}") from None
+        raise
+    except (nats.errors.ConnectionClosedError, nats.errors.NoServersError, nats.errors.TimeoutError,
+            nats.js.errors.NoStreamResponseError) as e:
+        raise NaqConnectionError(f"NATS at {settings.safe_url} did not answer ({type(e).__name__})") from None
+
+
+def check_payload(conn: Connection, data: bytes, what: str = "job") -> None:
+    """Raise before writing anything if `data` exceeds the server's max payload."""
+    if len(data) > conn.max_payload:
+        raise SerializationError(
+            f"{what} is {len(data):,} bytes, over the NATS server's max payload of {conn.max_payload:,} bytes"
+        )
+
+
+async def publish(
+    conn: Connection, subject: str, data: bytes, *, msg_id: str | None = None,
+    headers: dict[str, str] | None = None, ttl_s: float | None = None,
+) -> api.PubAck:
+    """Publish one message to JetStream and wait for its ack (one round trip)."""
+    check_payload(conn, data)
+    hdrs = dict(headers or {})
+    if msg_id:
+        hdrs["Nats-Msg-Id"] = msg_id
+    async with nats_errors(conn.settings):
+        try:
+            return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs or None,
+                                         msg_ttl=ttl_s)
+        except nats.js.errors.NoStreamResponseError:
+            if not await conn.recreate_stream_for(subject):
+                raise
+            return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs or None,
+                                         msg_ttl=ttl_s)
+
+
+async def publish_many(
+    conn: Connection, messages: Iterable[tuple[str, bytes, str | None, dict[str, str] | None]]
+) -> list[api.PubAck]:
+    """Publish many (subject, data, msg_id, headers) pipelined; all acks awaited with a timeout.
+
+    Every payload is size-checked before the first is sent.
+    """
+    batch = list(messages)
+    for _, data, _, _ in batch:
+        check_payload(conn, data)
+    pending: list[asyncio.Future[api.PubAck]] = []
+    async with nats_errors(conn.settings):
+        for subject, data, msg_id, headers in batch:
+            hdrs = dict(headers or {})
+            if msg_id:
+                hdrs["Nats-Msg-Id"] = msg_id
+            pending.append(await conn.js.publish_async(subject, data, wait_stall=PUBLISH_STALL_S,
+                                                       headers=hdrs or None))
+        return list(await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_TIMEOUT_S + len(pending) / 1000))
+
+
+async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None) -> int:
+    """Put `value` under `key`, with a per-message TTL when given (server >= 2.11)."""
+    kv = await conn.kv(bucket)
+    if ttl_s is None:
+        async with nats_errors(conn.settings):
+            return await kv.put(key, value)
+    ack = await publish(conn, f"$KV.{bucket}.{key}", value, ttl_s=max(1.0, ttl_s))
+    return ack.seq

@@ -1,0 +1,236 @@
+"""A Job: one function call to run on a worker, and its wire format.
+
+Wire format: `NAQJ` + a version byte + a 4-byte header length + a JSON header (every
+option, readable without unpickling) + a cloudpickle of `(function, args, kwargs)`.
+A worker can read, check and record a job's header without executing any pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import cloudpickle
+
+from naq_ipy.errors import ConfigurationError, SerializationError
+from naq_ipy.retry import RetryDelay, retry_delay_from_json, retry_delay_to_json, validate_retry_delay
+from naq_ipy.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
+
+MAGIC = b"NAQJ"
+WIRE_VERSION = 1
+_PREFIX = struct.Struct(">4sBI")
+
+JOB_OPTIONS = frozenset({"max_retries", "retry_delay", "depends_on", "timeout", "result_ttl", "job_id"})
+
+
+def new_job_id() -> str:
+    """A fresh random job id (32 hex characters, a valid KV key and message id)."""
+    return uuid.uuid4().hex
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    """`module.qualname` of a callable, for display and logs."""
+    module = getattr(func, "__module__", None) or "?"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    return f"{module}.{name}"
+
+
+def dependency_ids(depends_on: Any) -> tuple[str, ...]:
+    """Job ids from an id, a Job, or a list of either."""
+    if depends_on is None:
+        return ()
+    items = [depends_on] if isinstance(depends_on, str | Job) else list(depends_on)
+    ids = []
+    for item in items:
+        job_id = item.job_id if isinstance(item, Job) else item
+        if not isinstance(job_id, str) or not job_id:
+            raise ConfigurationError(f"depends_on takes job ids or Jobs, got {item!r}")
+        ids.append(validate_key(job_id, "job id"))
+    return tuple(ids)
+
+
+def _positive_or_none(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(eq=False)
+class Job:
+    """A function call to run on a worker, with its retry, timeout and dependency options.
+
+    `timeout` and `result_ttl` are seconds; `enqueue_time` is a UTC unix timestamp.
+    """
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue_name: str = DEFAULT_QUEUE_NAME
+    job_id: str = field(default_factory=new_job_id)
+    max_retries: int = 0
+    retry_delay: RetryDelay = 0
+    depends_on: tuple[str, ...] = ()
+    timeout: float | None = None
+    result_ttl: float | None = None
+    enqueue_time: float = field(default_factory=time.time)
+    func_name: str = ""
+    schedule_key: str | None = None
+    url: str | ConnectionSettings | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not callable(self.function):
+            raise ConfigurationError(f"a job needs a callable, got {self.function!r}")
+        validate_queue_name(self.queue_name)
+        validate_key(self.job_id, "job id")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        self.args = tuple(self.args)
+        self.kwargs = dict(self.kwargs)
+        self.retry_delay = validate_retry_delay(self.retry_delay)
+        self.depends_on = dependency_ids(self.depends_on)
+        self.timeout = _positive_or_none("timeout", self.timeout)
+        self.result_ttl = _positive_or_none("result_ttl", self.result_ttl)
+        self.func_name = self.func_name or function_name(self.function)
+
+    def header(self) -> dict[str, Any]:
+        """Every field but the pickled call, as JSON-ready values."""
+        return {
+            "job_id": self.job_id,
+            "queue_name": self.queue_name,
+            "func_name": self.func_name,
+            "max_retries": self.max_retries,
+            "retry_delay": retry_delay_to_json(self.retry_delay),
+            "depends_on": list(self.depends_on),
+            "timeout": self.timeout,
+            "result_ttl": self.result_ttl,
+            "enqueue_time": self.enqueue_time,
+            "schedule_key": self.schedule_key,
+        }
+
+    def serialize(self) -> bytes:
+        """The job as bytes for the wire; raises SerializationError naming what cannot be pickled."""
+        try:
+            body = cloudpickle.dumps((self.function, self.args, self.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            raise SerializationError(f"cannot pickle {self._unpicklable_part()}: {e}") from e
+        header = json.dumps(self.header(), separators=(",", ":")).encode()
+        return _PREFIX.pack(MAGIC, WIRE_VERSION, len(header)) + header + body
+
+    def _unpicklable_part(self) -> str:
+        parts: Iterable[tuple[str, Any]] = [
+            (f"function {self.func_name}", self.function),
+            *((f"argument {i}", a) for i, a in enumerate(self.args)),
+            *((f"keyword argument {k!r}", v) for k, v in self.kwargs.items()),
+        ]
+        for label, value in parts:
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                return f"{label} ({type(value).__name__})"
+        return "the job"
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> Job:
+        """Rebuild a Job from `serialize()` bytes; SerializationError for anything else."""
+        header, body = read_header(data)
+        try:
+            function, args, kwargs = pickle.loads(body)
+        except Exception as e:
+            raise SerializationError(f"job {header.get('job_id')!r}: cannot unpickle its call: {e}") from e
+        return cls.from_header(header, function, args, kwargs)
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], function: Callable[..., Any], args: Any, kwargs: Any) -> Job:
+        """A Job from a parsed header and its unpickled call."""
+        known = {f.name for f in fields(cls)} - {"function", "args", "kwargs", "url"}
+        values = {k: v for k, v in header.items() if k in known}
+        values["retry_delay"] = retry_delay_from_json(values.get("retry_delay", 0))
+        values["depends_on"] = tuple(values.get("depends_on") or ())
+        try:
+            return cls(function=function, args=tuple(args), kwargs=dict(kwargs), **values)
+        except (ConfigurationError, TypeError, ValueError) as e:
+            raise SerializationError(f"job {header.get('job_id')!r} has an invalid header: {e}") from e
+
+    def with_id(self, job_id: str, **changes: Any) -> Job:
+        """A copy of this job under another id (one run of a schedule, a requeue)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(job_id=job_id, func_name=self.func_name, **changes)
+        return type(self)(**values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job):
+            return NotImplemented
+        return self.header() == other.header() and (self.args, self.kwargs) == (other.args, other.kwargs)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Job {self.job_id} {self.func_name} queue={self.queue_name}>"
+
+    def _repr_html_(self) -> str:
+        from naq_ipy.display import job_html
+
+        return job_html(self)
+
+    async def status(self) -> Any:
+        """This job's current status record (see `naq_ipy.results.JobStatus`)."""
+        from naq_ipy.results import fetch_status
+
+        return await fetch_status(self.job_id, url=self.url)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for this job to end and return its value; JobExecutionError if it failed."""
+        from naq_ipy.results import fetch_result
+
+        return await fetch_result(self.job_id, timeout=timeout, url=self.url)
+
+    def result_sync(self, timeout: float | None = None) -> Any:
+        """Blocking twin of `result` (through the sync bridge)."""
+        from naq_ipy.bridge import run_sync
+
+        return run_sync(self.result(timeout))
+
+    def status_sync(self) -> Any:
+        """Blocking twin of `status`."""
+        from naq_ipy.bridge import run_sync
+
+        return run_sync(self.status())
+
+
+def rewrite_header(data: bytes, **changes: Any) -> bytes:
+    """The same job bytes with header fields changed; the pickled call is copied, never loaded."""
+    header, body = read_header(data)
+    unknown = set(changes) - set(header)
+    if unknown:
+        raise ConfigurationError(f"unknown job fields: {', '.join(sorted(unknown))}")
+    header.update(changes)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return _PREFIX.pack(MAGIC, WIRE_VERSION, len(encoded)) + encoded + body
+
+
+def read_header(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """Split wire bytes into (header dict, pickled call) without unpickling anything."""
+    if not isinstance(data, bytes | bytearray | memoryview) or len(data) < _PREFIX.size:
+        raise SerializationError("not a naq job: message too short")
+    magic, version, length = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise SerializationError("not a naq job: bad magic bytes")
+    if version != WIRE_VERSION:
+        raise SerializationError(f"unsupported naq job format version {version}")
+    end = _PREFIX.size + length
+    try:
+        header = json.loads(bytes(data[_PREFIX.size:end]))
+    except ValueError as e:
+        raise SerializationError(f"not a naq job: unreadable header ({e})") from e
+    if not isinstance(header, dict) or len(data) <= end:
+        raise SerializationError("not a naq job: truncated")
+    return header, bytes(data[end:])

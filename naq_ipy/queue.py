@@ -1,0 +1,231 @@
+"""Queue: enqueue jobs on `naq.queue.<name>` and manage scheduled jobs in `naq_scheduled_jobs`.
+
+Option keywords (`max_retries`, `retry_delay`, `depends_on`, `timeout`, `result_ttl`,
+`job_id`) configure the job and never reach the function; use `Queue.job()` +
+`enqueue_job()` to pass a function keyword arguments of those names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from naq_ipy.bridge import sync_twin
+from naq_ipy.connection import Connection, get_connection, nats_errors, publish, publish_many
+from naq_ipy.errors import ConfigurationError
+from naq_ipy.job import JOB_OPTIONS, Job
+from naq_ipy.modify import apply_updates
+from naq_ipy.schedule import ScheduledJob, new_record, validate_misfire, validate_repeat, validate_timing
+from naq_ipy.scheduled import ScheduledJobManager
+from naq_ipy.settings import (
+    DEFAULT_QUEUE_NAME,
+    JOB_STREAM_NAME,
+    SCHEDULED_JOB_STATUS_ACTIVE,
+    SCHEDULED_JOB_STATUS_PAUSED,
+    ConnectionSettings,
+    queue_subject,
+    validate_key,
+    validate_queue_name,
+)
+from naq_ipy.timeutils import parse_duration, to_timestamp
+
+logger = logging.getLogger(__name__)
+
+Call = tuple[Callable[..., Any], tuple[Any, ...]] | tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keyword arguments into (job options, the function's own kwargs)."""
+    options = {k: kwargs[k] for k in JOB_OPTIONS if k in kwargs}
+    return options, {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS}
+
+
+def interval_seconds(interval: timedelta | float | int | str) -> float:
+    """An interval (seconds, timedelta or duration text) in seconds, > 0."""
+    seconds = parse_duration(interval)
+    if seconds <= 0:
+        raise ConfigurationError(f"interval must be > 0, got {interval!r}")
+    return seconds
+
+
+class Queue:
+    """A named job queue on the JetStream stream `naq_jobs`."""
+
+    def __init__(
+        self, name: str = DEFAULT_QUEUE_NAME, nats_url: str | ConnectionSettings | None = None,
+        default_timeout: float | None = None,
+    ) -> None:
+        self.name = validate_queue_name(name)
+        self.subject = queue_subject(name)
+        self.stream_name = JOB_STREAM_NAME
+        self.settings = ConnectionSettings.resolve(nats_url)
+        self._default_timeout = default_timeout
+        self._scheduled_job_manager = ScheduledJobManager(self.settings)
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} at {self.settings.safe_url}>"
+
+    async def _connection(self) -> Connection:
+        conn = await get_connection(self.settings)
+        await conn.ensure_stream()
+        return conn
+
+    def job(self, func: Callable[..., Any], args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+            **options: Any) -> Job:
+        """Build (not send) a Job for this queue; `options` are job options only."""
+        unknown = set(options) - JOB_OPTIONS
+        if unknown:
+            raise ConfigurationError(f"unknown job options: {', '.join(sorted(unknown))}")
+        options.setdefault("timeout", self._default_timeout)
+        if options.get("job_id") is None:
+            options.pop("job_id", None)
+        job = Job(function=func, args=tuple(args), kwargs=dict(kwargs or {}), queue_name=self.name, **options)
+        job.url = self.settings
+        return job
+
+    async def enqueue_job(self, job: Job) -> Job:
+        """Publish a prepared Job (one round trip); its id is the message id, so a retry is deduplicated."""
+        data = job.serialize()
+        conn = await self._connection()
+        await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id)
+        logger.debug("enqueued %s %s on %s", job.job_id, job.func_name, job.queue_name)
+        return job
+
+    async def enqueue(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        """Enqueue `func(*args, **kwargs)` to run now; job options are taken out of `kwargs`."""
+        options, func_kwargs = split_options(kwargs)
+        return await self.enqueue_job(self.job(func, args, func_kwargs, **options))
+
+    async def enqueue_many(self, calls: Iterable[Job | Call], **options: Any) -> list[Job]:
+        """Enqueue many calls (`Job`s or `(func, args[, kwargs])` tuples), pipelined; all or an error."""
+        jobs = [c if isinstance(c, Job) else self.job(c[0], c[1], c[2] if len(c) > 2 else None, **options)
+                for c in calls]
+        messages = [(queue_subject(job.queue_name), job.serialize(), job.job_id, None) for job in jobs]
+        await publish_many(await self._connection(), messages)
+        return jobs
+
+    async def enqueue_at(self, dt: datetime | float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        """Run `func` once at `dt` (aware, or naive = UTC; or a unix timestamp)."""
+        options, func_kwargs = split_options(kwargs)
+        job = self.job(func, args, func_kwargs, **options)
+        record = new_record(job, key=job.job_id, schedule_type="once", next_run_utc=to_timestamp(dt))
+        await self._store(record)
+        return job
+
+    async def enqueue_in(self, delta: timedelta | float | str, func: Callable[..., Any], *args: Any,
+                         **kwargs: Any) -> Job:
+        """Run `func` once after `delta` (timedelta, seconds or duration text like `5m`)."""
+        return await self.enqueue_at(time.time() + parse_duration(delta), func, *args, **kwargs)
+
+    async def schedule(
+        self, func: Callable[..., Any], *args: Any, cron: str | None = None,
+        interval: timedelta | float | str | None = None, repeat: int | None = None, tz: str | None = None,
+        name: str | None = None, misfire: str = "once", paused: bool = False,
+        start_at: datetime | float | None = None, **kwargs: Any,
+    ) -> Job:
+        """Run `func` repeatedly by `cron` (in zone `tz`) or every `interval`; `repeat` runs in total.
+
+        `name` is the entry's key: scheduling the same name again updates it in place.
+        """
+        options, func_kwargs = split_options(kwargs)
+        job = self.job(func, args, func_kwargs, **options)
+        await self.schedule_job(job, cron=cron, interval=interval, repeat=repeat, tz=tz, name=name,
+                                misfire=misfire, paused=paused, start_at=start_at)
+        return job
+
+    async def schedule_job(
+        self, job: Job, *, cron: str | None = None, interval: timedelta | float | str | None = None,
+        repeat: int | None = None, tz: str | None = None, name: str | None = None, misfire: str = "once",
+        paused: bool = False, start_at: datetime | float | None = None, at: datetime | float | None = None,
+    ) -> tuple[ScheduledJob, bool]:
+        """Store a schedule for a prepared job; returns (record, created). `at` makes a one-off."""
+        key = validate_key(name) if name is not None else job.job_id
+        if at is not None:
+            if cron is not None or interval is not None:
+                raise ConfigurationError("a one-off run (at) cannot also have cron or interval")
+            validate_repeat(repeat)
+            record = new_record(job, key=key, schedule_type="once", next_run_utc=to_timestamp(at),
+                                misfire=validate_misfire(misfire), paused=paused)
+            return await self._store(record)
+        interval_s = interval_seconds(interval) if interval is not None else None
+        kind = validate_timing(cron=cron, interval_s=interval_s, tz=tz, repeat=repeat, misfire=misfire)
+        start = to_timestamp(start_at) if start_at is not None else None
+        record = new_record(job, key=key, schedule_type=kind, next_run_utc=0.0, cron=cron, tz=tz,
+                            interval_s=interval_s, repeat=repeat, misfire=misfire, paused=paused)
+        first = start if start is not None else record.next_after(time.time())
+        assert first is not None
+        return await self._store(record.evolve(next_run_utc=first))
+
+    async def _store(self, record: ScheduledJob) -> tuple[ScheduledJob, bool]:
+        await self._connection()
+        stored, created = await self._scheduled_job_manager.store(record)
+        logger.info("%s schedule %s (%s), next run %s", "created" if created else "updated", stored.key,
+                    stored.describe(), stored.next_run.isoformat())
+        return stored, created
+
+    async def purge(self) -> int:
+        """Remove every waiting job of this queue; returns how many messages were removed."""
+        conn = await self._connection()
+        request = json.dumps({"filter": self.subject}).encode()
+        async with nats_errors(self.settings):
+            reply = await conn.nc.request(f"$JS.API.STREAM.PURGE.{self.stream_name}", request, timeout=5)
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            raise ConfigurationError(f"purge of {self.name!r} refused: {answer['error'].get('description')}")
+        return int(answer.get("purged", 0))
+
+    async def get_scheduled_job(self, job_id: str) -> ScheduledJob:
+        """The scheduled-job record under `job_id` (its id or name)."""
+        return await self._scheduled_job_manager.get(job_id)
+
+    async def list_scheduled_jobs(self, status: str | None = None) -> list[ScheduledJob]:
+        """This queue's scheduled jobs (optionally `active` or `paused` only), by next run."""
+        return await self._scheduled_job_manager.list(status=status, queue=self.name)
+
+    async def cancel_scheduled_job(self, job_id: str) -> bool:
+        """Delete a scheduled job; True when deleted, JobNotFoundError when there is none."""
+        return await self._scheduled_job_manager.delete(job_id)
+
+    async def pause_scheduled_job(self, job_id: str) -> bool:
+        """Stop a scheduled job from firing until resumed."""
+        await self._scheduled_job_manager.update(job_id, lambda r: r.evolve(status=SCHEDULED_JOB_STATUS_PAUSED))
+        return True
+
+    async def resume_scheduled_job(self, job_id: str, catch_up: bool = False) -> bool:
+        """Let a paused job fire again; runs missed while paused are skipped unless `catch_up`."""
+
+        def resume(record: ScheduledJob) -> ScheduledJob:
+            next_run = record.next_run_utc
+            now = time.time()
+            if not catch_up and next_run < now and record.schedule_type != "once":
+                next_run = record.next_after(now) or next_run
+            return record.evolve(status=SCHEDULED_JOB_STATUS_ACTIVE, next_run_utc=next_run)
+
+        await self._scheduled_job_manager.update(job_id, resume)
+        return True
+
+    async def modify_scheduled_job(self, job_id: str, **updates: Any) -> bool:
+        """Change a scheduled job: cron, interval, repeat, next_run, tz, misfire, queue, max_retries,
+        retry_delay, timeout. Validated before anything is written."""
+        apply_updates(await self._scheduled_job_manager.get(job_id), updates)  # fail early, write nothing
+        await self._scheduled_job_manager.update(job_id, lambda record: apply_updates(record, updates))
+        return True
+
+    enqueue_sync = sync_twin(enqueue)
+    enqueue_job_sync = sync_twin(enqueue_job)
+    enqueue_many_sync = sync_twin(enqueue_many)
+    enqueue_at_sync = sync_twin(enqueue_at)
+    enqueue_in_sync = sync_twin(enqueue_in)
+    schedule_sync = sync_twin(schedule)
+    schedule_job_sync = sync_twin(schedule_job)
+    purge_sync = sync_twin(purge)
+    get_scheduled_job_sync = sync_twin(get_scheduled_job)
+    list_scheduled_jobs_sync = sync_twin(list_scheduled_jobs)
+    cancel_scheduled_job_sync = sync_twin(cancel_scheduled_job)
+    pause_scheduled_job_sync = sync_twin(pause_scheduled_job)
+    resume_scheduled_job_sync = sync_twin(resume_scheduled_job)
+    modify_scheduled_job_sync = sync_twin(modify_scheduled_job)

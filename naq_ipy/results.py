@@ -1,0 +1,177 @@
+"""Job status (KV `naq_job_status`, JSON) and results (KV `naq_results`, cloudpickle).
+
+A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
+in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import cloudpickle
+import nats.js.errors
+
+from naq_ipy.connection import Connection, get_connection, kv_put, nats_errors
+from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError
+from naq_ipy.settings import (
+    DEFAULT_RESULT_TTL_S,
+    JOB_STATUS_KV_NAME,
+    RESULTS_KV_NAME,
+    SCHEDULED_JOBS_KV_NAME,
+    ConnectionSettings,
+    validate_key,
+)
+
+QUEUED = "queued"
+SCHEDULED = "scheduled"
+RUNNING = "running"
+RETRYING = "retrying"
+FINISHED = "finished"
+FAILED = "failed"
+CANCELLED = "cancelled"
+REJECTED = "rejected"
+TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, REJECTED})
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What is known about one job: state, times (UTC unix seconds), attempts, error, progress."""
+
+    job_id: str
+    status: str
+    queue_name: str | None = None
+    func_name: str | None = None
+    enqueue_time: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    traceback: str | None = None
+    progress: float | None = None
+    message: str | None = None
+    worker_id: str | None = None
+    schedule_key: str | None = None
+    updated_at: float = 0.0
+    revision: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def duration_s(self) -> float | None:
+        """Run time so far (or in total once ended), None before it started."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def evolve(self, **changes: Any) -> JobStatus:
+        """A copy with `changes` and `updated_at` = now."""
+        return replace(self, updated_at=time.time(), **changes)
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data.pop("revision")
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, revision: int = 0) -> JobStatus:
+        try:
+            data = json.loads(raw)
+            known = {f.name for f in fields(cls)} - {"revision"}
+            return cls(revision=revision, **{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as e:
+            raise SerializationError(f"corrupt job status record: {e}") from e
+
+
+async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> int:
+    """Store `status` under its job id (with a per-message TTL)."""
+    return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(), ttl_s)
+
+
+def encode_result(conn: Connection, job_id: str, value: Any) -> bytes:
+    """Pickle a result; SerializationError if it cannot be pickled or is too large for the KV store."""
+    try:
+        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        raise SerializationError(f"result of job {job_id} cannot be pickled: {e}") from e
+    if len(data) > conn.max_payload - 1024:
+        raise SerializationError(
+            f"result of job {job_id} is {len(data):,} bytes, too large for the result store "
+            f"(max {conn.max_payload - 1024:,} bytes)"
+        )
+    return data
+
+
+async def write_result(conn: Connection, job_id: str, data: bytes,
+                       ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> int:
+    """Store an encoded result value."""
+    return await kv_put(conn, RESULTS_KV_NAME, job_id, data, ttl_s)
+
+
+async def _get(conn: Connection, bucket: str, key: str) -> tuple[bytes, int] | None:
+    kv = await conn.kv(bucket)
+    try:
+        async with nats_errors(conn.settings):
+            entry = await kv.get(key)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        return None
+    return (entry.value or b""), (entry.revision or 0)
+
+
+async def fetch_status(job_id: str, url: str | ConnectionSettings | None = None) -> JobStatus | None:
+    """The job's status record; `scheduled` if it waits in the schedule store; None if unknown."""
+    conn = await get_connection(url)
+    found = await _get(conn, JOB_STATUS_KV_NAME, validate_key(job_id, "job id"))
+    if found is not None:
+        return JobStatus.from_bytes(*found)
+    if await _get(conn, SCHEDULED_JOBS_KV_NAME, job_id) is not None:
+        return JobStatus(job_id=job_id, status=SCHEDULED)
+    return None
+
+
+async def _read_result(conn: Connection, status: JobStatus) -> Any:
+    if status.status != FINISHED:
+        raise JobExecutionError(
+            f"job {status.job_id} {status.status}: {status.error or 'no error recorded'}",
+            job_id=status.job_id, traceback=status.traceback,
+        )
+    found = await _get(conn, RESULTS_KV_NAME, status.job_id)
+    if found is None:
+        raise JobNotFoundError(f"result of job {status.job_id} has expired or was never stored")
+    try:
+        return pickle.loads(found[0])
+    except Exception as e:
+        raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
+
+
+async def wait_for_end(job_id: str, timeout: float | None = None,
+                       url: str | ConnectionSettings | None = None) -> JobStatus:
+    """Wait (with a KV watch) until the job has ended; TimeoutError after `timeout` seconds."""
+    conn = await get_connection(url)
+    kv = await conn.kv(JOB_STATUS_KV_NAME)
+    async with nats_errors(conn.settings):
+        watcher = await kv.watch(validate_key(job_id, "job id"))
+    try:
+        async with asyncio.timeout(timeout):
+            async for entry in watcher:
+                if entry is None or entry.value is None or entry.operation is not None:
+                    continue
+                status = JobStatus.from_bytes(entry.value, entry.revision or 0)
+                if status.ended:
+                    return status
+    finally:
+        await watcher.stop()
+    raise JobNotFoundError(f"stopped watching job {job_id}")
+
+
+async def fetch_result(job_id: str, timeout: float | None = None,
+                       url: str | ConnectionSettings | None = None) -> Any:
+    """Wait for the job to end and return its value; JobExecutionError with the remote traceback if it failed."""
+    status = await wait_for_end(job_id, timeout, url)
+    return await _read_result(await get_connection(url), status)

@@ -1,0 +1,127 @@
+"""ScheduledJobManager: reads and changes `naq_scheduled_jobs` with revision-checked updates only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from naq_ipy.connection import get_connection, nats_errors
+from naq_ipy.errors import ConflictError, JobNotFoundError, SerializationError
+from naq_ipy.schedule import ScheduledJob
+from naq_ipy.settings import SCHEDULED_JOBS_KV_NAME, ConnectionSettings, validate_key
+
+logger = logging.getLogger(__name__)
+
+UPDATE_ATTEMPTS = 5
+_DELETED = ("DEL", "PURGE")
+
+
+class ScheduledJobManager:
+    """Stores, reads, changes and deletes scheduled-job records for one NATS setup."""
+
+    def __init__(self, url: str | ConnectionSettings | None = None) -> None:
+        self.settings = ConnectionSettings.resolve(url)
+
+    async def get_kv(self) -> KeyValue:
+        """The `naq_scheduled_jobs` bucket on this loop's pooled connection."""
+        conn = await get_connection(self.settings)
+        return await conn.kv(SCHEDULED_JOBS_KV_NAME)
+
+    async def get(self, key: str) -> ScheduledJob:
+        """The record under `key`; JobNotFoundError if there is none."""
+        kv = await self.get_kv()
+        try:
+            async with nats_errors(self.settings):
+                entry = await kv.get(validate_key(key))
+        except nats.js.errors.KeyNotFoundError:
+            raise JobNotFoundError(f"no scheduled job named {key!r}") from None
+        assert entry.value is not None
+        return ScheduledJob.from_bytes(entry.value, entry.revision or 0)
+
+    async def store(self, record: ScheduledJob) -> tuple[ScheduledJob, bool]:
+        """Create `record`, or update the entry already under its key in place.
+
+        Returns the stored record and True if it was created. An update keeps the
+        existing entry's run count and creation time.
+        """
+        kv = await self.get_kv()
+        async with nats_errors(self.settings):
+            try:
+                revision = await kv.create(record.key, record.to_bytes())
+                return _with_revision(record, revision), True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+
+        def replace_entry(old: ScheduledJob) -> ScheduledJob:
+            return record.evolve(run_count=old.run_count, created_at=old.created_at,
+                                 last_run_utc=old.last_run_utc, last_run_id=old.last_run_id)
+
+        return await self.update(record.key, replace_entry), False
+
+    async def update(self, key: str, change: Callable[[ScheduledJob], ScheduledJob]) -> ScheduledJob:
+        """Apply `change` to the current record with `update(last=revision)`; re-read and retry on conflict."""
+        kv = await self.get_kv()
+        for _ in range(UPDATE_ATTEMPTS):
+            current = await self.get(key)
+            new = change(current)
+            try:
+                async with nats_errors(self.settings):
+                    revision = await kv.update(key, new.to_bytes(), last=current.revision)
+                return _with_revision(new, revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                logger.debug("scheduled job %s changed concurrently; retrying", key)
+        raise ConflictError(f"scheduled job {key!r} kept changing; gave up after {UPDATE_ATTEMPTS} attempts")
+
+    async def update_if_unchanged(self, record: ScheduledJob, new: ScheduledJob) -> ScheduledJob:
+        """Write `new` only if the entry is still at `record.revision`; ConflictError otherwise."""
+        kv = await self.get_kv()
+        try:
+            async with nats_errors(self.settings):
+                revision = await kv.update(record.key, new.to_bytes(), last=record.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConflictError(f"scheduled job {record.key!r} was changed elsewhere since it was read") from None
+        return _with_revision(new, revision)
+
+    async def delete(self, key: str) -> bool:
+        """Delete the entry under `key` (revision-checked); JobNotFoundError if there is none."""
+        kv = await self.get_kv()
+        for _ in range(UPDATE_ATTEMPTS):
+            current = await self.get(key)
+            try:
+                async with nats_errors(self.settings):
+                    await kv.delete(key, last=current.revision)
+                return True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        raise ConflictError(f"scheduled job {key!r} kept changing; could not delete it")
+
+    async def list(self, status: str | None = None, queue: str | None = None) -> list[ScheduledJob]:
+        """Every record (optionally one status / queue), sorted by next run; corrupt ones are logged."""
+        kv = await self.get_kv()
+        records: list[ScheduledJob] = []
+        async with nats_errors(self.settings):
+            watcher = await kv.watchall(ignore_deletes=True)
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.operation in _DELETED or entry.value is None:
+                        continue
+                    try:
+                        records.append(ScheduledJob.from_bytes(entry.value, entry.revision or 0))
+                    except SerializationError as e:
+                        logger.warning("skipping scheduled job %r: %s", entry.key, e)
+            finally:
+                await watcher.stop()
+        return sorted(
+            (r for r in records if (status is None or r.status == status) and (queue is None or r.queue_name == queue)),
+            key=lambda r: r.next_run_utc,
+        )
+
+
+def _with_revision(record: ScheduledJob, revision: int) -> ScheduledJob:
+    return replace(record, revision=revision)

@@ -1,0 +1,229 @@
+"""Tests of naq_ipy.server against the real nats-server binary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+from nats.js.errors import APIError
+
+from naq_ipy.errors import ConfigurationError, NaqConnectionError
+from naq_ipy.server import (
+    NatsServer,
+    default_store_dir,
+    find_server_binary,
+    free_port,
+    is_reachable,
+)
+
+Factory = Callable[..., NatsServer]
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.asyncio
+async def test_start_connect_stop(nats_server_factory: Factory, tmp_path: Path) -> None:
+    server = nats_server_factory(store_dir=tmp_path / "data")
+    assert server.running
+    assert server.url == f"nats://127.0.0.1:{server.port}"
+    assert server.monitor_port != server.port
+    nc = await nats.connect(server.url)
+    info = await nc.jetstream().account_info()
+    await nc.close()
+    assert info.streams == 0
+    server.stop()
+    assert not server.running
+    assert (tmp_path / "data" / "nats-server.log").exists()
+
+
+@pytest.mark.asyncio
+async def test_restart_keeps_jetstream_data(nats_server_factory: Factory) -> None:
+    server = nats_server_factory()
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="keep", subjects=["keep.>"]))
+    for i in range(3):
+        await js.publish("keep.x", str(i).encode())
+    await nc.close()
+
+    port, old_pid = server.port, server.pid
+    server.restart()
+    assert server.port == port and server.pid != old_pid
+
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    info = await js.stream_info("keep")
+    last = await js.get_last_msg("keep", "keep.x")
+    await nc.close()
+    assert info.state.messages == 3
+    assert last.data == b"2"
+
+
+def test_env_binary_missing_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-nats-server"
+    monkeypatch.setenv("NAQ_NATS_SERVER", str(missing))
+    with pytest.raises(ConfigurationError, match="NAQ_NATS_SERVER") as excinfo:
+        find_server_binary()
+    assert str(missing) in str(excinfo.value)
+    with pytest.raises(ConfigurationError):
+        NatsServer(store_dir=tmp_path).start()
+
+
+def test_find_server_binary_in_venv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NAQ_NATS_SERVER", raising=False)
+    found = Path(find_server_binary())
+    assert found.name == "nats-server"
+    assert found.parent == Path(sysconfig.get_path("scripts"))
+    assert os.access(found, os.X_OK)
+
+
+def test_is_reachable(nats_server: NatsServer) -> None:
+    assert is_reachable(nats_server.url)
+    assert is_reachable(f"{nats_server.url},nats://127.0.0.1:1")
+    assert not is_reachable(f"nats://127.0.0.1:{free_port()}")
+    # An HTTP port accepts the connection but does not speak NATS.
+    assert not is_reachable(f"nats://127.0.0.1:{nats_server.monitor_port}", timeout_s=0.2)
+
+
+def test_stop_is_idempotent_and_reaps(nats_server_factory: Factory) -> None:
+    server = nats_server_factory()
+    pid = server.pid
+    assert pid is not None and not _pid_gone(pid)
+    server.stop()
+    server.stop()
+    server.kill()
+    assert not server.running
+    assert _pid_gone(pid)
+    assert not is_reachable(server.url, timeout_s=0.2)
+
+
+def test_kill_then_start_again(nats_server_factory: Factory) -> None:
+    server = nats_server_factory()
+    pid = server.pid
+    server.kill()
+    assert pid is not None and _pid_gone(pid)
+    server.start()
+    assert server.running and is_reachable(server.url)
+
+
+def test_context_manager(tmp_path: Path) -> None:
+    with NatsServer(store_dir=tmp_path) as server:
+        assert is_reachable(server.url)
+        pid = server.pid
+    assert pid is not None and _pid_gone(pid)
+
+
+def test_port_in_use_raises_with_log(nats_server: NatsServer, tmp_path: Path) -> None:
+    clash = NatsServer(port=nats_server.port, store_dir=tmp_path)
+    with pytest.raises(NaqConnectionError, match="exited") as excinfo:
+        clash.start(timeout_s=5)
+    assert "address already in use" in str(excinfo.value)
+    assert not clash.running
+
+
+def test_wait_ready_before_start_raises(tmp_path: Path) -> None:
+    with pytest.raises(NaqConnectionError, match="never started"):
+        NatsServer(store_dir=tmp_path).wait_ready(0.1)
+
+
+def test_default_store_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_store_dir() == tmp_path / "naq_ipy" / "nats"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_store_dir() == Path.home() / ".local" / "share" / "naq_ipy" / "nats"
+
+
+def test_free_port_is_bindable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))
+
+
+@pytest.mark.parametrize("run", [1, 2])
+@pytest.mark.asyncio
+async def test_nats_url_starts_empty(nats_url: str, run: int) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    assert await js.streams_info() == []
+    await js.create_key_value(bucket="leftover")
+    await js.add_stream(StreamConfig(name="leftover", subjects=["leftover.>"]))
+    await nc.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_foreground_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    port = free_port()
+    args = ["--port", str(port), "--store-dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "naq_ipy.server", *args]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line == f"nats-server ready at nats://127.0.0.1:{port}, data in {tmp_path}\n"
+            assert is_reachable(f"nats://127.0.0.1:{port}")
+            proc.send_signal(sig)
+            assert proc.wait(10) == 0
+            assert proc.stdout.read() == "nats-server stopped\n"
+        finally:
+            proc.kill()
+    assert not is_reachable(f"nats://127.0.0.1:{port}", timeout_s=0.2)
+
+
+async def _add_replicated_stream(url: str, timeout_s: float = 10.0) -> int:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                info = await js.add_stream(name="r3", subjects=["r3.>"], num_replicas=3)
+                break
+            except (APIError, nats.errors.TimeoutError):
+                # Until the meta leader is elected the server answers "JetStream not ready".
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        await js.publish("r3.x", b"hello")
+        return 1 + len(info.cluster.replicas or []) if info.cluster else 0
+    finally:
+        await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_three_node_cluster(nats_server_factory: Factory) -> None:
+    cluster_ports = [free_port() for _ in range(3)]
+    servers = []
+    for i, cport in enumerate(cluster_ports):
+        routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports if p != cport]
+        servers.append(
+            nats_server_factory(
+                start=False,
+                server_name=f"n{i + 1}",
+                cluster_name="naq-test",
+                cluster_port=cport,
+                routes=routes,
+            )
+        )
+    for server in servers:
+        server.start(wait=False)
+    for server in servers:
+        server.wait_ready(10)
+    for server in servers:
+        server.wait_ready(10, full=True)  # meta leader elected
+    assert await _add_replicated_stream(servers[0].url) == 3
