@@ -18,8 +18,7 @@ from naq_ipy.bridge import sync_twin
 from naq_ipy.connection import Connection, get_connection, nats_errors, publish, publish_many
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.job import JOB_OPTIONS, Job
-from naq_ipy.modify import apply_updates
-from naq_ipy.schedule import ScheduledJob, new_record, validate_misfire, validate_repeat, validate_timing
+from naq_ipy.schedule import ScheduledJob, first_run_utc, validate_timing
 from naq_ipy.scheduled import ScheduledJobManager
 from naq_ipy.settings import (
     DEFAULT_QUEUE_NAME,
@@ -112,8 +111,7 @@ class Queue:
         """Run `func` once at `dt` (aware, or naive = UTC; or a unix timestamp)."""
         options, func_kwargs = split_options(kwargs)
         job = self.job(func, args, func_kwargs, **options)
-        record = new_record(job, key=job.job_id, schedule_type="once", next_run_utc=to_timestamp(dt))
-        await self._store(record)
+        await self.schedule_job(job, at=dt)
         return job
 
     async def enqueue_in(self, delta: timedelta | float | str, func: Callable[..., Any], *args: Any,
@@ -142,27 +140,19 @@ class Queue:
         repeat: int | None = None, tz: str | None = None, name: str | None = None, misfire: str = "once",
         paused: bool = False, start_at: datetime | float | None = None, at: datetime | float | None = None,
     ) -> tuple[ScheduledJob, bool]:
-        """Store a schedule for a prepared job; returns (record, created). `at` makes a one-off."""
+        """Store a schedule for a prepared job; returns (record, created). `at` alone makes a one-off."""
         key = validate_key(name) if name is not None else job.job_id
-        if at is not None:
-            if cron is not None or interval is not None:
-                raise ConfigurationError("a one-off run (at) cannot also have cron or interval")
-            validate_repeat(repeat)
-            record = new_record(job, key=key, schedule_type="once", next_run_utc=to_timestamp(at),
-                                misfire=validate_misfire(misfire), paused=paused)
-            return await self._store(record)
         interval_s = interval_seconds(interval) if interval is not None else None
-        kind = validate_timing(cron=cron, interval_s=interval_s, tz=tz, repeat=repeat, misfire=misfire)
-        start = to_timestamp(start_at) if start_at is not None else None
-        record = new_record(job, key=key, schedule_type=kind, next_run_utc=0.0, cron=cron, tz=tz,
-                            interval_s=interval_s, repeat=repeat, misfire=misfire, paused=paused)
-        first = start if start is not None else record.next_after(time.time())
-        assert first is not None
-        return await self._store(record.evolve(next_run_utc=first))
-
-    async def _store(self, record: ScheduledJob) -> tuple[ScheduledJob, bool]:
+        if at is not None:
+            if cron is not None or interval_s is not None:
+                raise ConfigurationError("a one-off run (at) cannot also have cron or interval")
+            first = to_timestamp(at)
+        else:
+            validate_timing(cron=cron, interval_s=interval_s, tz=tz, repeat=repeat, misfire=misfire)
+            first = to_timestamp(start_at) if start_at is not None else first_run_utc(cron, interval_s, tz)
         await self._connection()
-        stored, created = await self._scheduled_job_manager.store(record)
+        stored, created = await self._scheduled_job_manager.store_job(
+            job, first, cron, interval_s, repeat, key=key, tz=tz, misfire=misfire, paused=paused)
         logger.info("%s schedule %s (%s), next run %s", "created" if created else "updated", stored.key,
                     stored.describe(), stored.next_run.isoformat())
         return stored, created
@@ -188,12 +178,11 @@ class Queue:
 
     async def cancel_scheduled_job(self, job_id: str) -> bool:
         """Delete a scheduled job; True when deleted, JobNotFoundError when there is none."""
-        return await self._scheduled_job_manager.delete(job_id)
+        return await self._scheduled_job_manager.cancel_job(job_id)
 
     async def pause_scheduled_job(self, job_id: str) -> bool:
         """Stop a scheduled job from firing until resumed."""
-        await self._scheduled_job_manager.update(job_id, lambda r: r.evolve(status=SCHEDULED_JOB_STATUS_PAUSED))
-        return True
+        return await self._scheduled_job_manager.update_job_status(job_id, SCHEDULED_JOB_STATUS_PAUSED)
 
     async def resume_scheduled_job(self, job_id: str, catch_up: bool = False) -> bool:
         """Let a paused job fire again; runs missed while paused are skipped unless `catch_up`."""
@@ -211,9 +200,7 @@ class Queue:
     async def modify_scheduled_job(self, job_id: str, **updates: Any) -> bool:
         """Change a scheduled job: cron, interval, repeat, next_run, tz, misfire, queue, max_retries,
         retry_delay, timeout. Validated before anything is written."""
-        apply_updates(await self._scheduled_job_manager.get(job_id), updates)  # fail early, write nothing
-        await self._scheduled_job_manager.update(job_id, lambda record: apply_updates(record, updates))
-        return True
+        return await self._scheduled_job_manager.modify_job(job_id, **updates)
 
     enqueue_sync = sync_twin(enqueue)
     enqueue_job_sync = sync_twin(enqueue_job)

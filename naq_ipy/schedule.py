@@ -99,13 +99,9 @@ class ScheduledJob:
 
     def next_after(self, after_utc: float) -> float | None:
         """The run after `after_utc` by this schedule, or None for a one-off."""
-        if self.schedule_type == "cron":
-            assert self.cron is not None
-            return next_cron_run(self.cron, from_timestamp(after_utc), self.tz).timestamp()
-        if self.schedule_type == "interval":
-            assert self.interval_s is not None
-            return after_utc + self.interval_s
-        return None
+        if self.schedule_type == "once":
+            return None
+        return first_run_utc(self.cron, self.interval_s, self.tz, after_utc)
 
     def describe(self) -> str:
         """The timing in a few words: `cron 0 6 * * * (Europe/Berlin)`, `every 30 s`, `once`."""
@@ -147,6 +143,15 @@ class ScheduledJob:
         except (ValueError, TypeError, KeyError, binascii.Error, SerializationError) as e:
             raise SerializationError(f"corrupt scheduled-job record: {e}") from e
         return record
+
+
+def first_run_utc(cron: str | None, interval_s: float | None, tz: str | None, now_utc: float | None = None) -> float:
+    """The next run after `now_utc` (default: now) of a cron schedule in zone `tz`, or of an interval."""
+    now_utc = time.time() if now_utc is None else now_utc
+    if cron is not None:
+        return next_cron_run(cron, from_timestamp(now_utc), tz).timestamp()
+    assert interval_s is not None
+    return now_utc + interval_s
 
 
 def new_record(

@@ -5,19 +5,32 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from naq_ipy.connection import get_connection, nats_errors
-from naq_ipy.errors import ConflictError, JobNotFoundError, SerializationError
-from naq_ipy.schedule import ScheduledJob
+from naq_ipy.connection import check_payload, get_connection, nats_errors
+from naq_ipy.errors import ConfigurationError, ConflictError, JobNotFoundError, SerializationError
+from naq_ipy.job import Job
+from naq_ipy.modify import apply_updates
+from naq_ipy.schedule import STATUSES, ScheduledJob, new_record, validate_misfire, validate_repeat, validate_timing
 from naq_ipy.settings import SCHEDULED_JOBS_KV_NAME, ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 
 UPDATE_ATTEMPTS = 5
 _DELETED = ("DEL", "PURGE")
+# what a revision-checked KV write adds to the message (for the size check)
+_KV_WRITE_HEADERS = {"Nats-Expected-Last-Subject-Sequence": "9" * 20}
+_WRONG_LAST_CODES = (10071, 10164)  # JSStreamWrongLastSequence(Constant)
+
+
+def is_wrong_last(error: Exception) -> bool:
+    """True if a revision-checked write lost to a concurrent change (`kv.delete` raises it untranslated)."""
+    return isinstance(error, nats.js.errors.KeyWrongLastSequenceError) or (
+        isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST_CODES
+    )
 
 
 class ScheduledJobManager:
@@ -37,7 +50,7 @@ class ScheduledJobManager:
         try:
             async with nats_errors(self.settings):
                 entry = await kv.get(validate_key(key))
-        except nats.js.errors.KeyNotFoundError:
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             raise JobNotFoundError(f"no scheduled job named {key!r}") from None
         assert entry.value is not None
         return ScheduledJob.from_bytes(entry.value, entry.revision or 0)
@@ -49,6 +62,7 @@ class ScheduledJobManager:
         existing entry's run count and creation time.
         """
         kv = await self.get_kv()
+        await self._check_size(record)
         async with nats_errors(self.settings):
             try:
                 revision = await kv.create(record.key, record.to_bytes())
@@ -68,6 +82,7 @@ class ScheduledJobManager:
         for _ in range(UPDATE_ATTEMPTS):
             current = await self.get(key)
             new = change(current)
+            await self._check_size(new)
             try:
                 async with nats_errors(self.settings):
                     revision = await kv.update(key, new.to_bytes(), last=current.revision)
@@ -86,6 +101,11 @@ class ScheduledJobManager:
             raise ConflictError(f"scheduled job {record.key!r} was changed elsewhere since it was read") from None
         return _with_revision(new, revision)
 
+    async def _check_size(self, record: ScheduledJob) -> None:
+        """SerializationError before writing if the stored record would exceed the server's max payload."""
+        conn = await get_connection(self.settings)
+        check_payload(conn, record.to_bytes(), f"scheduled job {record.key!r}", headers=_KV_WRITE_HEADERS)
+
     async def delete(self, key: str) -> bool:
         """Delete the entry under `key` (revision-checked); JobNotFoundError if there is none."""
         kv = await self.get_kv()
@@ -95,9 +115,41 @@ class ScheduledJobManager:
                 async with nats_errors(self.settings):
                     await kv.delete(key, last=current.revision)
                 return True
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
+            except nats.js.errors.APIError as e:
+                if not is_wrong_last(e):
+                    raise
         raise ConflictError(f"scheduled job {key!r} kept changing; could not delete it")
+
+    async def store_job(
+        self, job: Job, scheduled_timestamp: float, cron: str | None = None, interval_seconds: float | None = None,
+        repeat: int | None = None, *, key: str | None = None, tz: str | None = None, misfire: str = "once",
+        paused: bool = False,
+    ) -> tuple[ScheduledJob, bool]:
+        """Store `job` to run at `scheduled_timestamp` (UTC seconds), then by cron or interval if given."""
+        kind = "once"
+        if cron is not None or interval_seconds is not None:
+            kind = validate_timing(cron=cron, interval_s=interval_seconds, tz=tz, repeat=repeat, misfire=misfire)
+        record = new_record(job, key=key or job.job_id, schedule_type=kind, next_run_utc=scheduled_timestamp,
+                            cron=cron, tz=tz, interval_s=interval_seconds, repeat=validate_repeat(repeat),
+                            misfire=validate_misfire(misfire), paused=paused)
+        return await self.store(record)
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Delete the scheduled job `job_id` (id or name)."""
+        return await self.delete(job_id)
+
+    async def update_job_status(self, job_id: str, status: str) -> bool:
+        """Set `active` or `paused` (revision-checked)."""
+        if status not in STATUSES:
+            raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        await self.update(job_id, lambda record: record.evolve(status=status))
+        return True
+
+    async def modify_job(self, job_id: str, **updates: Any) -> bool:
+        """Change timing or options of a scheduled job (see `modify.MODIFIABLE`); validated before writing."""
+        apply_updates(await self.get(job_id), updates)
+        await self.update(job_id, lambda record: apply_updates(record, updates))
+        return True
 
     async def list(self, status: str | None = None, queue: str | None = None) -> list[ScheduledJob]:
         """Every record (optionally one status / queue), sorted by next run; corrupt ones are logged."""

@@ -1,0 +1,390 @@
+"""Durations, zones, UTC conversion, cron next runs across DST, and short labels."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta, timezone
+from itertools import pairwise
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from naq_ipy.errors import ConfigurationError
+from naq_ipy.timeutils import (
+    format_duration,
+    format_relative,
+    from_timestamp,
+    next_cron_run,
+    next_cron_runs,
+    parse_duration,
+    resolve_zone,
+    to_timestamp,
+    to_utc,
+    validate_cron,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def utc(*args: int) -> datetime:
+    """An aware UTC datetime."""
+    return datetime(*args, tzinfo=UTC)
+
+
+def local(zone: ZoneInfo, *args: int, fold: int = 0) -> datetime:
+    """An aware datetime in `zone`."""
+    return datetime(*args, tzinfo=zone, fold=fold)
+
+
+def runs_between(expr: str, start: datetime, end: datetime, tz: str) -> list[datetime]:
+    """Every fire in (start, end], found by iterating `next_cron_run`."""
+    runs: list[datetime] = []
+    when = next_cron_run(expr, start, tz)
+    while when <= end:
+        runs.append(when)
+        when = next_cron_run(expr, when, tz)
+    return runs
+
+
+# ---- parse_duration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "seconds"),
+    [
+        ("90", 90.0),
+        ("1.5", 1.5),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("2d", 172800.0),
+        ("1.5h", 5400.0),
+        ("250ms", 0.25),
+        ("1d2h3m4s", 93784.0),
+        ("1w", 604800.0),
+        ("1h 30m", 5400.0),
+        (" 1H30M ", 5400.0),
+        ("3 min 5 s", 185.0),
+        (".5s", 0.5),
+        ("0", 0.0),
+        ("0s", 0.0),
+        (90, 90.0),
+        (2.5, 2.5),
+        (0, 0.0),
+        (timedelta(minutes=2), 120.0),
+    ],
+)
+def test_parse_duration_accepts(spec: object, seconds: float) -> None:
+    assert parse_duration(spec) == seconds  # type: ignore[arg-type]
+    assert isinstance(parse_duration(spec), float)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", "  ", "-5", "-5s", "5x", "m", "5 m m", "1e3", "nan", "inf", "1,5s", "٣s", "9" * 400 + "w", True, False],
+)
+def test_parse_duration_rejects_text_and_bools(spec: object) -> None:
+    with pytest.raises(ConfigurationError, match="invalid duration .*expected .*'1h30m'"):
+        parse_duration(spec)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spec", [-1, -0.5, float("nan"), float("inf"), 10**400, timedelta(seconds=-1), None, [5]])
+def test_parse_duration_rejects_bad_values(spec: object) -> None:
+    with pytest.raises(ConfigurationError, match="invalid duration"):
+        parse_duration(spec)  # type: ignore[arg-type]
+
+
+def test_parse_duration_message_is_one_line_naming_the_text() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_duration("5 parsecs")
+    assert "'5 parsecs'" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# ---- zones and UTC ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [None, "UTC", "utc"])
+def test_resolve_zone_utc(name: str | None) -> None:
+    assert resolve_zone(name) == ZoneInfo("UTC")
+
+
+def test_resolve_zone_named() -> None:
+    assert resolve_zone("Europe/Berlin") is BERLIN
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "", "Europe/", "/etc/passwd", "../x", "a\x00b", "x" * 5000])
+def test_resolve_zone_unknown(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="^unknown time zone "):
+        resolve_zone(name)
+
+
+def test_resolve_zone_message() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        resolve_zone("Mars/Olympus")
+    assert str(info.value) == "unknown time zone 'Mars/Olympus'"
+
+
+def test_to_utc_naive_is_utc_by_default() -> None:
+    result = to_utc(datetime(2026, 6, 1, 12))
+    assert result == utc(2026, 6, 1, 12)
+    assert result.tzinfo is UTC
+
+
+def test_to_utc_naive_in_zone() -> None:
+    assert to_utc(datetime(2026, 6, 1, 12), "Europe/Berlin") == utc(2026, 6, 1, 10)
+    assert to_utc(datetime(2026, 1, 1, 12), "Asia/Kolkata") == utc(2026, 1, 1, 6, 30)
+
+
+def test_to_utc_aware_ignores_tz() -> None:
+    aware = datetime(2026, 6, 1, 12, tzinfo=timezone(timedelta(hours=-4)))
+    assert to_utc(aware, "Europe/Berlin") == utc(2026, 6, 1, 16)
+
+
+def test_timestamps_round_trip() -> None:
+    assert to_timestamp(utc(1970, 1, 1, 0, 1)) == 60.0
+    assert to_timestamp(datetime(1970, 1, 1, 1), "Europe/Berlin") == 0.0
+    assert to_timestamp(12) == 12.0
+    assert from_timestamp(1_780_000_000.5) == utc(2026, 5, 28, 20, 26, 40) + timedelta(microseconds=500_000)
+    assert from_timestamp(to_timestamp(utc(2030, 2, 3, 4, 5, 6))) == utc(2030, 2, 3, 4, 5, 6)
+    assert from_timestamp(0).tzinfo is UTC
+
+
+@pytest.mark.parametrize("value", [True, float("nan"), float("inf"), "12", None])
+def test_to_timestamp_rejects(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="invalid time"):
+        to_timestamp(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [1e20, float("nan")])
+def test_from_timestamp_rejects(value: float) -> None:
+    with pytest.raises(ConfigurationError, match="invalid unix timestamp"):
+        from_timestamp(value)
+
+
+# ---- validate_cron ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "* * * * *",
+        "*/5 9-17 * * mon-fri",
+        "0 0 L * *",
+        "0 0 * * 1#2",
+        "0 0 29 2 *",
+        "0 12 * * * 30",
+        "@daily",
+        "@Hourly",
+    ],
+)
+def test_validate_cron_accepts(expr: str) -> None:
+    assert validate_cron(f"  {expr}\n") == expr
+
+
+@pytest.mark.parametrize(
+    ("expr", "reason"),
+    [
+        ("* * * *", "expected 5 fields"),
+        ("0 0 * * * * 2030", "expected 5 fields"),
+        ("", "expected 5 fields"),
+        ("R * * * *", "random 'R'"),
+        ("r(0-5)/2 * * * *", "random 'R'"),
+        ("@sometimes", "unknown alias"),
+        ("60 * * * *", "out of range"),
+        ("0 0 * * * 61", "out of range"),
+        ("0 0 31 2 *", "can never occur"),
+        ("H * * * *", "hash_id"),
+        ("a b c d e", "not acceptable"),
+        ("0 0 * * 5L", "not acceptable"),
+    ],
+)
+def test_validate_cron_rejects(expr: str, reason: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"^invalid cron expression {re.escape(repr(expr))}: .*{reason}"):
+        validate_cron(expr)
+
+
+def test_validate_cron_rejects_non_text() -> None:
+    with pytest.raises(ConfigurationError, match="not a string"):
+        validate_cron(5)  # type: ignore[arg-type]
+
+
+# ---- next_cron_run basics ---------------------------------------------------------------------
+
+
+def test_next_cron_run_utc_strictly_after() -> None:
+    assert next_cron_run("*/15 * * * *", utc(2026, 5, 1, 10, 0)) == utc(2026, 5, 1, 10, 15)
+    assert next_cron_run("*/15 * * * *", utc(2026, 5, 1, 10, 0, 0, 1)) == utc(2026, 5, 1, 10, 15)
+    assert next_cron_run("*/15 * * * *", utc(2026, 5, 1, 9, 59, 59)) == utc(2026, 5, 1, 10, 0)
+
+
+def test_next_cron_run_naive_after_is_utc() -> None:
+    assert next_cron_run("0 * * * *", datetime(2026, 5, 1, 10, 30), "Europe/Berlin") == utc(2026, 5, 1, 11)
+
+
+def test_next_cron_run_seconds_last() -> None:
+    assert next_cron_run("* * * * * 30", utc(2026, 5, 1, 10, 0, 30)) == utc(2026, 5, 1, 10, 1, 30)
+
+
+def test_next_cron_run_alias_and_zone() -> None:
+    assert next_cron_run("@daily", utc(2026, 5, 1, 12), "Asia/Kolkata") == utc(2026, 5, 1, 18, 30)
+
+
+def test_next_cron_run_result_is_aware_utc() -> None:
+    result = next_cron_run("0 9 * * *", utc(2026, 5, 1), "America/New_York")
+    assert result == utc(2026, 5, 1, 13)
+    assert result.utcoffset() == timedelta(0)
+
+
+def test_next_cron_runs_matches_iteration() -> None:
+    start = utc(2026, 3, 28, 20)
+    runs = next_cron_runs("*/20 1-3 * * *", start, "Europe/Berlin", count=12)
+    assert runs == runs_between("*/20 1-3 * * *", start, runs[-1], "Europe/Berlin")
+    assert next_cron_runs("0 0 * * *", start, count=0) == []
+    with pytest.raises(ConfigurationError, match="count"):
+        next_cron_runs("0 0 * * *", start, count=-1)
+
+
+def test_next_cron_run_rejects_bad_input() -> None:
+    with pytest.raises(ConfigurationError, match="invalid cron expression"):
+        next_cron_run("nope", utc(2026, 1, 1))
+    with pytest.raises(ConfigurationError, match="unknown time zone"):
+        next_cron_run("* * * * *", utc(2026, 1, 1), "Nowhere/Land")
+
+
+# ---- DST ----------------------------------------------------------------------------------------
+
+
+def assert_one_run_per_local_day(runs: list[datetime], zone: ZoneInfo, first: date, last: date) -> None:
+    """Exactly one run on each local day from `first` to `last`."""
+    days = Counter(run.astimezone(zone).date() for run in runs)
+    expected = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    assert [days[day] for day in expected] == [1] * len(expected)
+    assert all(later > earlier for earlier, later in pairwise(runs))
+
+
+def test_berlin_spring_forward_fires_missing_time_once() -> None:
+    start, end = local(BERLIN, 2026, 3, 27), local(BERLIN, 2026, 4, 1, 23, 59)
+    runs = runs_between("0 2 * * *", start, end, "Europe/Berlin")
+    assert_one_run_per_local_day(runs, BERLIN, date(2026, 3, 27), date(2026, 4, 1))
+    # 02:00 does not exist on 2026-03-29: it fires at 03:00 CEST = 01:00 UTC.
+    assert runs[1:4] == [utc(2026, 3, 28, 1), utc(2026, 3, 29, 1), utc(2026, 3, 30, 0)]
+
+
+def test_berlin_fall_back_fires_repeated_time_once() -> None:
+    start, end = local(BERLIN, 2026, 10, 23), local(BERLIN, 2026, 10, 28, 23, 59)
+    runs = runs_between("0 2 * * *", start, end, "Europe/Berlin")
+    assert_one_run_per_local_day(runs, BERLIN, date(2026, 10, 23), date(2026, 10, 28))
+    # 02:00 happens twice on 2026-10-25: only the first (CEST) fires.
+    assert runs[1:4] == [utc(2026, 10, 24, 0), utc(2026, 10, 25, 0), utc(2026, 10, 26, 1)]
+
+
+def test_berlin_day_by_day_from_local_midnight() -> None:
+    for first in (date(2026, 3, 27), date(2026, 10, 23)):
+        for offset in range(6):
+            day = first + timedelta(days=offset)
+            midnight = local(BERLIN, day.year, day.month, day.day)
+            run = next_cron_run("0 2 * * *", midnight, "Europe/Berlin")
+            assert run.astimezone(BERLIN).date() == day
+            assert next_cron_run("0 2 * * *", run, "Europe/Berlin").astimezone(BERLIN).date() == day + timedelta(1)
+
+
+@pytest.mark.parametrize(
+    ("tz", "start", "end"),
+    [
+        ("Europe/Berlin", utc(2026, 10, 24, 20), utc(2026, 10, 25, 6)),
+        ("America/New_York", utc(2026, 10, 31, 23), utc(2026, 11, 1, 12)),
+        ("Europe/Berlin", utc(2026, 3, 28, 20), utc(2026, 3, 29, 6)),
+        ("America/New_York", utc(2026, 3, 7, 23), utc(2026, 3, 8, 12)),
+    ],
+)
+def test_half_past_every_hour_never_goes_backwards(tz: str, start: datetime, end: datetime) -> None:
+    runs = runs_between("30 * * * *", start, end, tz)
+    assert all(later > earlier for earlier, later in pairwise(runs))
+    walls = [run.astimezone(ZoneInfo(tz)).replace(tzinfo=None) for run in runs]
+    assert len(set(walls)) == len(walls)
+    assert all(wall.minute == 30 for wall in walls)
+
+
+def test_berlin_fall_back_hourly_skips_the_repeat() -> None:
+    runs = runs_between("30 * * * *", utc(2026, 10, 24, 23), utc(2026, 10, 25, 3), "Europe/Berlin")
+    # 02:30 CEST (00:30 UTC) fires; 02:30 CET (01:30 UTC) is the same wall time and does not.
+    assert runs == [utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 2, 30)]
+
+
+def test_after_in_repeated_hour_does_not_fire_again() -> None:
+    second_pass = local(BERLIN, 2026, 10, 25, 2, 10, fold=1)
+    assert next_cron_run("30 2 * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 26, 1, 30)
+    assert next_cron_run("*/20 * * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 25, 2)
+
+
+def test_new_york_transitions() -> None:
+    spring = runs_between("30 2 * * *", utc(2026, 3, 7), utc(2026, 3, 10), "America/New_York")
+    # 02:30 does not exist on 2026-03-08: it fires at 03:30 EDT = 07:30 UTC.
+    assert spring == [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7, 30), utc(2026, 3, 9, 6, 30)]
+    fall = runs_between("30 1 * * *", utc(2026, 10, 31), utc(2026, 11, 3), "America/New_York")
+    # 01:30 happens twice on 2026-11-01: only the first (EDT) fires.
+    assert fall == [utc(2026, 10, 31, 5, 30), utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)]
+
+
+def test_gap_times_merge_with_the_real_times_they_land_on() -> None:
+    runs = runs_between("*/20 2,3 * * *", utc(2026, 3, 28, 22), utc(2026, 3, 29, 6), "Europe/Berlin")
+    assert runs == [utc(2026, 3, 29, 1), utc(2026, 3, 29, 1, 20), utc(2026, 3, 29, 1, 40)]
+
+
+def test_gap_times_are_not_lost_when_later_than_real_times() -> None:
+    # Lord Howe springs forward 30 min at 02:00: 02:20 is in the gap (fires as 02:50), 02:40 is real.
+    runs = next_cron_runs("20,40 2 * * *", utc(2026, 10, 3, 12), "Australia/Lord_Howe", count=3)
+    assert runs == [utc(2026, 10, 3, 15, 40), utc(2026, 10, 3, 15, 50), utc(2026, 10, 4, 15, 20)]
+    assert next_cron_run("10,50 2 * * *", utc(2026, 3, 29, 1, 10), "Europe/Berlin") == utc(2026, 3, 29, 1, 50)
+
+
+# ---- labels -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delta_s", "text"),
+    [
+        (0.4, "now"),
+        (-0.9, "now"),
+        (45, "in 45 s"),
+        (180, "in 3 min"),
+        (239, "in 3 min"),
+        (7500, "in 2 h 5 min"),
+        (3600, "in 1 h"),
+        (3 * 86400, "in 3 d"),
+        (86400 + 5 * 3600 + 59 * 60, "in 1 d 5 h"),
+        (-300, "5 min ago"),
+        (-45.5, "45 s ago"),
+    ],
+)
+def test_format_relative(delta_s: float, text: str) -> None:
+    now = utc(2026, 1, 1)
+    assert format_relative(now + timedelta(seconds=delta_s), now) == text
+
+
+def test_format_relative_naive_is_utc() -> None:
+    assert format_relative(datetime(2026, 1, 1, 0, 3), utc(2026, 1, 1)) == "in 3 min"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0 ms"),
+        (0.25, "250 ms"),
+        (4.2, "4.2 s"),
+        (9.96, "10 s"),
+        (42, "42 s"),
+        (185, "3 min 5 s"),
+        (180, "3 min"),
+        (7500, "2 h 5 min"),
+        (7200, "2 h"),
+        (93600, "1 d 2 h"),
+        (86400, "1 d"),
+        (-3, "-3.0 s"),
+    ],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
