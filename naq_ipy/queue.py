@@ -17,6 +17,7 @@ from typing import Any
 from naq_ipy.bridge import sync_twin
 from naq_ipy.connection import Connection, get_connection, nats_errors, publish, publish_many
 from naq_ipy.errors import ConfigurationError
+from naq_ipy.firing import next_regular_run
 from naq_ipy.job import JOB_OPTIONS, Job
 from naq_ipy.schedule import ScheduledJob, first_run_utc, validate_timing
 from naq_ipy.scheduled import ScheduledJobManager
@@ -92,6 +93,7 @@ class Queue:
         conn = await self._connection()
         await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id)
         logger.debug("enqueued %s %s on %s", job.job_id, job.func_name, job.queue_name)
+        job.url = job.url or self.settings  # so job.result() asks the server the job went to
         return job
 
     async def enqueue(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
@@ -105,6 +107,8 @@ class Queue:
                 for c in calls]
         messages = [(queue_subject(job.queue_name), job.serialize(), job.job_id, None) for job in jobs]
         await publish_many(await self._connection(), messages)
+        for job in jobs:
+            job.url = job.url or self.settings
         return jobs
 
     async def enqueue_at(self, dt: datetime | float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
@@ -191,7 +195,7 @@ class Queue:
             next_run = record.next_run_utc
             now = time.time()
             if not catch_up and next_run < now and record.schedule_type != "once":
-                next_run = record.next_after(now) or next_run
+                next_run = next_regular_run(record, now) or next_run
             return record.evolve(status=SCHEDULED_JOB_STATUS_ACTIVE, next_run_utc=next_run)
 
         await self._scheduled_job_manager.update(job_id, resume)

@@ -20,6 +20,7 @@ from naq_ipy.settings import SCHEDULED_JOBS_KV_NAME, ConnectionSettings, validat
 logger = logging.getLogger(__name__)
 
 UPDATE_ATTEMPTS = 5
+LIST_TIMEOUT_S = 5.0
 _DELETED = ("DEL", "PURGE")
 # what a revision-checked KV write adds to the message (for the size check)
 _KV_WRITE_HEADERS = {"Nats-Expected-Last-Subject-Sequence": "9" * 20}
@@ -156,23 +157,34 @@ class ScheduledJobManager:
         kv = await self.get_kv()
         records: list[ScheduledJob] = []
         async with nats_errors(self.settings):
-            watcher = await kv.watchall(ignore_deletes=True)
+            if (await kv.status()).values == 0:
+                return []
+            watcher = await kv.watchall()
             try:
-                async for entry in watcher:
+                # nats-py's "initial values done" marker (None) can arrive before the values when they
+                # are delivered while it asks for the consumer's info: end at the entry with no more
+                # pending (delta 0) instead; deletes are read too, so that last entry always comes
+                while True:
+                    entry = await watcher.updates(timeout=LIST_TIMEOUT_S)
                     if entry is None:
-                        break
-                    if entry.operation in _DELETED or entry.value is None:
                         continue
-                    try:
-                        records.append(ScheduledJob.from_bytes(entry.value, entry.revision or 0))
-                    except SerializationError as e:
-                        logger.warning("skipping scheduled job %r: %s", entry.key, e)
+                    if entry.operation not in _DELETED and entry.value is not None:
+                        _parse_into(records, entry.key, entry.value, entry.revision or 0)
+                    if not entry.delta:
+                        break
             finally:
                 await watcher.stop()
         return sorted(
             (r for r in records if (status is None or r.status == status) and (queue is None or r.queue_name == queue)),
             key=lambda r: r.next_run_utc,
         )
+
+
+def _parse_into(records: list[ScheduledJob], key: str, value: bytes, revision: int) -> None:
+    try:
+        records.append(ScheduledJob.from_bytes(value, revision))
+    except SerializationError as e:
+        logger.warning("skipping scheduled job %r: %s", key, e)
 
 
 def _with_revision(record: ScheduledJob, revision: int) -> ScheduledJob:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +21,7 @@ SCHEDULED_JOBS_KV_NAME = f"{NAQ_PREFIX}_scheduled_jobs"
 JOB_STATUS_KV_NAME = f"{NAQ_PREFIX}_job_status"
 RESULTS_KV_NAME = f"{NAQ_PREFIX}_results"
 WORKERS_KV_NAME = f"{NAQ_PREFIX}_workers"
+SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
 WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
 
 SCHEDULED_JOB_STATUS_ACTIVE = "active"
@@ -124,6 +125,11 @@ class ConnectionSettings:
         if settings.replicas < 1:
             raise ConfigurationError(f"replicas must be >= 1, got {settings.replicas}")
         return settings
+
+    def __repr__(self) -> str:
+        # the URL itself may carry `user:password@` or a token: show it redacted
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "url")
+        return f"ConnectionSettings(url={self.safe_url!r}, {shown})"
 
     @property
     def servers(self) -> list[str]:
