@@ -103,9 +103,19 @@ class Queue:
 
     async def enqueue_many(self, calls: Iterable[Job | Call], **options: Any) -> list[Job]:
         """Enqueue many calls (`Job`s or `(func, args[, kwargs])` tuples), pipelined; all or an error."""
-        jobs = [c if isinstance(c, Job) else self.job(c[0], c[1], c[2] if len(c) > 2 else None, **options)
-                for c in calls]
-        messages = [(queue_subject(job.queue_name), job.serialize(), job.job_id, None) for job in jobs]
+        template: Job | None = None
+        jobs: list[Job] = []
+        for call in calls:
+            if isinstance(call, Job):
+                jobs.append(call)
+            elif template is None:
+                template = self.job(call[0], call[1], call[2] if len(call) > 2 else None, **options)
+                jobs.append(template)
+            else:  # the options were validated once, for the template
+                jobs.append(template.for_call(call[0], call[1], call[2] if len(call) > 2 else None,
+                                              job_id=template.job_id if "job_id" in options else None))
+        subjects = {name: queue_subject(name) for name in {job.queue_name for job in jobs}}
+        messages = [(subjects[job.queue_name], job.serialize(), job.job_id, None) for job in jobs]
         await publish_many(await self._connection(), messages)
         for job in jobs:
             job.url = job.url or self.settings

@@ -1,0 +1,93 @@
+"""Job functions for worker tests: importable by worker subprocesses (tests/ is put on their PYTHONPATH).
+
+Functions that leave evidence write one line per event into a file given by path, so a test
+can see starts, ends and their times even when the worker ran in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import time
+from pathlib import Path
+
+
+def mark(path: str, text: str) -> None:
+    """Append `<unix time> <text>` as one line to `path` (atomic enough: one write under a lock)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(f"{time.time():.6f} {text}\n")
+
+
+def marks(path: str | Path, text: str | None = None) -> list[float]:
+    """Times of the lines in `path` (optionally only those whose text is `text`)."""
+    if not Path(path).exists():
+        return []
+    rows = [line.split(" ", 1) for line in Path(path).read_text().splitlines()]
+    return [float(t) for t, what in rows if text is None or what == text]
+
+
+def add(a: int, b: int) -> int:
+    """a + b."""
+    return a + b
+
+
+async def square_async(x: int) -> int:
+    """x squared, after yielding to the loop."""
+    await asyncio.sleep(0)
+    return x * x
+
+
+def slow(path: str, seconds: float, value: object = None) -> object:
+    """Mark `start`, sleep, mark `end`; return `value`."""
+    mark(path, "start")
+    time.sleep(seconds)
+    mark(path, "end")
+    return value
+
+
+async def slow_async(path: str, seconds: float) -> str:
+    """Mark `start`, sleep on the loop, mark `end`."""
+    mark(path, "start")
+    await asyncio.sleep(seconds)
+    mark(path, "end")
+    return "done"
+
+
+def fail_times(path: str, failures: int) -> int:
+    """Mark `start`; raise for the first `failures` calls (counted by start marks), then return the call count."""
+    mark(path, "start")
+    calls = len(marks(path, "start"))
+    if calls <= failures:
+        raise ValueError(f"planned failure {calls} of {failures}")
+    return calls
+
+
+def boom(message: str = "boom") -> None:
+    """Always raise RuntimeError(message)."""
+    raise RuntimeError(message)
+
+
+def getpid() -> int:
+    """The pid of the process running the job."""
+    return os.getpid()
+
+
+def unpicklable_result() -> object:
+    """Return something cloudpickle cannot pickle (a lock)."""
+    import threading
+
+    return threading.Lock()
+
+
+def big_result(size: int) -> bytes:
+    """`size` bytes."""
+    return b"x" * size
+
+
+def sleep_reporting_pid(path: str, seconds: float) -> None:
+    """Mark `pid <pid>`, then sleep, then mark `end`."""
+    mark(path, f"pid {os.getpid()}")
+    time.sleep(seconds)
+    mark(path, "end")
