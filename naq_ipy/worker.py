@@ -204,19 +204,22 @@ class Worker(JobRunner):
             except Stopping:  # the fetch loops of other queues must be able to run jobs meanwhile
                 return
             self._release_slot()
-            msgs: list[Msg] = []
             try:
-                msgs = await sub.fetch(1, timeout=FETCH_WAIT_S)
-                if self.free_slots > 1:
-                    msgs += await sub.fetch(self.free_slots - 1, timeout=FETCH_MORE_WAIT_S)
+                # the first message starts at once; only then is a batch fetched for the other free slots
+                self._start_all(await sub.fetch(1, timeout=FETCH_WAIT_S))
+                await asyncio.sleep(0)  # let the new handlers take their slots before free ones are counted
+                if self.free_slots > 0:
+                    self._start_all(await sub.fetch(self.free_slots, timeout=FETCH_MORE_WAIT_S))
             except TimeoutError:
                 pass
             except Exception as e:  # a disconnect, a deleted consumer: log, pause, go on
                 logger.warning("worker %s: fetch failed: %s", self.worker_id, e)
                 await asyncio.sleep(ERROR_PAUSE_S)
-            for msg in msgs:
-                self.start(msg)
-            await asyncio.sleep(0)  # let the new handlers take their slots before free ones are counted again
+            await asyncio.sleep(0)
+
+    def _start_all(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            self.start(msg)
 
     async def _progress_loop(self) -> None:
         """Tell the server every ack_wait/3 that each held message is still being worked on."""
