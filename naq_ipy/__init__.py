@@ -39,22 +39,25 @@ from naq_ipy.helpers import (
     schedule_sync,
 )
 from naq_ipy.job import Job
+from naq_ipy.progress import progress, progress_async
 from naq_ipy.queue import Queue
 from naq_ipy.retry import ExponentialBackoff
 from naq_ipy.schedule import ScheduledJob
 from naq_ipy.settings import ConnectionSettings
+from naq_ipy.waiting import WaitResult
+from naq_ipy.waiting import wait_sync as wait
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError", "ConflictError", "ConnectionSettings", "ExponentialBackoff", "Job",
     "JobExecutionError", "JobNotFoundError", "NaqConnectionError", "NaqException", "PermissionDeniedError",
-    "Queue", "ScheduledJob", "SerializationError", "cancel_scheduled_job", "cancel_scheduled_job_sync",
+    "Queue", "ScheduledJob", "SerializationError", "WaitResult", "cancel_scheduled_job", "cancel_scheduled_job_sync",
     "enqueue", "enqueue_at", "enqueue_at_sync", "enqueue_in", "enqueue_in_sync", "enqueue_sync",
     "get_scheduled_job", "get_scheduled_job_sync", "list_scheduled_jobs", "list_scheduled_jobs_sync",
     "modify_scheduled_job", "modify_scheduled_job_sync", "pause_scheduled_job", "pause_scheduled_job_sync",
-    "purge_queue", "purge_queue_sync", "resume_scheduled_job", "resume_scheduled_job_sync", "run_sync",
-    "schedule", "schedule_sync", "set_loop_mode",
+    "progress", "progress_async", "purge_queue", "purge_queue_sync", "resume_scheduled_job",
+    "resume_scheduled_job_sync", "run_sync", "schedule", "schedule_sync", "set_loop_mode", "wait",
 ]
 
 

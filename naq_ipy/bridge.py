@@ -74,11 +74,21 @@ class _Bridge:
 
         try:
             asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout_s)
+            asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), loop).result(timeout_s)
         except Exception:  # the bridge is going away either way; log and move on
             logger.warning("closing connections on the sync bridge failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout_s)
         loop.close()
+
+
+async def _cancel_other_tasks() -> None:
+    # a task left pending when the loop closes is destroyed later by the garbage collector,
+    # where its cleanup code fails without a running loop
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _bridge = _Bridge()
@@ -122,7 +132,7 @@ def run_sync(coro: Awaitable[T], timeout_s: float | None = None) -> T:
     if in_bridge_thread():
         _close(coro)
         raise NaqException("a *_sync call was made from the naq sync bridge thread: await the async API instead")
-    if _mode == "nest":
+    if _mode == "nest" and _running_loop() is not None:
         return _run_nested(coro, timeout_s)
     future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro, timeout_s), _bridge.loop)
     try:
@@ -130,7 +140,9 @@ def run_sync(coro: Awaitable[T], timeout_s: float | None = None) -> T:
             try:
                 return future.result(_WAIT_SLICE_S)
             except concurrent.futures.TimeoutError:
-                continue
+                # the same class as the builtin TimeoutError: a coroutine that timed out lands here too
+                if future.done():
+                    raise
     except KeyboardInterrupt:
         future.cancel()
         raise
@@ -140,13 +152,18 @@ async def _as_coroutine(awaitable: Awaitable[T], timeout_s: float | None) -> T:
     return await asyncio.wait_for(awaitable, timeout_s)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _run_nested(coro: Awaitable[T], timeout_s: float | None) -> T:
+    """nest mode: re-enter this thread's running loop (without one, the bridge thread serves the call)."""
     import nest_asyncio
 
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = asyncio.get_event_loop_policy().get_event_loop()
+    loop = asyncio.get_running_loop()
     nest_asyncio.apply(loop)
     return loop.run_until_complete(_as_coroutine(coro, timeout_s))
 

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "failed": ("naq_ipy.admin", "add_failed_arguments", "failed", "list failed jobs, or requeue one"),
     "purge": ("naq_ipy.admin", "add_purge_arguments", "purge", "remove every waiting job of a queue"),
     "demo": ("naq_ipy.demo", "add_arguments", "run", "run an end-to-end demo on an embedded server"),
+    "lab": ("naq_ipy.lab", "add_arguments", "run",
+            "start a server, a worker and a scheduler, then JupyterLab on the demo notebooks"),
 }
 
 

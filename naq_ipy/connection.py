@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -148,11 +149,31 @@ def _is_auth_error(error: BaseException) -> bool:
     return isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in str(error).lower()
 
 
+# The last "permissions violation" NATS reported per settings: (monotonic time, what was refused).
+# The server answers a refused publish or subscribe with an asynchronous -ERR only (nats-py hands it
+# to error_cb); the request itself then times out, and `nats_errors` turns that timeout into this.
+_denials: dict[ConnectionSettings, tuple[float, str]] = {}
+
+
+def _record_denial(settings: ConnectionSettings, error: Exception) -> None:
+    text = str(error).removeprefix("nats: ").strip()
+    if "permissions violation" in text.lower():
+        _denials[settings] = (time.monotonic(), text)
+
+
+def _raise_if_denied(settings: ConnectionSettings, since: float) -> None:
+    """PermissionDeniedError if NATS refused something on these settings' connections after `since`."""
+    denial = _denials.get(settings)
+    if denial is not None and denial[0] >= since:
+        raise PermissionDeniedError(f"permission denied by NATS at {settings.safe_url}: {denial[1]}") from None
+
+
 def _connection_callbacks(settings: ConnectionSettings, clients: list[Client],
                           first_errors: list[Exception]) -> dict[str, Any]:
     async def on_error(error: Exception) -> None:
         if not clients:
             first_errors.append(error)
+        _record_denial(settings, error)
         await _log_nats_error(error)
 
     async def disconnected() -> None:
@@ -244,7 +265,9 @@ async def _close_pool_at_loop_end() -> None:
     try:
         await loop.create_future()
     finally:
-        await _close_pool(loop)
+        if _keepers.get(loop) is asyncio.current_task():  # else close_all() retired it: the pool may be new
+            del _keepers[loop]
+            await _close_pool(loop)
 
 
 async def _close_pool(loop: asyncio.AbstractEventLoop) -> None:
@@ -264,7 +287,12 @@ async def close_all() -> None:
 
 @contextlib.asynccontextmanager
 async def nats_errors(settings: ConnectionSettings) -> AsyncIterator[None]:
-    """Turn nats-py errors raised inside the block into naq errors, without credentials."""
+    """Turn nats-py errors raised inside the block into naq errors, without credentials.
+
+    A request that timed out (or found no responders) after NATS reported a permissions
+    violation on these settings becomes PermissionDeniedError, within the request's timeout.
+    """
+    started = time.monotonic()
     try:
         yield
     except nats.js.errors.APIError as e:
@@ -272,11 +300,16 @@ async def nats_errors(settings: ConnectionSettings) -> AsyncIterator[None]:
         code, description = getattr(e, "code", None), getattr(e, "description", None) or ""
         if code == 403 or "permission" in description.lower():
             raise PermissionDeniedError(f"permission denied by NATS at {settings.safe_url}: {description}") from None
+        _raise_if_denied(settings, started)
         raise
     except nats.errors.MaxPayloadError:
         raise SerializationError(f"message over the max payload of NATS at {settings.safe_url}") from None
+    except (nats.errors.NoRespondersError, NaqConnectionError):
+        _raise_if_denied(settings, started)
+        raise
     except (nats.errors.ConnectionClosedError, nats.errors.NoServersError, nats.errors.TimeoutError,
             nats.js.errors.NoStreamResponseError) as e:
+        _raise_if_denied(settings, started)
         raise NaqConnectionError(f"NATS at {settings.safe_url} did not answer ({type(e).__name__})") from None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import multiprocessing
@@ -28,6 +29,8 @@ import cloudpickle
 
 from naq_ipy.errors import SerializationError
 from naq_ipy.job import Job
+from naq_ipy.progress import child_reporting, delegate_to_child
+from naq_ipy.settings import ConnectionSettings
 
 ERROR_LINE_MAX = 500
 
@@ -79,11 +82,15 @@ def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:
         future.exception()
 
 
-def run_in_child(data: bytes) -> tuple[str, bytes | str, str]:
-    """Process-mode entry: unpickle the job bytes here, run the call, return ("ok", pickled value) or an error."""
+def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None) -> tuple[str, bytes | str, str]:
+    """Process-mode entry: unpickle the job bytes here, run the call, return ("ok", pickled value) or an error.
+
+    `progress_to`: the server the job's `progress` calls are written to from this process.
+    """
     try:
         job = Job.deserialize(data)
-        value = job.function(*job.args, **job.kwargs)
+        with child_reporting(job.job_id, progress_to):
+            value = job.function(*job.args, **job.kwargs)
     except (Exception, SystemExit) as e:
         return ("error", *describe_exception(e))
     try:
@@ -132,7 +139,7 @@ class _ProcessSlots:
     async def run(self, data: bytes, timeout_s: float | None) -> Any:
         """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
         child = await self._take()
-        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data)
+        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child())
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
@@ -189,7 +196,8 @@ class Executor:
             raise JobFailure.from_exception(e) from None
 
     async def _run_thread(self, job: Job) -> Any:
-        call = functools.partial(job.function, *job.args, **job.kwargs)
+        # a copy of this task's context: `progress` in the thread sees the current job
+        call = functools.partial(contextvars.copy_context().run, job.function, *job.args, **job.kwargs)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         done, _ = await asyncio.wait({future}, timeout=job.timeout)
         if not done:

@@ -26,6 +26,7 @@ from naq_ipy.results import QUEUED, JobStatus, write_status
 from naq_ipy.settings import (
     FAILED_STREAM_NAME,
     FAILED_SUBJECT_PREFIX,
+    SIGNATURE_HEADER,
     ConnectionSettings,
     queue_subject,
     validate_key,
@@ -62,11 +63,12 @@ def failed_subject(job_id: str) -> str:
 
 async def record_failed(
     conn: Connection, data: bytes, *, queue_name: str, reason: str, seq: int,
-    job_id: str | None = None, func_name: str | None = None,
+    job_id: str | None = None, func_name: str | None = None, signature: str | None = None,
 ) -> None:
     """Store the original bytes of a failed or rejected job (`seq` = its job-stream sequence).
 
     The message id makes a repeat for the same delivery (a worker crash before its ack) a no-op.
+    `signature` (the job's `Naq-Signature`) is kept so a requeue sends the job as it was signed.
     """
     await conn.ensure_stream(FAILED_STREAM_NAME)
     name = job_id or f"{REJECTED_PREFIX}{seq}"
@@ -75,6 +77,8 @@ async def record_failed(
         headers[HEADER_JOB_ID] = job_id
     if func_name:
         headers[HEADER_FUNC] = one_line(func_name, 200)
+    if signature:
+        headers[SIGNATURE_HEADER] = signature
     await publish(conn, failed_subject(name), data, msg_id=f"{name}:failed:{seq}", headers=headers)
 
 
@@ -143,7 +147,10 @@ async def requeue_failed(job_id: str, url: str | ConnectionSettings | None = Non
                                        func_name=header.get("func_name"), enqueue_time=now,
                                        schedule_key=header.get("schedule_key"),
                                        message="requeued from the failed-jobs store", updated_at=now))
-    await publish(conn, queue_subject(queue), data, msg_id=f"{job_id}:requeue:{time.time_ns()}")
+    # re-sent with its original signature, never signed afresh: a rejected forgery stays rejected
+    signature = (raw.headers or {}).get(SIGNATURE_HEADER)
+    await publish(conn, queue_subject(queue), data, msg_id=f"{job_id}:requeue:{time.time_ns()}",
+                  headers={SIGNATURE_HEADER: signature} if signature else None)
     async with nats_errors(conn.settings):
         await conn.js.delete_msg(FAILED_STREAM_NAME, raw.seq or 0)
     logger.info("job %s requeued on %s", job_id, queue)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import re
 import struct
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,12 +29,17 @@ MAGIC = b"NAQJ"
 WIRE_VERSION = 1
 _PREFIX = struct.Struct(">4sBI")
 
+_HEADER_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps(separators=...) builds one per call
+_JSON_SAFE_ID = re.compile(r"[A-Za-z0-9_=.-]+")
+_HEADER_CACHE: dict[tuple[Any, ...], bytes] = {}
+_HEADER_CACHE_SIZE = 256
+
 JOB_OPTIONS = frozenset({"max_retries", "retry_delay", "depends_on", "timeout", "result_ttl", "job_id"})
 
 
 def new_job_id() -> str:
     """A fresh random job id (32 hex characters, a valid KV key and message id)."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # what uuid4().hex is made of, without the UUID object (hot path)
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -77,7 +84,7 @@ class Job:
     queue_name: str = DEFAULT_QUEUE_NAME
     job_id: str = field(default_factory=new_job_id)
     max_retries: int = 0
-    retry_delay: RetryDelay = 0
+    retry_delay: RetryDelay = 0.0
     depends_on: tuple[str, ...] = ()
     timeout: float | None = None
     result_ttl: float | None = None
@@ -118,12 +125,36 @@ class Job:
 
     def serialize(self) -> bytes:
         """The job as bytes for the wire; raises SerializationError naming what cannot be pickled."""
+        return self._serialize_call(self.function)
+
+    def _serialize_call(self, function: Any) -> bytes:
         try:
-            body = cloudpickle.dumps((self.function, self.args, self.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            body = cloudpickle.dumps((function, self.args, self.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:
             raise SerializationError(f"cannot pickle {self._unpicklable_part()}: {e}") from e
-        header = json.dumps(self.header(), separators=(",", ":")).encode()
+        header = self._header_bytes()
         return _PREFIX.pack(MAGIC, WIRE_VERSION, len(header)) + header + body
+
+    def _header_bytes(self) -> bytes:
+        """`header()` as compact JSON; the part jobs with the same options share is encoded once."""
+        # a bulk enqueue serializes thousands of jobs that differ only in id and time: its hot path
+        if not (type(self.enqueue_time) is float and math.isfinite(self.enqueue_time)
+                and isinstance(self.job_id, str) and _JSON_SAFE_ID.fullmatch(self.job_id)):
+            return _HEADER_JSON.encode(self.header()).encode()
+        key = (self.queue_name, self.func_name, self.max_retries, self.retry_delay, self.depends_on, self.timeout,
+               self.result_ttl, self.schedule_key)
+        try:
+            rest = _HEADER_CACHE.get(key)
+        except TypeError:  # an unhashable value set on the job after it was made
+            return _HEADER_JSON.encode(self.header()).encode()
+        if rest is None:
+            header = self.header()
+            del header["job_id"], header["enqueue_time"]
+            rest = _HEADER_JSON.encode(header)[1:].encode()
+            if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:
+                _HEADER_CACHE.clear()
+            _HEADER_CACHE[key] = rest
+        return b'{"job_id":"%s","enqueue_time":%s,%s' % (self.job_id.encode(), repr(self.enqueue_time).encode(), rest)
 
     def _unpicklable_part(self) -> str:
         parts: Iterable[tuple[str, Any]] = [
@@ -159,6 +190,19 @@ class Job:
             return cls(function=function, args=tuple(args), kwargs=dict(kwargs), **values)
         except (ConfigurationError, TypeError, ValueError) as e:
             raise SerializationError(f"job {header.get('job_id')!r} has an invalid header: {e}") from e
+
+    def for_call(self, function: Callable[..., Any], args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                 job_id: str | None = None) -> Job:
+        """A copy of this (already validated) job for another call, with a new id and time: bulk enqueues."""
+        if not callable(function):
+            raise ConfigurationError(f"a job needs a callable, got {function!r}")
+        job = object.__new__(type(self))
+        job.__dict__.update(self.__dict__)
+        job.function, job.args, job.kwargs = function, tuple(args), dict(kwargs or {})
+        job.job_id = new_job_id() if job_id is None else validate_key(job_id, "job id")
+        job.enqueue_time = time.time()
+        job.func_name = function_name(function)
+        return job
 
     def with_id(self, job_id: str, **changes: Any) -> Job:
         """A copy of this job under another id (one run of a schedule, a requeue)."""
@@ -206,6 +250,46 @@ class Job:
         return run_sync(self.status())
 
 
+_BY_REFERENCE_MAX = 256  # a function pickled by reference (module + name) is smaller; re-pickling it is cheap
+
+
+class _PickledOnce:
+    """A function pickled once for a batch of jobs; plain `pickle.loads` turns it back into the function."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return pickle.loads, (self.data,)
+
+
+def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
+    """`[job.serialize() for job in jobs]`, but a function shared by several jobs is pickled once.
+
+    A notebook function travels by value, which costs several times the rest of a job. The wire
+    format is unchanged (a worker unpickles the same `(function, args, kwargs)`); only a function
+    and its job's arguments no longer share objects (dynamic classes still unpickle as one class).
+    """
+    counts = Counter(id(job.function) for job in jobs)
+    once: dict[int, _PickledOnce] = {}
+    out: list[bytes] = []
+    for job in jobs:
+        key = id(job.function)  # stable: every job holds its function until the batch is done
+        if counts[key] > 1 and key not in once:
+            try:
+                data = cloudpickle.dumps(job.function, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                data = b""  # the plain path below raises the SerializationError naming the function
+            if len(data) > _BY_REFERENCE_MAX:  # pickled by value: worth sharing
+                once[key] = _PickledOnce(data)
+            else:
+                counts[key] = 1
+        out.append(job._serialize_call(once[key]) if key in once else job.serialize())
+    return out
+
+
 def rewrite_header(data: bytes, **changes: Any) -> bytes:
     """The same job bytes with header fields changed; the pickled call is copied, never loaded."""
     header, body = read_header(data)
@@ -213,7 +297,7 @@ def rewrite_header(data: bytes, **changes: Any) -> bytes:
     if unknown:
         raise ConfigurationError(f"unknown job fields: {', '.join(sorted(unknown))}")
     header.update(changes)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = _HEADER_JSON.encode(header).encode()
     return _PREFIX.pack(MAGIC, WIRE_VERSION, len(encoded)) + encoded + body
 
 

@@ -50,8 +50,10 @@ def _job_header(record: ScheduledJob, updates: dict[str, Any]) -> dict[str, Any]
     if "retry_delay" in updates:
         header["retry_delay"] = retry_delay_to_json(validate_retry_delay(updates["retry_delay"]))
     if "timeout" in updates:
-        timeout = updates["timeout"]
-        header["timeout"] = None if timeout is None else parse_duration(timeout)
+        timeout = None if updates["timeout"] is None else parse_duration(updates["timeout"])
+        if timeout == 0:  # a Job refuses timeout 0: the stored job would become unreadable
+            raise ConfigurationError("timeout must be a positive duration or None")
+        header["timeout"] = timeout
     return header
 
 

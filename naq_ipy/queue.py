@@ -18,7 +18,7 @@ from naq_ipy.bridge import sync_twin
 from naq_ipy.connection import Connection, get_connection, nats_errors, publish, publish_many
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.firing import next_regular_run
-from naq_ipy.job import JOB_OPTIONS, Job
+from naq_ipy.job import JOB_OPTIONS, Job, serialize_many
 from naq_ipy.schedule import ScheduledJob, first_run_utc, validate_timing
 from naq_ipy.scheduled import ScheduledJobManager
 from naq_ipy.settings import (
@@ -31,6 +31,7 @@ from naq_ipy.settings import (
     validate_key,
     validate_queue_name,
 )
+from naq_ipy.signing import signed_headers
 from naq_ipy.timeutils import parse_duration, to_timestamp
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class Queue:
         """Publish a prepared Job (one round trip); its id is the message id, so a retry is deduplicated."""
         data = job.serialize()
         conn = await self._connection()
-        await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id)
+        await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id,
+                      headers=signed_headers(self.settings, data))
         logger.debug("enqueued %s %s on %s", job.job_id, job.func_name, job.queue_name)
         job.url = job.url or self.settings  # so job.result() asks the server the job went to
         return job
@@ -115,7 +117,9 @@ class Queue:
                 jobs.append(template.for_call(call[0], call[1], call[2] if len(call) > 2 else None,
                                               job_id=template.job_id if "job_id" in options else None))
         subjects = {name: queue_subject(name) for name in {job.queue_name for job in jobs}}
-        messages = [(subjects[job.queue_name], job.serialize(), job.job_id, None) for job in jobs]
+        datas = serialize_many(jobs)
+        messages = [(subjects[job.queue_name], data, job.job_id, signed_headers(self.settings, data))
+                    for job, data in zip(jobs, datas, strict=True)]
         await publish_many(await self._connection(), messages)
         for job in jobs:
             job.url = job.url or self.settings

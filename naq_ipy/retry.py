@@ -80,6 +80,8 @@ def _seconds(value: object, spec: object) -> float:
 
 def validate_retry_delay(spec: object) -> NormalRetryDelay:
     """`spec` normalised: seconds as a float, a list as a tuple of floats, or the ExponentialBackoff."""
+    if type(spec) is float and 0 <= spec < math.inf:  # the common case, checked on every job: skip the ABCs
+        return spec
     if isinstance(spec, ExponentialBackoff):
         return spec
     if isinstance(spec, list | tuple):

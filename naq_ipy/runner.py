@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,13 +23,21 @@ from nats.js.kv import KeyValue
 
 from naq_ipy import results
 from naq_ipy.connection import Connection, nats_errors
-from naq_ipy.errors import ConfigurationError, NaqException, SerializationError
+from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, SerializationError
 from naq_ipy.executor import Executor, JobFailure, describe_exception, one_line
 from naq_ipy.failed import record_failed
 from naq_ipy.job import Job, read_header
+from naq_ipy.progress import reporting
 from naq_ipy.results import JobStatus, write_status
 from naq_ipy.retry import retry_delay_s
-from naq_ipy.settings import DEFAULT_RESULT_TTL_S, JOB_STATUS_KV_NAME, QUEUE_SUBJECT_PREFIX, validate_key
+from naq_ipy.settings import (
+    DEFAULT_RESULT_TTL_S,
+    JOB_STATUS_KV_NAME,
+    QUEUE_SUBJECT_PREFIX,
+    SIGNATURE_HEADER,
+    validate_key,
+)
+from naq_ipy.signing import refusal
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,8 @@ T = TypeVar("T")
 
 WAITING_PER_SLOT = 10  # messages held for their dependencies, per execution slot
 WAITING_FULL_DELAY_S = 5.0
+OUTCOME_RETRY_MIN_S = 0.25
+OUTCOME_RETRY_MAX_S = 2.0
 
 
 class Stopping(Exception):
@@ -51,6 +61,10 @@ class Delivery:
     job_id: str | None = None
     state: str = "new"  # new, waiting (for dependencies), running
     settled: bool = False  # acked or nak'ed: no more progress acks
+
+
+def _signature(msg: Msg) -> str | None:
+    return (msg.headers or {}).get(SIGNATURE_HEADER)
 
 
 def _valid_id(value: Any) -> str | None:
@@ -148,6 +162,10 @@ class JobRunner:
     async def _accept(self, delivery: Delivery) -> Job | None:
         """The message's job, or None when it was rejected or has already ended."""
         msg = delivery.msg
+        refused = refusal(msg.data, msg.headers, self.conn.settings)
+        if refused:  # not even its header is trusted: it is recorded under `rejected-<seq>` only
+            await self._reject(delivery, refused)
+            return None
         try:
             header, _ = read_header(msg.data)
             delivery.job_id = _valid_id(header.get("job_id"))
@@ -178,7 +196,8 @@ class JobRunner:
         msg, job_id, now = delivery.msg, delivery.job_id, time.time()
         queue = msg.subject[len(QUEUE_SUBJECT_PREFIX) + 1:]
         seq = msg.metadata.sequence.stream
-        await record_failed(self.conn, msg.data, queue_name=queue, reason=reason, seq=seq, job_id=job_id)
+        await record_failed(self.conn, msg.data, queue_name=queue, reason=reason, seq=seq, job_id=job_id,
+                            signature=_signature(msg))
         if job_id:
             await write_status(self.conn, JobStatus(
                 job_id=job_id, status=results.REJECTED, queue_name=queue, error=one_line(reason),
@@ -220,16 +239,19 @@ class JobRunner:
         await write_status(self.conn, running)
         logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
-            data = results.encode_result(self.conn, job.job_id, await self._executor.run(job, msg.data))
+            async with reporting(job.job_id, self.conn) as progress:
+                value = await self._executor.run(job, msg.data)
+            data = results.encode_result(self.conn, job.job_id, value)
         except JobFailure as failure:
-            await self._fail(delivery, job, running, failure.error, failure.traceback, retry=True)
+            await self._fail(delivery, job, progress.stamp(running), failure.error, failure.traceback, retry=True)
             return failure.still_running
         except SerializationError as e:
-            await self._fail(delivery, job, running, describe_exception(e)[0], "", retry=False)
+            await self._fail(delivery, job, progress.stamp(running), describe_exception(e)[0], "", retry=False)
             return None
         ttl = job.result_ttl or DEFAULT_RESULT_TTL_S
-        await results.write_result(self.conn, job.job_id, data, ttl)
-        await write_status(self.conn, running.evolve(status=results.FINISHED, finished_at=time.time()), ttl)
+        await self._durably(job.job_id, results.write_result, self.conn, job.job_id, data, ttl)
+        finished = progress.stamp(running).evolve(status=results.FINISHED, finished_at=time.time())
+        await self._durably(job.job_id, write_status, self.conn, finished, ttl)
         await self._ack(delivery)
         self.processed += 1
         logger.info("job %s finished in %.3fs", job.job_id, time.time() - (running.started_at or 0))
@@ -246,14 +268,30 @@ class JobRunner:
             logger.warning("job %s failed: %s (retry %d in %.2fs)", job.job_id, error, attempt, delay)
             return
         msg = delivery.msg
-        await record_failed(self.conn, msg.data, queue_name=job.queue_name, reason=error,
-                            seq=msg.metadata.sequence.stream, job_id=job.job_id, func_name=job.func_name)
-        await write_status(self.conn, base.evolve(status=results.FAILED, error=error, traceback=tb or None,
-                                                  finished_at=time.time()), job.result_ttl or DEFAULT_RESULT_TTL_S)
+        await self._durably(job.job_id, record_failed, self.conn, msg.data, queue_name=job.queue_name, reason=error,
+                            seq=msg.metadata.sequence.stream, job_id=job.job_id, func_name=job.func_name,
+                            signature=_signature(msg))
+        failed = base.evolve(status=results.FAILED, error=error, traceback=tb or None, finished_at=time.time())
+        await self._durably(job.job_id, write_status, self.conn, failed, job.result_ttl or DEFAULT_RESULT_TTL_S)
         await self._ack(delivery)
         self.processed += 1
         self.failed += 1
         logger.warning("job %s failed: %s", job.job_id, error)
+
+    async def _durably(self, job_id: str, write: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> None:
+        """Await an (idempotent) write of a job's outcome, retried while NATS is away, unless the worker stops."""
+        # giving up would leave the job unacked, and its redelivery would run it a second time
+        delay = OUTCOME_RETRY_MIN_S
+        while True:
+            try:
+                await write(*args, **kwargs)
+                return
+            except (NaqConnectionError, nats.errors.Error) as e:
+                if self._stopping.is_set():
+                    raise
+                logger.warning("job %s: outcome not written yet (%s); retrying in %.2fs", job_id, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTCOME_RETRY_MAX_S)
 
     async def _ack(self, delivery: Delivery) -> None:
         delivery.settled = True

@@ -132,8 +132,7 @@ class ScheduledJob:
             data = json.loads(raw)
             if not isinstance(data, dict) or data.pop("v", None) != RECORD_VERSION:
                 raise ValueError("missing or unknown record version")
-            known = {f.name for f in fields(cls)}
-            data = {k: v for k, v in data.items() if k in known}
+            data = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
             data["job_data"] = base64.b64decode(data["job_data"], validate=True)
             record = cls(revision=revision, **data)
             if record.schedule_type not in SCHEDULE_TYPES or record.status not in STATUSES:
@@ -152,6 +151,9 @@ def first_run_utc(cron: str | None, interval_s: float | None, tz: str | None, no
         return next_cron_run(cron, from_timestamp(now_utc), tz).timestamp()
     assert interval_s is not None
     return now_utc + interval_s
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(ScheduledJob))
 
 
 def new_record(

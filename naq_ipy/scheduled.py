@@ -30,7 +30,7 @@ _WRONG_LAST_CODES = (10071, 10164)  # JSStreamWrongLastSequence(Constant)
 def is_wrong_last(error: Exception) -> bool:
     """True if a revision-checked write lost to a concurrent change (`kv.delete` raises it untranslated)."""
     return isinstance(error, nats.js.errors.KeyWrongLastSequenceError) or (
-        isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST_CODES
+        isinstance(error, nats.js.errors.APIError) and getattr(error, "err_code", None) in _WRONG_LAST_CODES
     )
 
 

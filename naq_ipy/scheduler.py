@@ -48,6 +48,7 @@ from naq_ipy.settings import (
     queue_subject,
     validate_key,
 )
+from naq_ipy.signing import signed_headers
 from naq_ipy.timeutils import from_timestamp
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,10 @@ LATE_CHECK_S = 1.0  # a fire this late re-reads its entry first
 
 async def publish_run(conn: Connection, record: ScheduledJob, job_id: str, enqueue_time: float,
                       msg_id: str) -> api.PubAck:
-    """Publish one run of `record` as job `job_id`; its pickled call is copied, never loaded."""
+    """Publish one run of `record` as job `job_id` (signed with the connection's key, if any); never unpickled."""
     data = rewrite_header(record.job_data, job_id=job_id, schedule_key=record.key, enqueue_time=enqueue_time)
-    return await publish(conn, queue_subject(record.queue_name), data, msg_id=msg_id)
+    return await publish(conn, queue_subject(record.queue_name), data, msg_id=msg_id,
+                         headers=signed_headers(conn.settings, data))
 
 
 def _iso(ts: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,7 @@ RESULTS_KV_NAME = f"{NAQ_PREFIX}_results"
 WORKERS_KV_NAME = f"{NAQ_PREFIX}_workers"
 SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
 WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
+SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.signing
 
 SCHEDULED_JOB_STATUS_ACTIVE = "active"
 SCHEDULED_JOB_STATUS_PAUSED = "paused"
@@ -82,6 +84,14 @@ def _env_float(name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from e
 
 
+def signing_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Signing keys from a comma-separated string or a sequence; blanks dropped, the first one signs."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigurationError("signing keys must be strings")
+    return tuple(item.strip() for item in items if item.strip())
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """How to reach NATS; hashable so connections can be pooled by it. Secrets never print."""
@@ -96,6 +106,10 @@ class ConnectionSettings:
     tls_key_file: str | None = None
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     replicas: int = 1
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signing_keys", signing_keys(self.signing_keys))
 
     @classmethod
     def resolve(cls, url: str | ConnectionSettings | None = None, **overrides: Any) -> ConnectionSettings:
@@ -103,7 +117,8 @@ class ConnectionSettings:
 
         Auth comes from keyword overrides or env (`NAQ_USER`, `NAQ_PASSWORD`, `NAQ_TOKEN`,
         `NAQ_CREDS`, `NAQ_TLS_CA`, `NAQ_TLS_CERT`, `NAQ_TLS_KEY`, `NAQ_REPLICAS`,
-        `NAQ_CONNECT_TIMEOUT`).
+        `NAQ_CONNECT_TIMEOUT`). Job signing keys: `signing_key=` (a key or a list) or env
+        `NAQ_SIGNING_KEYS` (comma-separated: the first signs, any verifies) / `NAQ_SIGNING_KEY`.
         """
         if isinstance(url, ConnectionSettings):
             return url
@@ -119,7 +134,10 @@ class ConnectionSettings:
             "tls_key_file": env.get("NAQ_TLS_KEY") or None,
             "connect_timeout_s": _env_float("NAQ_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
             "replicas": int(_env_float("NAQ_REPLICAS", 1)),
+            "signing_keys": env.get("NAQ_SIGNING_KEYS") or env.get("NAQ_SIGNING_KEY") or (),
         }
+        if "signing_key" in overrides:
+            overrides["signing_keys"] = overrides.pop("signing_key")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         if settings.replicas < 1:

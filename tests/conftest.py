@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 
-from naq_ipy.server import NatsServer
+import naq_ipy.bridge
+from naq_ipy.server import NatsServer, free_port
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,6 +45,8 @@ async def _delete_all_streams(url: str) -> None:
 @pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
     """URL of the session server, emptied of every stream and KV bucket before the test."""
+    # the sync bridge's pooled connection caches stream/bucket handles: start each test without it
+    naq_ipy.bridge.stop_bridge()
     asyncio.run(_delete_all_streams(nats_server.url))
     return nats_server.url
 
@@ -59,3 +65,94 @@ def nats_server_factory(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+# --- raw nats-py views of what naq wrote (for tests of the core) ---
+
+
+@pytest.fixture
+async def raw_js(nats_url: str) -> AsyncIterator[JetStreamContext]:
+    """A plain nats-py JetStream context on the clean test server (not naq's pool)."""
+    nc = await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False)
+    yield nc.jetstream()
+    await nc.close()
+
+
+@pytest.fixture
+def stream_msgs(raw_js: JetStreamContext) -> Callable[..., Awaitable[list[RawStreamMsg]]]:
+    """`await stream_msgs(subject)`: every message of `naq_jobs` on `subject`, in order, read without consuming."""
+
+    async def read(subject: str = "naq.queue.>", stream: str = "naq_jobs") -> list[RawStreamMsg]:
+        try:
+            info = await raw_js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        found: list[RawStreamMsg] = []
+        seq = info.state.first_seq
+        while info.state.messages and seq <= info.state.last_seq:
+            try:
+                msg = await raw_js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            found.append(msg)
+            seq = (msg.seq or seq) + 1
+        return found
+
+    return read
+
+
+@pytest.fixture
+def kv_snapshot(raw_js: JetStreamContext) -> Callable[..., Awaitable[dict[str, tuple[bytes, int]]]]:
+    """`await kv_snapshot(bucket)`: {key: (value, revision)} of a KV bucket ({} if it does not exist)."""
+
+    async def read(bucket: str = "naq_scheduled_jobs") -> dict[str, tuple[bytes, int]]:
+        # read the bucket's stream message by message: kv.keys() is a watcher and can end early
+        try:
+            info = await raw_js.stream_info(f"KV_{bucket}")
+        except nats.js.errors.NotFoundError:
+            return {}
+        prefix = f"$KV.{bucket}."
+        found: dict[str, tuple[bytes, int]] = {}
+        seq = info.state.first_seq
+        while info.state.messages and seq <= info.state.last_seq:
+            try:
+                msg = await raw_js.get_msg(f"KV_{bucket}", seq=seq, subject=f"{prefix}>", next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            assert msg.subject is not None and msg.seq is not None
+            key = msg.subject[len(prefix):]
+            if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                found.pop(key, None)
+            else:
+                found[key] = (msg.data or b"", msg.seq)
+            seq = msg.seq + 1
+        return found
+
+    return read
+
+
+# --- a 3-node JetStream cluster (tests/test_cluster.py, tests/test_faults.py) ---
+
+
+@pytest.fixture
+def nats_cluster_nodes(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    """Three JetStream nodes on loopback, routed to each other, each with its own store dir; stopped at teardown."""
+    cluster_ports = [free_port() for _ in range(3)]
+    routes = [f"nats://127.0.0.1:{port}" for port in cluster_ports]
+    nodes = [NatsServer(store_dir=tmp_path / f"node{i}", server_name=f"node{i}", cluster_name="naq-test",
+                        cluster_port=port, routes=routes) for i, port in enumerate(cluster_ports)]
+    try:
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_ready(30, full=True)  # full: JetStream has a meta leader
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def nats_cluster(nats_cluster_nodes: list[NatsServer]) -> list[str]:
+    """Client URLs of the three nodes of `nats_cluster_nodes` (join them with "," for ConnectionSettings)."""
+    return [node.url for node in nats_cluster_nodes]

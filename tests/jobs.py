@@ -91,3 +91,35 @@ def sleep_reporting_pid(path: str, seconds: float) -> None:
     mark(path, f"pid {os.getpid()}")
     time.sleep(seconds)
     mark(path, "end")
+
+
+def report_steps(steps: list[float], pause_s: float) -> str:
+    """Report each fraction of `steps` with the message `step i of n`, pausing `pause_s` after each."""
+    import naq_ipy
+
+    for i, fraction in enumerate(steps, 1):
+        naq_ipy.progress(fraction, f"step {i} of {len(steps)}")
+        time.sleep(pause_s)
+    return "reported"
+
+
+async def report_steps_async(steps: list[float], pause_s: float) -> str:
+    """`report_steps` for the worker's loop, through `progress_async`."""
+    import naq_ipy
+
+    for i, fraction in enumerate(steps, 1):
+        await naq_ipy.progress_async(fraction, f"step {i} of {len(steps)}")
+        await asyncio.sleep(pause_s)
+    return "reported"
+
+
+def report_tightly(seconds: float) -> int:
+    """Call `progress` as fast as possible for `seconds`, then report 1.0; return the number of calls."""
+    import naq_ipy
+
+    calls, start = 0, time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        naq_ipy.progress(elapsed / seconds * 0.99)
+        calls += 1
+    naq_ipy.progress(1.0, "done")
+    return calls + 1

