@@ -317,11 +317,16 @@ def check_payload(conn: Connection, data: bytes, what: str = "job", headers: dic
     """Raise before writing anything if `data` plus its headers exceed the server's max payload."""
     # the server counts headers in max_payload and drops the whole connection on a violation,
     # while nats-py checks the body only
+    if len(data) + _HEADERS_ALLOWANCE < conn.max_payload:
+        return  # the common case, without encoding the headers to measure them
     size = len(data) + _headers_size(headers)
     if size > conn.max_payload:
         raise SerializationError(
             f"{what} is {size:,} bytes, over the NATS server's max payload of {conn.max_payload:,} bytes"
         )
+
+
+_HEADERS_ALLOWANCE = 8192
 
 
 def _headers_size(headers: dict[str, str] | None) -> int:

@@ -11,6 +11,7 @@ nbclient against the same stack and prints PASS/FAIL per notebook: the quickstar
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -89,23 +90,25 @@ def run(args: argparse.Namespace) -> int:
             print("naq lab: interrupted", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED if headless else EXIT_OK
         finally:
+            started = stack.processes()
             stack.stop()
-            print("naq lab: stopped the worker, the scheduler"
-                  + (" and the server" if stack.server is not None else ""), flush=True)
+            if started:
+                print("naq lab: stopped the worker, the scheduler"
+                      + (" and the server" if stack.server is not None else ""), flush=True)
 
 
 def _missing_modules(names: tuple[str, ...]) -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt in the main thread, so one cleanup path serves both."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
@@ -173,6 +176,7 @@ def run_headless(notebooks: Path, names: list[str], url: str, cell_timeout_s: fl
         else:
             passed += 1
             print(f"PASS {path.name} ({time.monotonic() - started:.1f} s)", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # nbclient leaves SIGTERM at its default
     print(f"{passed} passed, {failed} failed", flush=True)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -197,20 +201,57 @@ def kernelspec_here() -> Iterator[str]:
                 os.environ["JUPYTER_PATH"] = previous
 
 
+class _StopOnSignal:
+    """While nbclient runs: Ctrl-C or SIGTERM cancel the run (nbclient then shuts its kernel down).
+
+    nbclient's own handlers only shut the kernel down, and the caller would go on with the next
+    notebook; `requested` tells the caller to stop instead.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def take_over(self) -> None:
+        """Call in nbclient's execution task, once it has set its own handlers (before the kernel starts)."""
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+
+        def stop() -> None:
+            self.requested = True
+            if task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(RuntimeError, ValueError):  # not the main thread: no signals here
+                loop.add_signal_handler(sig, stop)
+
+
 def execute_notebook(path: Path, url: str, *, cell_timeout_s: float = CELL_TIMEOUT_S,
                      env: Mapping[str, str] | None = None) -> Any:
     """Run the notebook at `path` top to bottom in a fresh kernel of this Python with `NAQ_URL=url`.
 
     The kernel's working directory is the notebook's folder. Only cells tagged
     `raises-exception` may fail; any other error raises (nbclient's CellExecutionError).
-    Returns the executed notebook; the file is not changed.
+    Ctrl-C or SIGTERM shut the kernel down and raise KeyboardInterrupt. Returns the executed
+    notebook; the file is not changed.
     """
     import nbformat
     from nbclient import NotebookClient
 
+    stop = _StopOnSignal()
+
+    class Client(NotebookClient):
+        async def async_start_new_kernel(self, **kwargs: Any) -> None:
+            stop.take_over()
+            await super().async_start_new_kernel(**kwargs)
+
     nb = nbformat.read(path, as_version=4)
     with kernelspec_here() as kernel_name:
-        client = NotebookClient(nb, kernel_name=kernel_name, timeout=cell_timeout_s,
-                                resources={"metadata": {"path": str(path.parent.resolve())}})
-        client.execute(env={**os.environ, **(env or {}), "NAQ_URL": url})
+        client = Client(nb, kernel_name=kernel_name, timeout=cell_timeout_s,
+                        resources={"metadata": {"path": str(path.parent.resolve())}})
+        try:
+            client.execute(env={**os.environ, **(env or {}), "NAQ_URL": url})
+        except BaseException:
+            if stop.requested:  # nbclient reports the cancelled run as a dead kernel
+                raise KeyboardInterrupt from None
+            raise
     return nb

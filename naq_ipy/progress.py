@@ -86,10 +86,11 @@ async def write_progress(conn: Connection, job_id: str, fraction: float, message
 class Reporter:
     """The rate-limited progress writer of one running job; `report` is safe from any thread.
 
-    Writes run on `loop`, through `conn` if given, else the pooled connection for `settings`.
+    Writes run on `loop` (None: the sync bridge's, started at the first report), through `conn`
+    if given, else the pooled connection for `settings`; at most one per `interval_s` seconds.
     """
 
-    def __init__(self, job_id: str, settings: ConnectionSettings, loop: asyncio.AbstractEventLoop,
+    def __init__(self, job_id: str, settings: ConnectionSettings, loop: asyncio.AbstractEventLoop | None = None,
                  conn: Connection | None = None, interval_s: float = INTERVAL_S) -> None:
         self.job_id = job_id
         self.settings = settings
@@ -115,12 +116,18 @@ class Reporter:
             if self._signalled:
                 return
             self._signalled = True
+            loop = self._loop = self._loop or bridge_loop()
         with contextlib.suppress(RuntimeError):  # the loop closed under a job thread that outlived its worker
-            self._loop.call_soon_threadsafe(self._wake)
+            loop.call_soon_threadsafe(self._wake)
+
+    @property
+    def reported(self) -> bool:
+        """True once the job reported anything."""
+        return self._latest is not None
 
     def _wake(self) -> None:
         if self._task is None:
-            self._task = self._loop.create_task(self._pump(), name=f"naq-progress-{self.job_id}")
+            self._task = asyncio.get_running_loop().create_task(self._pump(), name=f"naq-progress-{self.job_id}")
         self._event.set()
 
     async def _pump(self) -> None:
@@ -152,10 +159,17 @@ class Reporter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._delegated and self._conn is not None:
-            status = await _read_status(self._conn, self.job_id)
-            if status is not None and status.progress is not None:
-                with self._lock:
-                    self._latest = (status.progress, status.message)
+            await self._read_back(self._conn)
+
+    async def _read_back(self, conn: Connection) -> None:
+        try:
+            status = await _read_status(conn, self.job_id)
+        except (NaqException, nats.errors.Error, OSError) as e:  # best effort, like every progress write
+            logger.warning("job %s: progress of its process not read back: %s", self.job_id, e)
+            return
+        if status is not None and status.progress is not None:
+            with self._lock:
+                self._latest = (status.progress, status.message)
 
     async def aclose(self) -> None:
         """Stop, then write the newest value if it is not stored yet (a child's end of a job)."""
@@ -215,15 +229,20 @@ def child_reporting(job_id: str, settings: ConnectionSettings | None) -> Iterato
     if settings is None:
         yield
         return
-    reporter = Reporter(job_id, settings, bridge_loop())
+    reporter = Reporter(job_id, settings)
     try:
         with _current_reporter(reporter):
             yield
     finally:
-        try:
-            run_sync(reporter.aclose(), FLUSH_TIMEOUT_S)
-        except (TimeoutError, NaqException) as e:
-            logger.warning("job %s: last progress not stored: %s", job_id, e)
+        if reporter.reported:  # most jobs report nothing: no bridge, no connection for them
+            _flush_in_child(reporter)
+
+
+def _flush_in_child(reporter: Reporter) -> None:
+    try:
+        run_sync(reporter.aclose(), FLUSH_TIMEOUT_S)
+    except (TimeoutError, NaqException) as e:
+        logger.warning("job %s: last progress not stored: %s", reporter.job_id, e)
 
 
 def progress(fraction: float, message: str | None = None) -> None:

@@ -1,16 +1,19 @@
 """Job status (KV `naq_job_status`, JSON) and results (KV `naq_results`, cloudpickle).
 
-A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
+A small result (up to `INLINE_RESULT_MAX` bytes pickled) travels inside the `finished` status
+record itself, so a job's outcome is one KV write and one read; larger ones go to `naq_results`
+first. A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
 in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import pickle
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import cloudpickle
@@ -35,6 +38,7 @@ FINISHED = "finished"
 FAILED = "failed"
 CANCELLED = "cancelled"
 REJECTED = "rejected"
+INLINE_RESULT_MAX = 4096
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, REJECTED})
 
 
@@ -56,6 +60,7 @@ class JobStatus:
     message: str | None = None
     worker_id: str | None = None
     schedule_key: str | None = None
+    result_inline: str | None = field(default=None, repr=False)
     updated_at: float = 0.0
     revision: int = 0
 
@@ -75,18 +80,20 @@ class JobStatus:
         return replace(self, updated_at=time.time(), **changes)
 
     def to_bytes(self) -> bytes:
-        data = asdict(self)
-        data.pop("revision")
+        """The stored JSON form (every field but `revision`)."""
+        data = {name: getattr(self, name) for name in _STATUS_FIELDS}
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes, revision: int = 0) -> JobStatus:
         try:
             data = json.loads(raw)
-            known = {f.name for f in fields(cls)} - {"revision"}
-            return cls(revision=revision, **{k: v for k, v in data.items() if k in known})
+            return cls(revision=revision, **{k: v for k, v in data.items() if k in _STATUS_FIELDS})
         except (ValueError, TypeError, AttributeError) as e:
             raise SerializationError(f"corrupt job status record: {e}") from e
+
+
+_STATUS_FIELDS = tuple(f.name for f in fields(JobStatus) if f.name != "revision")
 
 
 async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> int:
@@ -112,6 +119,17 @@ async def write_result(conn: Connection, job_id: str, data: bytes,
                        ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> int:
     """Store an encoded result value."""
     return await kv_put(conn, RESULTS_KV_NAME, job_id, data, ttl_s)
+
+
+async def write_outcome(conn: Connection, status: JobStatus, data: bytes,
+                        ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> JobStatus:
+    """Store a finished job's result and status: inline when small, else the result first, then the status."""
+    if len(data) <= INLINE_RESULT_MAX:
+        status = status.evolve(result_inline=base64.b64encode(data).decode())
+    else:
+        await write_result(conn, status.job_id, data, ttl_s)
+    await write_status(conn, status, ttl_s)
+    return status
 
 
 async def _get(conn: Connection, bucket: str, key: str) -> tuple[bytes, int] | None:
@@ -141,11 +159,15 @@ async def _read_result(conn: Connection, status: JobStatus) -> Any:
             f"job {status.job_id} {status.status}: {status.error or 'no error recorded'}",
             job_id=status.job_id, traceback=status.traceback,
         )
-    found = await _get(conn, RESULTS_KV_NAME, status.job_id)
-    if found is None:
-        raise JobNotFoundError(f"result of job {status.job_id} has expired or was never stored")
+    if status.result_inline is not None:
+        data = base64.b64decode(status.result_inline)
+    else:
+        found = await _get(conn, RESULTS_KV_NAME, status.job_id)
+        if found is None:
+            raise JobNotFoundError(f"result of job {status.job_id} has expired or was never stored")
+        data = found[0]
     try:
-        return pickle.loads(found[0])
+        return pickle.loads(data)
     except Exception as e:
         raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
 

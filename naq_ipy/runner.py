@@ -2,7 +2,9 @@
 
 The outcome of a job is written before its message is acked: result then `finished`, or
 `retrying` + a delayed nak while attempts remain (counted by the server's delivery count),
-or the failed-jobs store + `failed`. Unreadable input is recorded as `rejected` and acked.
+or the failed-jobs store + `failed`; those writes are retried while NATS is away (a cluster node
+fails over), since an unacked job would run again. Unreadable input, and with signing keys any
+job not signed by one of them, is recorded as `rejected` and acked, never unpickled.
 A job waiting for its dependencies holds its message (kept alive by progress acks) but no
 execution slot, and wakes on a KV watch of the dependencies' status keys.
 """
@@ -248,10 +250,9 @@ class JobRunner:
         except SerializationError as e:
             await self._fail(delivery, job, progress.stamp(running), describe_exception(e)[0], "", retry=False)
             return None
-        ttl = job.result_ttl or DEFAULT_RESULT_TTL_S
-        await self._durably(job.job_id, results.write_result, self.conn, job.job_id, data, ttl)
         finished = progress.stamp(running).evolve(status=results.FINISHED, finished_at=time.time())
-        await self._durably(job.job_id, write_status, self.conn, finished, ttl)
+        await self._durably(job.job_id, results.write_outcome, self.conn, finished, data,
+                            job.result_ttl or DEFAULT_RESULT_TTL_S)
         await self._ack(delivery)
         self.processed += 1
         logger.info("job %s finished in %.3fs", job.job_id, time.time() - (running.started_at or 0))
@@ -286,7 +287,7 @@ class JobRunner:
             try:
                 await write(*args, **kwargs)
                 return
-            except (NaqConnectionError, nats.errors.Error) as e:
+            except (NaqConnectionError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
                 if self._stopping.is_set():
                     raise
                 logger.warning("job %s: outcome not written yet (%s); retrying in %.2fs", job_id, e, delay)

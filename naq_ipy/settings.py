@@ -84,7 +84,7 @@ def _env_float(name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from e
 
 
-def signing_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
+def parse_signing_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
     """Signing keys from a comma-separated string or a sequence; blanks dropped, the first one signs."""
     items = value.split(",") if isinstance(value, str) else list(value or ())
     if not all(isinstance(item, str) for item in items):
@@ -106,10 +106,10 @@ class ConnectionSettings:
     tls_key_file: str | None = None
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     replicas: int = 1
-    signing_keys: tuple[str, ...] = field(default=(), repr=False)
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)  # job HMAC keys: the first signs, any verifies
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "signing_keys", signing_keys(self.signing_keys))
+        object.__setattr__(self, "signing_keys", parse_signing_keys(self.signing_keys))
 
     @classmethod
     def resolve(cls, url: str | ConnectionSettings | None = None, **overrides: Any) -> ConnectionSettings:

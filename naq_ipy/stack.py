@@ -9,6 +9,7 @@ then stops them in order: workers and scheduler first, the server last.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import time
 import uuid
@@ -82,6 +83,7 @@ class LocalStack:
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> LocalStack:
         """Find or start the server, start the worker and the scheduler, and wait until both are live."""
+        atexit.register(self.stop)  # a second Ctrl-C during a stop must not leave children running
         try:
             self._serve()
             self.children.start("worker", [*self.queues, "-c", str(self.concurrency), "--worker-id",
@@ -124,7 +126,8 @@ class LocalStack:
             await conn.nc.close()
 
     def stop(self) -> None:
-        """Stop the worker and scheduler (SIGTERM, then SIGKILL), then a server started here."""
+        """Stop the worker and scheduler (SIGTERM, then SIGKILL), then a server started here; idempotent."""
+        atexit.unregister(self.stop)
         self.children.stop()
         if self.server is not None:
             self.server.stop()

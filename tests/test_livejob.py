@@ -51,12 +51,12 @@ def worker(nats_url: str) -> Iterator[Worker]:
 
 
 @pytest.fixture
-def live(nats_url: str) -> Iterator[Callable[[Job], LiveJob]]:
-    """`live(job)`: a LiveJob with its widget built; all closed at the end."""
+def live(nats_url: str) -> Iterator[Callable[[Job | str], LiveJob]]:
+    """`live(job or job id)`: a LiveJob with its widget built; all closed at the end."""
     made: list[LiveJob] = []
 
-    def make(job: Job) -> LiveJob:
-        view = LiveJob(job)
+    def make(job: Job | str) -> LiveJob:
+        view = LiveJob(job, nats_url)
         made.append(view)
         assert view.wait_loaded(5)
         assert view.widget is not None
@@ -68,11 +68,12 @@ def live(nats_url: str) -> Iterator[Callable[[Job], LiveJob]]:
 
 
 def test_a_failed_job_shows_its_error_line_and_the_traceback_on_demand(
-    worker: Worker, live: Callable[[Job], LiveJob], nats_url: str,
+    worker: Worker, live: Callable[[Job | str], LiveJob], nats_url: str,
 ) -> None:
-    view = live(Queue("default", nats_url).enqueue_sync(jobs.boom, "kaput"))
+    view = live(Queue("default", nats_url).enqueue_sync(jobs.boom, "kaput").job_id)
     parts = view.parts
     wait_until(lambda: "RuntimeError: kaput" in parts["outcome"].value, what="the error line")
+    assert "jobs.boom</b> on default" in parts["title"].value  # known from the status record
     assert "failed" in parts["state"].value
     assert parts["bar"].bar_style == "danger"
     assert parts["toggle"].layout.display is None and parts["toggle"].description == SHOW
@@ -86,7 +87,7 @@ def test_a_failed_job_shows_its_error_line_and_the_traceback_on_demand(
 
 
 def test_a_running_job_fills_its_bar_then_shows_its_result(
-    worker: Worker, live: Callable[[Job], LiveJob], nats_url: str,
+    worker: Worker, live: Callable[[Job | str], LiveJob], nats_url: str,
 ) -> None:
     queue = Queue("default", nats_url)
     job = queue.job(jobs.report_steps, ([0.25, 0.5, 1.0], 0.4))
@@ -106,7 +107,7 @@ def test_a_running_job_fills_its_bar_then_shows_its_result(
 
 
 def test_without_a_worker_a_job_is_queued_or_scheduled_and_has_a_text_form(
-    live: Callable[[Job], LiveJob], nats_url: str,
+    live: Callable[[Job | str], LiveJob], nats_url: str,
 ) -> None:
     queue = Queue("nobody", nats_url)
     queued, later = queue.enqueue_sync(jobs.add, 1, 2), queue.enqueue_in_sync(3600, jobs.add, 1, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -123,3 +124,30 @@ def test_the_scheduled_jobs_panel_shows_the_recent_runs_of_the_selected_row(nats
         assert table.index(">2000<") < table.index(">1000<")
     finally:
         panel.close()
+
+
+def test_the_wait_bar_and_redrawing_while_a_cell_blocks() -> None:
+    from naq_ipy.ipython.livewait import WaitBar, run_redrawing
+
+    bar = WaitBar(3)
+    other = threading.Thread(target=bar.update, args=(WaitResult(3, done=1, running=1),))
+    other.start()
+    other.join()
+    assert bar.bar.value == 0  # another thread only hands over the counts
+    redraws: list[int] = []
+
+    def redraw() -> None:
+        redraws.append(bar.bar.value)
+        bar.redraw()
+
+    assert run_redrawing(asyncio.sleep(0.5, "slept"), redraw) == "slept"
+    assert len(redraws) >= 2 and bar.bar.value == 1 and "1 done, 0 failed, 1 running, 1 queued" in bar.label.value
+    bar.update(WaitResult(3, done=2, failed=1))
+    assert (bar.bar.value, bar.bar.bar_style) == (3, "danger")
+    with pytest.raises(ZeroDivisionError):
+        run_redrawing(_divide_by_zero(), lambda: None)
+
+
+async def _divide_by_zero() -> float:
+    await asyncio.sleep(0.3)
+    return 1 / 0

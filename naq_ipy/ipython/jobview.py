@@ -86,7 +86,7 @@ def preview(value: Any) -> str:
 def job_text(job_id: str, func_name: str, status: JobStatus | None, scheduled: bool = False,
              result: str | None = None) -> str:
     """The one-line static form: `job 1a2b… add: finished · 100% · ran 4.2 s · → 3`."""
-    parts = [f"job {job_id} {func_name}: {state_of(status, scheduled)}", progress_text(status),
+    parts = [f"job {' '.join(filter(None, (job_id, func_name)))}: {state_of(status, scheduled)}", progress_text(status),
              duration_text(status), error_line(status), f"→ {result}" if result is not None else ""]
     return " · ".join(part for part in parts if part)
 
@@ -96,10 +96,11 @@ def state_html(state: str) -> str:
     return f"<b style='color:{state_color(state)}'>{html.escape(state)}</b>"
 
 
-def title_html(job_id: str, func_name: str, queue_name: str) -> str:
-    """`job <id> add on default`, for the top line of a live display."""
-    return (f"<span style='font-size:12px'>job <code>{html.escape(job_id)}</code> "
-            f"<b>{html.escape(func_name)}</b> on {html.escape(queue_name)}</span>")
+def title_html(job_id: str, func_name: str = "", queue_name: str = "") -> str:
+    """`job <id> add on default`, for the top line of a live display (unknown parts left out)."""
+    func = f" <b>{html.escape(func_name)}</b>" if func_name else ""
+    queue = f" on {html.escape(queue_name)}" if queue_name else ""
+    return f"<span style='font-size:12px'>job <code>{html.escape(job_id)}</code>{func}{queue}</span>"
 
 
 def outcome_html(status: JobStatus | None, result: str | None) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import html
 import logging
 import threading
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from naq_ipy.bridge import bridge_loop
@@ -22,7 +23,7 @@ from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel, in_kernel
 from naq_ipy.job import Job
 from naq_ipy.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
-from naq_ipy.settings import JOB_STATUS_KV_NAME, ConnectionSettings
+from naq_ipy.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,13 @@ SHOW, HIDE = "Show traceback", "Hide traceback"
 
 
 class LiveJob(Panel):
-    """The live display of one job (a `Job`, or a job id with `func_name`/`queue_name` for the title)."""
+    """The live display of one job: a `Job`, or a job id (on `url`) whose function shows once it is known."""
 
-    def __init__(self, job: Job | str, url: str | ConnectionSettings | None = None, *, func_name: str = "",
-                 queue_name: str = "") -> None:
+    def __init__(self, job: Job | str, url: str | ConnectionSettings | None = None) -> None:
         super().__init__(url or (job.url if isinstance(job, Job) else None))
-        self.job_id = job.job_id if isinstance(job, Job) else job
-        self.func_name = job.func_name if isinstance(job, Job) else func_name
-        self.queue_name = job.queue_name if isinstance(job, Job) else queue_name
+        self.job_id = job.job_id if isinstance(job, Job) else validate_key(job, "job id")
+        self.func_name = job.func_name if isinstance(job, Job) else ""
+        self.queue_name = job.queue_name if isinstance(job, Job) else ""
         self.status: JobStatus | None = None
         self.scheduled = False
         self.result: str | None = None
@@ -54,7 +54,7 @@ class LiveJob(Panel):
         self._watch.start()
 
     # -- watch sink (bridge thread) ------------------------------------------------------------
-    def on_snapshot(self, entries: dict[str, JobStatus]) -> None:
+    def on_snapshot(self, entries: Mapping[str, JobStatus]) -> None:
         """The job's record when the watch (re)started; none yet: ask whether it waits in the schedule store."""
         status = entries.get(self.job_id)
         if status is None:
@@ -62,7 +62,7 @@ class LiveJob(Panel):
         self._take(status)
         self.loaded.set()
 
-    def on_changes(self, changes: dict[str, JobStatus | None]) -> None:
+    def on_changes(self, changes: Mapping[str, JobStatus | None]) -> None:
         """A new record of the job, or a clock tick (the duration moves on)."""
         self._take(changes.get(self.job_id))
 
@@ -83,7 +83,7 @@ class LiveJob(Panel):
                     self._in_background(self._load_result())
         self._render_soon.request()
 
-    def _in_background(self, coro: Any) -> None:
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         asyncio.run_coroutine_threadsafe(coro, bridge_loop())
 
     async def _check_scheduled(self) -> None:
@@ -132,6 +132,7 @@ class LiveJob(Panel):
             return
         status, scheduled, result = self._snapshot()
         state, p = jobview.state_of(status, scheduled), self.parts
+        p["title"].value = jobview.title_html(self.job_id, *self._names(status))
         p["state"].value = jobview.state_html(state)
         p["bar"].value = jobview.bar_value(status)
         p["bar"].bar_style = jobview.bar_style(state)
@@ -142,6 +143,12 @@ class LiveJob(Panel):
         p["toggle"].layout.display = None if traceback else "none"
         self._show_status()
 
+    def _names(self, status: JobStatus | None) -> tuple[str, str]:
+        """(function, queue) of the job: from the Job, else from its status record once there is one."""
+        if status is None:
+            return self.func_name, self.queue_name
+        return self.func_name or status.func_name or "", self.queue_name or status.queue_name or ""
+
     def toggle_traceback(self) -> None:
         """Show the whole remote traceback, or hide it again."""
         showing = self.parts["toggle"].description == HIDE
@@ -150,7 +157,7 @@ class LiveJob(Panel):
 
     def _build(self, widgets: Any) -> Any:
         p, make = self.parts, self.make
-        p["title"] = make(widgets.HTML, jobview.title_html(self.job_id, self.func_name, self.queue_name))
+        p["title"] = make(widgets.HTML)
         p["state"] = make(widgets.HTML)
         p["bar"] = make(widgets.FloatProgress, value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="16em"))
         p["message"] = make(widgets.HTML)
@@ -172,13 +179,19 @@ class LiveJob(Panel):
         self._watch.stop()
 
     # -- static fallback -----------------------------------------------------------------------
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The widget view, with the job's one-line text (not the widget's repr) for text-only frontends."""
+        data = super()._repr_mimebundle_(include=include, exclude=exclude)
+        data["text/plain"] = self._static_text()
+        return data
+
     def _static_text(self) -> str:
         status, scheduled, result = self._snapshot()
-        return jobview.job_text(self.job_id, self.func_name, status, scheduled, result)
+        return jobview.job_text(self.job_id, self._names(status)[0], status, scheduled, result)
 
     def _static_html(self) -> str:
         status, scheduled, result = self._snapshot()
-        return jobview.job_html(self.job_id, self.func_name, self.queue_name, status, scheduled, result)
+        return jobview.job_html(self.job_id, *self._names(status), status, scheduled, result)
 
 
 def job_mimebundle(job: Job) -> dict[str, Any] | None:

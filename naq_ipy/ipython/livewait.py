@@ -63,6 +63,7 @@ class WaitBar:
         import ipywidgets as widgets
 
         self._lock = threading.Lock()
+        self._thread = threading.current_thread()
         self._result = WaitResult(total)
         self._started = time.monotonic()
         self.bar = widgets.IntProgress(value=0, min=0, max=max(total, 1), layout=widgets.Layout(width="20em"))
@@ -71,9 +72,11 @@ class WaitBar:
         self.redraw()
 
     def update(self, result: WaitResult) -> None:
-        """Take new counts (any thread)."""
+        """Take new counts (any thread); redrawn at once on the widgets' own thread (a nested loop)."""
         with self._lock:
             self._result = result
+        if threading.current_thread() is self._thread:
+            self.redraw()
 
     def redraw(self) -> None:
         """Show the newest counts (the widgets' thread)."""

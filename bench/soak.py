@@ -1,0 +1,264 @@
+"""Soak bench: 100,000 no-op jobs through 2 worker processes — jobs/s, worker RSS over the run, nothing lost.
+
+Run by hand from the repository root (takes a few minutes on 2 cores):
+
+    .venv/bin/python bench/soak.py [--jobs 100000] [--workers 2] [--concurrency 10]
+
+The workers start idle (their RSS is sampled), then the jobs are enqueued in pipelined chunks
+while the workers run them; RSS is sampled at every 10% of the jobs done and at the end. Every
+job id must end `finished` in `naq_job_status`. The report goes to stdout and to
+`bench/results/soak.txt`; the exit code is 1 when a job was lost or did not finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peers import noop
+
+from naq_ipy.connection import Connection, close_all, get_connection
+from naq_ipy.queue import Queue
+from naq_ipy.results import JobStatus
+from naq_ipy.server import NatsServer, find_server_binary
+from naq_ipy.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_FILE = BENCH_DIR / "results" / "soak.txt"
+QUEUE = "soak"
+CHUNK = 5000
+POLL_S = 0.25
+
+
+def say(text: str) -> None:
+    """A progress line on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of `pid` in MiB (VmRSS from /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_line() -> str:
+    """Date, cores, RAM, Python and nats-server versions, load average."""
+    ram_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    server = subprocess.run([find_server_binary(), "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC - nproc {os.cpu_count()}, RAM {ram_kib / 2**20:.1f} GiB,"
+            f" Python {platform.python_version()}, {server}; load average {load_average()}")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@dataclass
+class Workers:
+    """The worker processes and what was sampled of them."""
+
+    procs: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+    rss: list[tuple[int, list[float]]] = field(default_factory=list)  # (jobs done, MiB per worker)
+
+    def sample(self, done: int) -> None:
+        """Record every worker's RSS at `done` jobs."""
+        self.rss.append((done, [rss_mib(p.pid) for p in self.procs]))
+
+    def stop(self) -> list[int]:
+        """SIGTERM all, wait; their exit codes."""
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        return [proc.wait(60) for proc in self.procs]
+
+
+def start_workers(url: str, count: int, concurrency: int, workdir: Path) -> Workers:
+    """`count` worker processes on QUEUE, ready (their start line logged)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))}
+    procs, logs = [], []
+    for i in range(count):
+        log = workdir / f"worker{i}.log"
+        with log.open("wb") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "naq_ipy.worker", QUEUE, "-c", str(concurrency),
+                                           "--url", url], env=env, stdout=out, stderr=subprocess.STDOUT))
+        logs.append(log)
+    deadline = time.monotonic() + 30
+    while not all("started on" in log.read_text() for log in logs):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("workers did not start:\n" + "\n".join(log.read_text() for log in logs))
+        time.sleep(0.05)
+    return Workers(procs, logs)
+
+
+async def enqueue_all(queue: Queue, n: int, ids: list[str]) -> float:
+    """Enqueue `n` no-op jobs in pipelined chunks, adding their ids to `ids` chunk by chunk; seconds taken."""
+    started = time.perf_counter()
+    for first in range(0, n, CHUNK):
+        jobs = await queue.enqueue_many([(noop, ())] * min(CHUNK, n - first))
+        ids += [job.job_id for job in jobs]
+    return time.perf_counter() - started
+
+
+async def left_in_stream(conn: Connection) -> int:
+    """Messages still in the job stream (acked ones are removed: work-queue retention)."""
+    return (await conn.js.stream_info(JOB_STREAM_NAME)).state.messages
+
+
+async def follow(conn: Connection, workers: Workers, n: int, ids: list[str], enqueue: asyncio.Task[float]) -> None:
+    """Sample RSS at every 10% of jobs done until the stream is empty after the last enqueue."""
+    next_mark = n // 10
+    while True:
+        await asyncio.sleep(POLL_S)
+        enqueued = len(ids)
+        done = enqueued - await left_in_stream(conn)
+        while next_mark and done >= next_mark:
+            workers.sample(next_mark)
+            say(f"  {next_mark:,} jobs done, worker RSS {mib(workers.rss[-1][1])} MiB")
+            next_mark = next_mark + n // 10 if next_mark < n else 0
+        if enqueue.done() and done == n:
+            return
+
+
+async def read_statuses(conn: Connection) -> dict[str, JobStatus]:
+    """Every status record, by job id (one KV watch)."""
+    kv = await conn.kv(JOB_STATUS_KV_NAME)
+    statuses: dict[str, JobStatus] = {}
+    watcher = await kv.watchall(ignore_deletes=True)
+    try:
+        while True:
+            entry = await watcher.updates(timeout=10)
+            if entry is None:
+                continue
+            if entry.value:
+                statuses[entry.key] = JobStatus.from_bytes(entry.value)
+            if not entry.delta:
+                return statuses
+    finally:
+        await watcher.stop()
+
+
+@dataclass
+class Outcome:
+    """Timings and counts of one soak run."""
+
+    n: int
+    enqueue_s: float
+    total_s: float
+    statuses: dict[str, JobStatus]
+    ids: list[str]
+
+    def lost(self) -> int:
+        """Enqueued ids with no finished status."""
+        return sum(1 for job_id in self.ids if getattr(self.statuses.get(job_id), "status", None) != "finished")
+
+    def processing_s(self) -> float:
+        """First start to last finish, from the status records."""
+        starts = [s.started_at for s in self.statuses.values() if s.started_at]
+        ends = [s.finished_at for s in self.statuses.values() if s.finished_at]
+        return max(ends) - min(starts)
+
+
+def mib(values: list[float]) -> str:
+    """Per-worker MiB values, comma-separated."""
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+def rss_lines(workers: Workers, n: int) -> list[str]:
+    """RSS at each sample, and its growth per job from the first 10% on and from the idle start."""
+    idle, last = workers.rss[0][1], workers.rss[-1][1]
+    warm = next(values for done, values in workers.rss if done > 0)
+    per_job = ", ".join(f"{(b - a) * 1024 / (n * 0.9):+.4f}" for a, b in zip(warm, last, strict=True))
+    return [
+        "worker RSS MiB (per worker) at " + "; ".join(f"{done:,} jobs: {mib(v)}" for done, v in workers.rss),
+        f"RSS growth from 10% done to the end: {per_job} KiB/job; from the idle start: "
+        + ", ".join(f"{b - a:+.1f}" for a, b in zip(idle, last, strict=True)) + " MiB",
+    ]
+
+
+def report(outcome: Outcome, workers: Workers, cpu: list[float], codes: list[int], concurrency: int,
+           head: str) -> str:
+    """The report text."""
+    n, statuses = outcome.n, outcome.statuses
+    redelivered = sum(1 for s in statuses.values() if s.attempts > 1)
+    warnings = sum(log.read_text().count(" WARNING ") + log.read_text().count(" ERROR ") for log in workers.logs)
+    lines = [
+        f"# naq_ipy soak bench - {head}",
+        f"# {n:,} no-op jobs (async `peers.noop`), {len(workers.procs)} worker processes x concurrency "
+        f"{concurrency}, one nats-server, all on loopback",
+        "",
+        f"enqueue (enqueue_many, chunks of {CHUNK:,}): {n / outcome.enqueue_s:,.0f} jobs/s ({outcome.enqueue_s:.1f} s)",
+        f"end to end (first enqueue -> stream empty): {n / outcome.total_s:,.0f} jobs/s ({outcome.total_s:.1f} s)",
+        f"processing (first start -> last finish, status records): {n / outcome.processing_s():,.0f} jobs/s",
+        f"status records: {dict(Counter(s.status for s in statuses.values()))}; lost (no finished status): "
+        f"{outcome.lost()}; redelivered (attempts > 1): {redelivered}",
+        f"worker CPU: {', '.join(f'{c:.1f}' for c in cpu)} s ({sum(cpu) / n * 1000:.3f} ms/job)",
+        *rss_lines(workers, n),
+        f"worker exit codes: {codes}; warnings/errors logged: {warnings}",
+        f"# load average at the end {load_average()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> tuple[str, int]:
+    """Start a server and the workers, run the jobs, check them; the report."""
+    with NatsServer(store_dir=workdir / "nats") as server:
+        head = machine_line()
+        conn = await get_connection(server.url)
+        await conn.ensure_stream()
+        workers = start_workers(server.url, args.workers, args.concurrency, workdir)
+        try:
+            workers.sample(0)
+            say(f"workers idle: RSS {mib(workers.rss[0][1])} MiB; enqueuing {args.jobs:,}")
+            started = time.perf_counter()
+            ids: list[str] = []
+            enqueue = asyncio.create_task(enqueue_all(Queue(QUEUE, server.url), args.jobs, ids))
+            await follow(conn, workers, args.jobs, ids, enqueue)
+            total_s = time.perf_counter() - started
+            enqueue_s = enqueue.result()
+            cpu = [cpu_s(p.pid) for p in workers.procs]
+        finally:
+            codes = workers.stop()
+        say("reading status records")
+        outcome = Outcome(args.jobs, enqueue_s, total_s, await read_statuses(conn), ids)
+        await close_all()
+    return report(outcome, workers, cpu, codes, args.concurrency, head), outcome.lost()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the soak bench; exit 1 if a job was lost."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100_000, help="jobs in total (default 100,000)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--concurrency", type=int, default=10, help="slots per worker (default 10)")
+    parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"report file (default {RESULTS_FILE})")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="naq-soak-") as tmp:
+        text, lost = asyncio.run(run(args, Path(tmp)))
+    print(text, end="")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
