@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
 from dataclasses import replace
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -91,8 +92,10 @@ class Reporter:
     """
 
     def __init__(self, job_id: str, settings: ConnectionSettings, loop: asyncio.AbstractEventLoop | None = None,
-                 conn: Connection | None = None, interval_s: float = INTERVAL_S) -> None:
+                 conn: Connection | None = None, interval_s: float = INTERVAL_S,
+                 ready: asyncio.Future[Any] | None = None) -> None:
         self.job_id = job_id
+        self._ready = ready  # the job's `running` record: progress is written onto it, so after it
         self.settings = settings
         self._loop = loop
         self._conn = conn
@@ -131,6 +134,8 @@ class Reporter:
         self._event.set()
 
     async def _pump(self) -> None:
+        if self._ready is not None:
+            await asyncio.gather(asyncio.shield(self._ready), return_exceptions=True)
         while True:
             await self._event.wait()
             self._event.clear()
@@ -213,9 +218,13 @@ def _current_reporter(reporter: Reporter) -> Iterator[Reporter]:
 
 
 @contextlib.asynccontextmanager
-async def reporting(job_id: str, conn: Connection) -> AsyncIterator[Reporter]:
-    """Worker side, around one run: make `job_id` current; afterwards `stamp` the final record with it."""
-    reporter = Reporter(job_id, conn.settings, asyncio.get_running_loop(), conn)
+async def reporting(job_id: str, conn: Connection,
+                    ready: asyncio.Future[Any] | None = None) -> AsyncIterator[Reporter]:
+    """Worker side, around one run: make `job_id` current; afterwards `stamp` the final record with it.
+
+    `ready` is the write of the job's `running` record; progress waits for it.
+    """
+    reporter = Reporter(job_id, conn.settings, asyncio.get_running_loop(), conn, ready=ready)
     try:
         with _current_reporter(reporter):
             yield reporter

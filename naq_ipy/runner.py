@@ -238,18 +238,22 @@ class JobRunner:
         msg, attempt = delivery.msg, delivery.msg.metadata.num_delivered
         delivery.state = "running"
         running = self._status(job, results.RUNNING, attempt, started_at=time.time())
-        await write_status(self.conn, running)
+        # the job starts while `running` is on its way; its outcome is written only after that landed
+        running_written = asyncio.ensure_future(write_status(self.conn, running))
         logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
-            async with reporting(job.job_id, self.conn) as progress:
+            async with reporting(job.job_id, self.conn, running_written) as progress:
                 value = await self._executor.run(job, msg.data)
             data = results.encode_result(self.conn, job.job_id, value)
         except JobFailure as failure:
+            await _settle(running_written, job.job_id)
             await self._fail(delivery, job, progress.stamp(running), failure.error, failure.traceback, retry=True)
             return failure.still_running
         except SerializationError as e:
+            await _settle(running_written, job.job_id)
             await self._fail(delivery, job, progress.stamp(running), describe_exception(e)[0], "", retry=False)
             return None
+        await _settle(running_written, job.job_id)
         finished = progress.stamp(running).evolve(status=results.FINISHED, finished_at=time.time())
         await self._durably(job.job_id, results.write_outcome, self.conn, finished, data,
                             job.result_ttl or DEFAULT_RESULT_TTL_S)
@@ -343,3 +347,10 @@ async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str]) -> str | N
             wait.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
 
+
+async def _settle(write: asyncio.Future[Any], job_id: str) -> None:
+    """Wait for a status write sent ahead; its failure only costs a status the outcome replaces."""
+    try:
+        await write
+    except Exception as e:
+        logger.warning("job %s: running status not written: %s", job_id, e)

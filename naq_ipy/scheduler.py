@@ -70,6 +70,18 @@ async def publish_run(conn: Connection, record: ScheduledJob, job_id: str, enque
                          headers=signed_headers(conn.settings, data))
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancel of the current task that was swallowed on its way here.
+
+    On Python 3.11, `asyncio.wait_for` (behind nats-py's `watcher.updates` and the timer's wait)
+    returns the result instead of raising when its future completes together with a cancel: a
+    busy scheduler then never stopped.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _iso(ts: float) -> str:
     return from_timestamp(ts).isoformat(timespec="milliseconds")
 
@@ -258,6 +270,7 @@ class Scheduler:
                     entry = await watcher.updates(WATCH_POLL_S)
                 except nats.errors.TimeoutError:
                     continue
+                _raise_if_cancelled()
                 if isinstance(entry, KeyValue.Entry):
                     if initial is not None:
                         initial.add(entry.key)
@@ -279,6 +292,7 @@ class Scheduler:
         await self._clock_ready.wait()
         backoff = RETRY_MIN_S
         while True:
+            _raise_if_cancelled()
             self._wake.clear()
             due = self._view.due(self.now())
             results = await asyncio.gather(*(self._fire(record) for record in due))

@@ -1,7 +1,7 @@
 """A local naq stack in one call: a nats-server (or the one already answering), one worker and one scheduler.
 
 `naq lab` and the notebook tests use it. The worker and scheduler are started and stopped by
-`naq_ipy.ipython.processes.Processes` (plain Python, no IPython), the server by `NatsServer`;
+`naq_ipy.processes.Processes` (plain Python, no IPython), the server by `NatsServer`;
 every child runs in its own session, so a Ctrl-C in the terminal reaches only the owner, which
 then stops them in order: workers and scheduler first, the server last.
 """
@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 from naq_ipy.bridge import run_sync
 from naq_ipy.connection import connect
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException
-from naq_ipy.ipython.processes import Child, Processes, loopback_port, port_free, tail
+from naq_ipy.processes import Child, Processes, loopback_port, port_free, tail
 from naq_ipy.server import NatsServer, default_store_dir, free_port, is_reachable
 from naq_ipy.settings import (
     DEFAULT_QUEUE_NAME,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from naq_ipy.settings import DEFAULT_QUEUE_NAME, JOB_STREAM_NAME, ConnectionSett
 logger = logging.getLogger(__name__)
 
 CONNECT_RETRY_S = 30.0
+CLOSE_TIMEOUT_S = 2.0
 FETCH_WAIT_S = 1.0  # an idle fetch lingers this long; a stop waits at most this for it
 FETCH_MORE_WAIT_S = 0.05
 ERROR_PAUSE_S = 0.5
@@ -129,13 +131,13 @@ class Worker(JobRunner):
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._conn is not None and not self._conn.nc.is_closed:
             await self._abandon(dict(self._deliveries))
-            try:
-                kv = await self._conn.kv(names.WORKERS_KV_NAME)
-                await kv.purge(self.worker_id, msg_ttl=max(1.0, 3 * self.heartbeat_s))
-                await self._conn.nc.flush(timeout=2)
-            except Exception as e:  # closing anyway; the heartbeat expires on its own
-                logger.warning("worker %s: could not remove its heartbeat: %s", self.worker_id, e)
-            await self._conn.nc.close()
+            if self._conn.nc.is_connected:  # with the server gone, the heartbeat expires on its own
+                try:
+                    await asyncio.wait_for(self._remove_heartbeat(), CLOSE_TIMEOUT_S)
+                except Exception as e:
+                    logger.warning("worker %s: could not remove its heartbeat: %s", self.worker_id, e)
+            with contextlib.suppress(Exception):  # a server that vanished mid-close is not our error
+                await asyncio.wait_for(self._conn.nc.close(), CLOSE_TIMEOUT_S)
         if self._executor is not None:
             self._executor.shutdown()
         self._remove_signal_handlers()
@@ -143,6 +145,12 @@ class Worker(JobRunner):
         self._stop_requested = False
         self._stopped.set()
         logger.info("worker %s stopped (processed %d, failed %d)", self.worker_id, self.processed, self.failed)
+
+    async def _remove_heartbeat(self) -> None:
+        assert self._conn is not None
+        kv = await self._conn.kv(names.WORKERS_KV_NAME)
+        await kv.purge(self.worker_id, msg_ttl=max(1.0, 3 * self.heartbeat_s))
+        await self._conn.nc.flush(timeout=CLOSE_TIMEOUT_S)
 
     def request_stop(self) -> None:
         """Ask for a graceful stop; safe from any thread and from signal handlers."""

@@ -25,7 +25,7 @@ from naq_ipy import Job, Queue
 from naq_ipy.ipython import register_closable
 from naq_ipy.ipython.cellfunc import CellFunction
 from naq_ipy.ipython.commands import split_words
-from naq_ipy.ipython.processes import PROCESSES
+from naq_ipy.processes import PROCESSES
 from naq_ipy.scheduled import ScheduledJobManager
 from naq_ipy.server import free_port
 

@@ -112,7 +112,7 @@ async def wait_runs(prefix, count, within_s=20):
 
 def test_magics_in_a_kernel(kernel_env: Path, nats_url: str) -> None:
     cells = run_notebook([
-        "import os, time\nfrom naq_ipy import Queue\nfrom naq_ipy.ipython.processes import PROCESSES\n"
+        "import os, time\nfrom naq_ipy import Queue\nfrom naq_ipy.processes import PROCESSES\n"
         "'naq_enqueue' in get_ipython().magics_manager.magics['line']",
         "def add(a, b=1):\n    return a + b\ndef boom():\n    raise ValueError('kaput')\nx = 5",
         "%naq worker start -c 4",

@@ -60,7 +60,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     from naq_ipy.bridge import stop_bridge
     from naq_ipy.ipython.livejob import unregister_formatter
     from naq_ipy.ipython.magics import NaqMagics
-    from naq_ipy.ipython.processes import PROCESSES
+    from naq_ipy.processes import PROCESSES
 
     unregister_formatter(ipython)
     magics = ipython.magics_manager.registry.pop(NaqMagics.__name__, None)

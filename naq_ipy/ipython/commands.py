@@ -28,8 +28,8 @@ from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython import render
 from naq_ipy.ipython.cellfunc import free_names, make_cell_function
 from naq_ipy.ipython.livejob import result_live
-from naq_ipy.ipython.processes import PROCESSES, loopback_port
 from naq_ipy.job import Job
+from naq_ipy.processes import PROCESSES, loopback_port
 from naq_ipy.queue import Queue, interval_seconds
 from naq_ipy.retry import NormalRetryDelay, parse_retry_delay
 from naq_ipy.server import is_reachable

@@ -17,9 +17,9 @@ from naq_ipy.bridge import run_sync
 from naq_ipy.connection import Connection, get_connection, nats_errors
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython.livewait import wait_with_bar
-from naq_ipy.ipython.processes import PROCESSES
 from naq_ipy.ipython.render import Table, every, schedules_table
 from naq_ipy.job import Job
+from naq_ipy.processes import PROCESSES
 from naq_ipy.results import fetch_result, fetch_status
 from naq_ipy.scheduled import ScheduledJobManager
 from naq_ipy.server import is_reachable
