@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +36,49 @@ _HEADER_CACHE: dict[tuple[Any, ...], bytes] = {}
 _HEADER_CACHE_SIZE = 256
 
 JOB_OPTIONS = frozenset({"max_retries", "retry_delay", "depends_on", "timeout", "result_ttl", "job_id"})
+
+
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_PLAIN_SCAN_LIMIT = 256
+
+
+def _plain(value: Any, budget: list[int]) -> bool:
+    """True for builtin scalars and small lists/tuples/dicts of them: what pickle handles like cloudpickle."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if kind is list or kind is tuple:
+        return all(_plain(item, budget) for item in value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v, budget) for k, v in value.items())
+    return False
+
+
+def _by_reference(func: Any) -> bool:
+    """True when cloudpickle would pickle `func` by reference too (importable, not from `__main__`)."""
+    name = getattr(func, "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    if module is None or name == "__main__" or name in getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ()):
+        return False
+    found: Any = module
+    for part in str(getattr(func, "__qualname__", "<")).split("."):
+        found = getattr(found, part, None)
+    return found is func
+
+
+def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle `(function, args, kwargs)`: C pickle for importable functions with plain arguments, else cloudpickle.
+
+    Both give the same bytes' meaning; the fast path only skips cloudpickle's per-object hooks.
+    """
+    call = (function, args, kwargs)
+    by_reference = isinstance(function, _PickledOnce) or _by_reference(function)
+    if by_reference and _plain(args, [_PLAIN_SCAN_LIMIT]) and _plain(kwargs, [_PLAIN_SCAN_LIMIT]):
+        return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def new_job_id() -> str:
@@ -129,7 +173,7 @@ class Job:
 
     def _serialize_call(self, function: Any) -> bytes:
         try:
-            body = cloudpickle.dumps((function, self.args, self.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            body = pickle_call(function, self.args, self.kwargs)
         except Exception as e:
             raise SerializationError(f"cannot pickle {self._unpicklable_part()}: {e}") from e
         header = self._header_bytes()
