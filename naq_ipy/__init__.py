@@ -52,13 +52,26 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError", "ConflictError", "ConnectionSettings", "ExponentialBackoff", "Job",
     "JobExecutionError", "JobNotFoundError", "NaqConnectionError", "NaqException", "PermissionDeniedError",
-    "Queue", "ScheduledJob", "SerializationError", "WaitResult", "cancel_scheduled_job", "cancel_scheduled_job_sync",
-    "enqueue", "enqueue_at", "enqueue_at_sync", "enqueue_in", "enqueue_in_sync", "enqueue_sync",
-    "get_scheduled_job", "get_scheduled_job_sync", "list_scheduled_jobs", "list_scheduled_jobs_sync",
-    "modify_scheduled_job", "modify_scheduled_job_sync", "pause_scheduled_job", "pause_scheduled_job_sync",
-    "progress", "progress_async", "purge_queue", "purge_queue_sync", "resume_scheduled_job",
-    "resume_scheduled_job_sync", "run_sync", "schedule", "schedule_sync", "set_loop_mode", "wait",
+    "Queue", "QueueMonitor", "ScheduledJob", "ScheduledJobsPanel", "SerializationError", "WaitResult",
+    "cancel_scheduled_job", "cancel_scheduled_job_sync", "enqueue", "enqueue_at", "enqueue_at_sync",
+    "enqueue_in", "enqueue_in_sync", "enqueue_sync", "get_scheduled_job", "get_scheduled_job_sync",
+    "list_scheduled_jobs", "list_scheduled_jobs_sync", "modify_scheduled_job", "modify_scheduled_job_sync",
+    "pause_scheduled_job", "pause_scheduled_job_sync", "progress", "progress_async", "purge_queue",
+    "purge_queue_sync", "resume_scheduled_job", "resume_scheduled_job_sync", "run_sync", "schedule",
+    "schedule_sync", "set_loop_mode", "wait",
 ]
+
+
+_PANELS = ("ScheduledJobsPanel", "QueueMonitor")
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """`naq_ipy.ScheduledJobsPanel` / `naq_ipy.QueueMonitor`, imported (with ipywidgets) on first use."""
+    if name in _PANELS:
+        from naq_ipy.ipython import panels
+
+        return getattr(panels, name)
+    raise AttributeError(f"module 'naq_ipy' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython):  # type: ignore[no-untyped-def]
