@@ -90,6 +90,7 @@ class JobRunner:
         self._stopping: asyncio.Event  # made by the worker's run(), on its loop
         self._slots: asyncio.Semaphore
         self._slots_taken = 0
+        self._room_changed = asyncio.Event()
 
     @property
     def conn(self) -> Connection:
@@ -103,7 +104,23 @@ class JobRunner:
         delivery = Delivery(msg)
         task = asyncio.create_task(self._handle(delivery))
         self._deliveries[task] = delivery
-        task.add_done_callback(self._deliveries.pop)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.pop(task)
+        self._room_changed.set()
+
+    @property
+    def room(self) -> int:
+        """How many more messages to fetch: slots to fill plus a prefetch of `concurrency` waiting ones."""
+        in_hand = sum(d.state != "waiting" for d in self._deliveries.values())
+        return 2 * self.concurrency - in_hand
+
+    async def wait_for_room(self) -> None:
+        """Wait until `room` > 0, unless a stop comes first (Stopping)."""
+        while self.room <= 0:
+            self._room_changed.clear()
+            await self._unless_stopping(self._room_changed.wait())
 
     @property
     def free_slots(self) -> int:
@@ -218,6 +235,7 @@ class JobRunner:
             await self._nak(delivery, WAITING_FULL_DELAY_S)
             return None
         delivery.state = "waiting"
+        self._room_changed.set()  # a message waiting for dependencies leaves room to fetch another
         kv = await self.conn.kv(JOB_STATUS_KV_NAME)
         failed_dependency = await self._unless_stopping(wait_for_dependencies(kv, job.depends_on))
         delivery.state = "new"

@@ -98,6 +98,7 @@ class Worker(JobRunner):
         if self._stop_requested:
             self._stopping.set()
         self._slots, self._slots_taken = asyncio.Semaphore(self.concurrency), 0
+        self._room_changed = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         try:
             self._conn = await connect(self.settings, name=f"naq-worker {self.worker_id}", retry_s=CONNECT_RETRY_S)
@@ -205,25 +206,24 @@ class Worker(JobRunner):
         return sub, info.config.ack_wait or self.ack_wait_s
 
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        """Fetch as many messages as there are free slots, until the worker stops."""
+        """Keep up to `room` messages in hand: one lingering fetch when idle, batches while busy."""
+        idle = True
         while not self._stopping.is_set():
             try:
-                await self._acquire_slot()  # wait for a free slot, but do not keep it while lingering:
-            except Stopping:  # the fetch loops of other queues must be able to run jobs meanwhile
+                await self.wait_for_room()
+            except Stopping:
                 return
-            self._release_slot()
             try:
-                # the first message starts at once; only then is a batch fetched for the other free slots
-                self._start_all(await sub.fetch(1, timeout=FETCH_WAIT_S))
-                await asyncio.sleep(0)  # let the new handlers take their slots before free ones are counted
-                if self.free_slots > 0:
-                    self._start_all(await sub.fetch(self.free_slots, timeout=FETCH_MORE_WAIT_S))
+                # idle: fetch(1) returns at the first message; busy: a batch comes back at once (no_wait)
+                msgs = await sub.fetch(1 if idle else self.room, timeout=FETCH_WAIT_S if idle else FETCH_MORE_WAIT_S)
+                self._start_all(msgs)
+                idle = not msgs
             except TimeoutError:
-                pass
+                idle = True
             except Exception as e:  # a disconnect, a deleted consumer: log, pause, go on
                 logger.warning("worker %s: fetch failed: %s", self.worker_id, e)
                 await asyncio.sleep(ERROR_PAUSE_S)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # let the new handlers take their slots before room is counted again
 
     def _start_all(self, msgs: list[Msg]) -> None:
         for msg in msgs:
