@@ -25,9 +25,9 @@ import nats.js.errors
 from nats.js import api
 
 from naq_ipy.bridge import bridge_loop, run_sync
-from naq_ipy.connection import Connection, get_connection, nats_errors, publish
+from naq_ipy.connection import Connection, get_connection, publish
 from naq_ipy.errors import ConfigurationError, NaqException
-from naq_ipy.results import JobStatus
+from naq_ipy.results import JobStatus, read_status
 from naq_ipy.settings import DEFAULT_RESULT_TTL_S, JOB_STATUS_KV_NAME, ConnectionSettings
 
 logger = logging.getLogger(__name__)
@@ -57,20 +57,10 @@ def check_message(message: str | None) -> str | None:
     return flat if len(flat) <= MESSAGE_MAX else flat[: MESSAGE_MAX - 1] + "…"
 
 
-async def _read_status(conn: Connection, job_id: str) -> JobStatus | None:
-    kv = await conn.kv(JOB_STATUS_KV_NAME)
-    try:
-        async with nats_errors(conn.settings):
-            entry = await kv.get(job_id)
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-        return None
-    return JobStatus.from_bytes(entry.value or b"{}", entry.revision or 0)
-
-
 async def write_progress(conn: Connection, job_id: str, fraction: float, message: str | None) -> bool:
     """Store progress in the job's status record; False when the record is missing or has ended."""
     for _ in range(CONFLICT_RETRIES):
-        status = await _read_status(conn, job_id)
+        status = await read_status(conn, job_id)
         if status is None or status.ended:
             return False
         data = status.evolve(progress=fraction, message=message).to_bytes()
@@ -168,7 +158,7 @@ class Reporter:
 
     async def _read_back(self, conn: Connection) -> None:
         try:
-            status = await _read_status(conn, self.job_id)
+            status = await read_status(conn, self.job_id)
         except (NaqException, nats.errors.Error, OSError) as e:  # best effort, like every progress write
             logger.warning("job %s: progress of its process not read back: %s", self.job_id, e)
             return

@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 import nats.js.errors
+from nats.js.kv import KeyValue
 
 from naq_ipy.connection import Connection, get_connection, kv_put, nats_errors
 from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError
@@ -142,12 +143,18 @@ async def _get(conn: Connection, bucket: str, key: str) -> tuple[bytes, int] | N
     return (entry.value or b""), (entry.revision or 0)
 
 
+async def read_status(conn: Connection, job_id: str) -> JobStatus | None:
+    """The job's status record on `conn`, None if it has none."""
+    found = await _get(conn, JOB_STATUS_KV_NAME, job_id)
+    return None if found is None else JobStatus.from_bytes(*found)
+
+
 async def fetch_status(job_id: str, url: str | ConnectionSettings | None = None) -> JobStatus | None:
     """The job's status record; `scheduled` if it waits in the schedule store; None if unknown."""
     conn = await get_connection(url)
-    found = await _get(conn, JOB_STATUS_KV_NAME, validate_key(job_id, "job id"))
-    if found is not None:
-        return JobStatus.from_bytes(*found)
+    status = await read_status(conn, validate_key(job_id, "job id"))
+    if status is not None:
+        return status
     if await _get(conn, SCHEDULED_JOBS_KV_NAME, job_id) is not None:
         return JobStatus(job_id=job_id, status=SCHEDULED)
     return None
@@ -172,24 +179,27 @@ async def _read_result(conn: Connection, status: JobStatus) -> Any:
         raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
 
 
-async def wait_for_end(job_id: str, timeout: float | None = None,
-                       url: str | ConnectionSettings | None = None) -> JobStatus:
-    """Wait (with a KV watch) until the job has ended; TimeoutError after `timeout` seconds."""
-    conn = await get_connection(url)
-    kv = await conn.kv(JOB_STATUS_KV_NAME)
-    async with nats_errors(conn.settings):
-        watcher = await kv.watch(validate_key(job_id, "job id"))
+async def watch_until_ended(kv: KeyValue, job_id: str) -> JobStatus:
+    """Watch `job_id` in the status bucket `kv` until its record says it ended."""
+    watcher = await kv.watch(job_id)
     try:
-        async with asyncio.timeout(timeout):
-            async for entry in watcher:
-                if entry is None or entry.value is None or entry.operation is not None:
-                    continue
+        async for entry in watcher:
+            if entry is not None and entry.value and entry.operation is None:
                 status = JobStatus.from_bytes(entry.value, entry.revision or 0)
                 if status.ended:
                     return status
     finally:
         await watcher.stop()
     raise JobNotFoundError(f"stopped watching job {job_id}")
+
+
+async def wait_for_end(job_id: str, timeout: float | None = None,
+                       url: str | ConnectionSettings | None = None) -> JobStatus:
+    """Wait (with a KV watch) until the job has ended; TimeoutError after `timeout` seconds."""
+    conn = await get_connection(url)
+    kv = await conn.kv(JOB_STATUS_KV_NAME)
+    async with nats_errors(conn.settings), asyncio.timeout(timeout):
+        return await watch_until_ended(kv, validate_key(job_id, "job id"))
 
 
 async def fetch_result(job_id: str, timeout: float | None = None,

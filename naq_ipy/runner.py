@@ -30,7 +30,7 @@ from naq_ipy.executor import Executor, JobFailure, describe_exception, one_line
 from naq_ipy.failed import record_failed
 from naq_ipy.job import Job, read_header
 from naq_ipy.progress import reporting
-from naq_ipy.results import JobStatus, write_status
+from naq_ipy.results import JobStatus, watch_until_ended, write_status
 from naq_ipy.retry import retry_delay_s
 from naq_ipy.settings import (
     DEFAULT_RESULT_TTL_S,
@@ -338,22 +338,9 @@ class JobRunner:
                     logger.warning("job %s: nak failed: %s", delivery.job_id, e)
 
 
-async def _wait_ended(kv: KeyValue, job_id: str) -> JobStatus:
-    watcher = await kv.watch(job_id)
-    try:
-        async for entry in watcher:
-            if entry is not None and entry.value and entry.operation is None:
-                status = JobStatus.from_bytes(entry.value, entry.revision or 0)
-                if status.ended:
-                    return status
-    finally:
-        await watcher.stop()
-    raise NaqException(f"stopped watching job {job_id}")
-
-
 async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str]) -> str | None:
     """Wait (KV watches on the status bucket `kv`) until every job ended; the first that did not finish, or None."""
-    waits = [asyncio.ensure_future(_wait_ended(kv, job_id)) for job_id in job_ids]
+    waits = [asyncio.ensure_future(watch_until_ended(kv, job_id)) for job_id in job_ids]
     try:
         for next_end in asyncio.as_completed(waits):
             status = await next_end
