@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ def in_kernel() -> bool:
     return getattr(get_ipython(), "kernel", None) is not None
 
 
-class Panel:
+class Panel(ABC):
     """Base of the panels: a cached widget, a status line, actions run on the bridge, close on every exit."""
 
     def __init__(self, url: str | ConnectionSettings | None = None) -> None:
@@ -183,27 +184,33 @@ class Panel:
             self.close()
 
     # -- for subclasses ------------------------------------------------------------------------
+    @abstractmethod
     def wait_loaded(self, timeout_s: float) -> bool:
         """Wait until the first data arrived; True if it did."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _build(self, widgets: Any) -> ipywidgets.VBox:
-        raise NotImplementedError
+        """The panel's widget tree, built once."""
 
+    @abstractmethod
     def _render(self) -> None:
-        raise NotImplementedError
+        """Update the widgets in place from the current data."""
 
+    @abstractmethod
     def _start(self) -> None:
-        raise NotImplementedError
+        """Start the live watch."""
 
+    @abstractmethod
     def _stop(self) -> None:
-        raise NotImplementedError
+        """Stop the live watch."""
 
+    @abstractmethod
     def _static_html(self) -> str:
-        raise NotImplementedError
+        """The static HTML table for frontends without widgets."""
 
+    @abstractmethod
     def _static_text(self) -> str:
-        raise NotImplementedError
+        """The plain-text form."""
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
