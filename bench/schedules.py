@@ -192,7 +192,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
             finished = await wait_all_done(server.url, start + repeat + 60)
             usage += [*usage_start,
                       f"scheduler RSS at end: {', '.join(f'{rss_mib(p.pid):.1f}' for p in procs)} MiB",
-                      f"scheduler CPU: {', '.join(f'{cpu_s(p.pid):.1f}' for p in procs)} s"]
+                      f"scheduler CPU: {', '.join(f'{cpu_s(p.pid):.1f}' for p in procs)} s; "
+                      f"nats-server CPU: {cpu_s(server.pid or 0):.1f} s"]
         finally:
             usage.append(f"scheduler exit codes after SIGTERM: {stop_all(procs)}")
         say("reading the queued runs back")

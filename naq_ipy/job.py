@@ -228,9 +228,10 @@ class Job:
         """A Job from a parsed header and its unpickled call."""
         known = {f.name for f in fields(cls)} - {"function", "args", "kwargs", "url"}
         values = {k: v for k, v in header.items() if k in known}
-        values["retry_delay"] = retry_delay_from_json(values.get("retry_delay", 0))
-        values["depends_on"] = tuple(values.get("depends_on") or ())
-        try:
+        try:  # the header comes off the wire: any bad value is an unreadable job, never a crash
+            _check_header_types(values)
+            values["retry_delay"] = retry_delay_from_json(values.get("retry_delay", 0))
+            values["depends_on"] = tuple(values.get("depends_on") or ())
             return cls(function=function, args=tuple(args), kwargs=dict(kwargs), **values)
         except (ConfigurationError, TypeError, ValueError) as e:
             raise SerializationError(f"job {header.get('job_id')!r} has an invalid header: {e}") from e
@@ -332,6 +333,18 @@ def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
                 counts[key] = 1
         out.append(job._serialize_call(once[key]) if key in once else job.serialize())
     return out
+
+
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "enqueue_time": (int, float), "func_name": (str,), "schedule_key": (str, type(None)),
+}
+
+
+def _check_header_types(values: Mapping[str, Any]) -> None:
+    """TypeError for header fields a Job does not check itself (they are only displayed and logged)."""
+    for name, types in _HEADER_TYPES.items():
+        if name in values and (not isinstance(values[name], types) or isinstance(values[name], bool)):
+            raise TypeError(f"{name} must be {' or '.join(t.__name__ for t in types)}, got {values[name]!r}")
 
 
 def rewrite_header(data: bytes, **changes: Any) -> bytes:

@@ -6,8 +6,8 @@ Faults tested elsewhere (not repeated here):
 - one cluster node lost → no job lost or run twice, every fire exactly once: tests/test_cluster.py
 - nats-server restart under a scheduler → no run lost or doubled, the watch comes back:
   tests/test_scheduler.py::test_fires_continue_across_a_server_restart
-- garbage, truncated and wrong-type input → rejected, recorded, acked: tests/test_failed.py;
-  forged or unsigned jobs → never unpickled: tests/test_signing.py
+- garbage, truncated and wrong-type input → rejected, recorded, acked: tests/test_failed.py (here: hostile
+  values in a well-formed header); forged or unsigned jobs → never unpickled: tests/test_signing.py
 - corrupt schedule entries → reported and skipped: tests/test_scheduler.py; oversized payloads
   and results → a clear error: tests/test_bad_input.py, tests/test_worker.py
 - clock of a single scheduler an hour fast: tests/test_scheduler.py (here: beside a true one)
@@ -31,10 +31,12 @@ import pytest
 from nats.js import JetStreamContext
 from test_cluster import assert_grid, enqueue_until_acked, runs_on, tokens
 from test_scheduler import QUEUE, entry_gone, interval_runs, quarter_after, running, store, wait_until
-from test_worker import Spawn, eventually, spawn_worker  # noqa: F401 - spawn_worker is a fixture
+from test_worker import Spawn, eventually, running_worker, spawn_worker, stream_count  # noqa: F401 - a fixture
 
 from naq_ipy import Job, Queue
 from naq_ipy.connection import close_all, get_connection
+from naq_ipy.failed import list_failed
+from naq_ipy.job import rewrite_header
 from naq_ipy.scheduled import ScheduledJobManager
 from naq_ipy.server import NatsServer
 
@@ -53,6 +55,43 @@ async def all_gone(url: str, keys: list[str], timeout_s: float) -> None:
         return all([await entry_gone(url, key) for key in keys])
 
     await wait_until(done, timeout_s, "every entry to finish")
+
+
+# --- hostile input the other suites do not send: well-formed jobs with hostile header values ---
+
+
+HOSTILE_HEADERS = {
+    "depends_on not a list": {"depends_on": 5},
+    "retry_delay of unknown shape": {"retry_delay": {"kind": "nope"}},
+    "enqueue_time not a number": {"enqueue_time": "yesterday"},
+    "func_name not a string": {"func_name": ["x"]},
+    "schedule_key not a string": {"schedule_key": {"a": 1}},
+    "job_id with a wildcard": {"job_id": "a.>"},
+    "negative timeout": {"timeout": -5},
+}
+
+
+async def test_hostile_header_values_are_rejected_acked_and_the_worker_goes_on(
+    nats_url: str, raw_js: JetStreamContext,
+) -> None:
+    queue = Queue("hostile", nats_url)
+    good = queue.job(jobs.add, (2, 3))
+    hostile = [rewrite_header(queue.job(jobs.add, (1, 1)).serialize(), **change) for change in HOSTILE_HEADERS.values()]
+    huge_length = b"NAQJ\x01\xff\xff\xff\xff" + good.serialize()[9:]
+    async with running_worker(nats_url, "hostile") as worker:
+        for data in [*hostile, huge_length]:
+            await raw_js.publish("naq.queue.hostile", data)
+        await queue.enqueue_job(good)
+        assert await good.result(timeout=10) == 5
+        await eventually(lambda: worker.failed == len(hostile) + 1, what="every hostile job to be rejected")
+
+        async def all_acked() -> bool:
+            return await stream_count(raw_js) == 0
+
+        await wait_until(all_acked, 5, "every message to be acked")
+        reasons = sorted(entry.reason for entry in await list_failed(nats_url))
+    assert sum("has an invalid header" in reason for reason in reasons) == len(hostile), reasons
+    assert sum("unreadable header" in reason for reason in reasons) == 1, reasons
 
 
 # --- scheduler SIGKILL between publish and KV update ---
@@ -104,7 +143,7 @@ async def test_server_sigkill_and_restart_loses_no_enqueued_job_and_no_scheduled
     worker = spawn_worker(url, "faults", "-c", "4", "--ack-wait", "10")
     start = quarter_after(1.0)
     await store(url, "beat", start, interval_s=0.5, repeat=16)  # runs until after the restart
-    queue, stop, acked = Queue("faults", url), asyncio.Event(), []
+    queue, stop, acked = Queue("faults", url), asyncio.Event(), list[str]()
     async with running(url):
         await queue.enqueue_in(3.5, jobs.mark, str(path), "one-off")  # due while the server is down
         producer = asyncio.create_task(enqueue_steadily(queue, path, stop, acked))
@@ -144,7 +183,7 @@ class Partition:
         self._open.set()
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
-        self._links: set[asyncio.Future[list[BaseException | None]]] = set()
+        self._links: set[asyncio.Future[tuple[BaseException | None, BaseException | None]]] = set()
 
     async def start(self) -> str:
         """Listen on a free port; returns the URL clients use to reach the server through the proxy."""
