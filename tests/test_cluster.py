@@ -3,7 +3,8 @@
 Clients get the comma-separated URL list (or one seed URL: nats-py learns the other nodes from
 the server) and move to another node when theirs dies. Each job marks its own token in a file,
 so a lost job or a second run shows up in the counts; no worker crashes in these tests, so no
-job may run twice.
+job may run twice. That promise holds while the failover takes less than the consumer's ack wait:
+a job redelivered during a longer outage can start again before its first run's outcome is written.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.slow
 REPLICAS = 3
 JOBS = 2000
 BATCH = 100
-ACK_WAIT_S = 5
+ACK_WAIT_S = 15  # longer than a failover (~5 s here): a redelivery during it could race the first run's outcome
 BUCKETS = (names.SCHEDULED_JOBS_KV_NAME, names.JOB_STATUS_KV_NAME, names.RESULTS_KV_NAME, names.WORKERS_KV_NAME,
            names.SCHEDULER_CLOCK_KV_NAME)
 
@@ -119,7 +120,7 @@ async def test_2000_jobs_through_a_node_loss_each_run_exactly_once(
     counts = tokens(path)
     assert set(counts) == {f"job-{i}" for i in range(JOBS)}
     assert [token for token, n in counts.items() if n > 1] == [], "jobs ran twice without a worker crash"
-    assert all(worker.poll() is None for worker in workers), "a worker died"
+    assert [worker.poll() for worker in workers] == [None, None], "a worker died (exit codes)"
     assert (await js.stream_info(names.JOB_STREAM_NAME)).state.messages == 0
     await close_all()
 
