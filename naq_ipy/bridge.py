@@ -184,3 +184,18 @@ def sync_twin(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     wrapper.__qualname__ = f"{func.__qualname__}_sync"
     wrapper.__doc__ = f"Blocking twin of `{func.__name__}` (runs on the naq sync bridge)."
     return wrapper
+
+
+class StopRequests:
+    """`request_stop()` for a long-running service (worker, scheduler) that runs on its own loop."""
+
+    _stop_requested: bool
+    _loop: asyncio.AbstractEventLoop | None
+    _stopping: asyncio.Event
+
+    def request_stop(self) -> None:
+        """Ask for a graceful stop; safe from any thread and from signal handlers."""
+        self._stop_requested = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stopping.set)

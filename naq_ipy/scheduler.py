@@ -34,7 +34,7 @@ import nats.js.errors
 from nats.js import api
 from nats.js.kv import KeyValue
 
-from naq_ipy.bridge import sync_twin
+from naq_ipy.bridge import StopRequests, sync_twin
 from naq_ipy.connection import Connection, connect, get_connection, nats_errors, publish
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, SerializationError
 from naq_ipy.firing import FirePlan, ScheduleView, advanced, fire_msg_id, plan_fires, run_id
@@ -86,7 +86,7 @@ def _iso(ts: float) -> str:
     return from_timestamp(ts).isoformat(timespec="milliseconds")
 
 
-class Scheduler:
+class Scheduler(StopRequests):
     """Fires scheduled jobs on time, exactly once even with several schedulers running.
 
     `clock` is the local wall clock (UTC seconds), corrected by the measured offset to the
@@ -133,13 +133,6 @@ class Scheduler:
         async with asyncio.timeout(timeout_s):
             await self._clock_ready.wait()
             await self._watch_ready.wait()
-
-    def request_stop(self) -> None:
-        """Ask `run()` to stop; safe from any thread and from signal handlers."""
-        self._stop_requested = True
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._stopping.set)
 
     async def stop(self) -> None:
         """Stop `run()` and wait until it has closed its connection."""

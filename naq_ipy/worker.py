@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from naq_ipy import settings as names
+from naq_ipy.bridge import StopRequests
 from naq_ipy.connection import connect, get_connection, kv_put, nats_errors
 from naq_ipy.errors import ConfigurationError, NaqException
 from naq_ipy.executor import Executor
@@ -52,7 +53,7 @@ def default_worker_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Worker(JobRunner):
+class Worker(JobRunner, StopRequests):
     """Runs jobs from `queues` with `concurrency` slots until stopped.
 
     `process_pool`: plain functions run in child processes (killed at their timeout) instead of
@@ -152,13 +153,6 @@ class Worker(JobRunner):
         kv = await self._conn.kv(names.WORKERS_KV_NAME)
         await kv.purge(self.worker_id, msg_ttl=max(1.0, 3 * self.heartbeat_s))
         await self._conn.nc.flush(timeout=CLOSE_TIMEOUT_S)
-
-    def request_stop(self) -> None:
-        """Ask for a graceful stop; safe from any thread and from signal handlers."""
-        self._stop_requested = True
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._stopping.set)
 
     async def stop(self) -> None:
         """Stop gracefully and wait until the worker has shut down (call on the worker's loop)."""
