@@ -10,6 +10,7 @@ from typing import Any
 import nats
 import nats.js.errors
 import pytest
+from magic_shell import RaisingShell, make_shell
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
@@ -156,3 +157,38 @@ def nats_cluster_nodes(tmp_path: Path) -> Iterator[list[NatsServer]]:
 def nats_cluster(nats_cluster_nodes: list[NatsServer]) -> list[str]:
     """Client URLs of the three nodes of `nats_cluster_nodes` (join them with "," for ConnectionSettings)."""
     return [node.url for node in nats_cluster_nodes]
+
+
+# --- IPython shells for the magics (see tests/magic_shell.py) --------------------------------
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No NAQ_URL from outside; the user data dir (embedded server data) under tmp_path."""
+    monkeypatch.delenv("NAQ_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.fixture
+def bare_shell(isolated: Path) -> Iterator[Any]:
+    """Factory of one shell (config keywords go to NaqMagics) with naq_ipy loaded; unloaded at the end."""
+    shells: list[RaisingShell] = []
+
+    def make(**naq: Any) -> RaisingShell:
+        shell = make_shell(**naq)
+        shell.run_line_magic("load_ext", "naq_ipy")
+        shells.append(shell)
+        return shell
+
+    yield make
+    for shell in shells:
+        shell.run_line_magic("unload_ext", "naq_ipy")
+    RaisingShell.clear_instance()
+
+
+@pytest.fixture
+def ip(bare_shell: Any, nats_url: str) -> RaisingShell:
+    """A shell with naq_ipy loaded, talking to the test server; `add` and `x` defined."""
+    shell = bare_shell(url=nats_url)
+    shell.run_cell("def add(a, b=1):\n    return a + b\nx = 5")
+    return shell

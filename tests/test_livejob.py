@@ -14,9 +14,9 @@ from typing import Any
 import jobs
 import nbformat
 import pytest
+from magic_shell import make_shell
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
-from test_magics import make_shell
 from test_magics_kernel import KERNEL_NAME, kernel_env  # noqa: F401  (fixture)
 from test_worker import TESTS_DIR, spawn_worker  # noqa: F401  (fixture)
 

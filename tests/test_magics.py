@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.js.errors
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
+from magic_shell import SCHEDULE_LINE, RaisingShell, pid_gone, schedules, stream_messages
 
 import naq_ipy.bridge
 from naq_ipy import Job, Queue
@@ -28,87 +23,6 @@ from naq_ipy.ipython.commands import split_words
 from naq_ipy.processes import PROCESSES
 from naq_ipy.scheduled import ScheduledJobManager
 from naq_ipy.server import free_port
-
-SCHEDULE_LINE = re.compile(
-    r"^(created|updated) schedule '(\w+)'( \(paused\))?: (.+), next run "
-    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+ \((in .+|now)\)$", re.M
-)
-
-
-class RaisingShell(InteractiveShell):
-    """A shell whose `run_cell` re-raises the cell's error (jupysql's testing shell)."""
-
-    def run_cell(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().run_cell(*args, **kwargs)
-        result.raise_error()
-        return result
-
-
-def make_shell(**naq: Any) -> RaisingShell:
-    config = Config()
-    config.HistoryAccessor.enabled = False
-    for name, value in naq.items():
-        setattr(config.NaqMagics, name, value)
-    return RaisingShell.instance(config=config)
-
-
-@pytest.fixture
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No NAQ_URL from outside; the user data dir (embedded server data) under tmp_path."""
-    monkeypatch.delenv("NAQ_URL", raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
-
-
-@pytest.fixture
-def bare_shell(isolated: Path) -> Iterator[Any]:
-    """Factory of one shell (config keywords go to NaqMagics) with naq_ipy loaded; unloaded at the end."""
-    shells: list[RaisingShell] = []
-
-    def make(**naq: Any) -> RaisingShell:
-        shell = make_shell(**naq)
-        shell.run_line_magic("load_ext", "naq_ipy")
-        shells.append(shell)
-        return shell
-
-    yield make
-    for shell in shells:
-        shell.run_line_magic("unload_ext", "naq_ipy")
-    RaisingShell.clear_instance()
-
-
-@pytest.fixture
-def ip(bare_shell: Any, nats_url: str) -> RaisingShell:
-    """A shell with naq_ipy loaded, talking to the test server; `add` and `x` defined."""
-    shell = bare_shell(url=nats_url)
-    shell.run_cell("def add(a, b=1):\n    return a + b\nx = 5")
-    return shell
-
-
-def stream_messages(url: str, stream: str = "naq_jobs") -> int:
-    async def count() -> int:
-        nc = await nats.connect(url)
-        try:
-            return (await nc.jetstream().stream_info(stream)).state.messages
-        except nats.js.errors.NotFoundError:
-            return 0
-        finally:
-            await nc.close()
-
-    return asyncio.run(count())
-
-
-def schedules(url: str) -> list[Any]:
-    return naq_ipy.bridge.run_sync(ScheduledJobManager(url).list())
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
 
 # --- loading ---------------------------------------------------------------------------------
 
@@ -415,114 +329,3 @@ def test_schedule_body_is_not_var_expanded(ip: RaisingShell, nats_url: str) -> N
     assert record.job().function() == "{x}$x"
 
 
-# --- %naq ------------------------------------------------------------------------------------
-
-def test_naq_subcommand_mistakes(ip: RaisingShell) -> None:
-    with pytest.raises(UsageError, match="a subcommand is needed; use one of status, server"):
-        ip.run_line_magic("naq", "")
-    with pytest.raises(UsageError, match="unknown subcommand 'launch'"):
-        ip.run_line_magic("naq", "launch")
-    with pytest.raises(UsageError, match="invalid choice: 'jump'"):
-        ip.run_line_magic("naq", "worker jump")
-    with pytest.raises(UsageError, match="no scheduled job named 'nosuch'"):
-        ip.run_line_magic("naq", "pause nosuch")
-    with pytest.raises(UsageError, match="no scheduled job named 'nosuch'"):
-        ip.run_line_magic("naq", "run nosuch")
-    with pytest.raises(UsageError, match="'x' must hold a Job or a list of Jobs"):
-        ip.run_line_magic("naq", "wait x")
-
-
-def test_pause_resume_cancel_list(ip: RaisingShell, nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    ip.run_cell_magic("naq_schedule", "--interval 1h --paused nightly", "x")
-    ip.run_line_magic("naq", "resume nightly")
-    assert not schedules(nats_url)[0].paused
-    ip.run_line_magic("naq", "pause nightly")
-    assert schedules(nats_url)[0].paused
-    table = ip.run_line_magic("naq", "list")
-    assert "nightly" in repr(table) and "every 1 h" in repr(table) and "<table" in table._repr_html_()
-    ip.run_line_magic("naq", "cancel nightly")
-    assert schedules(nats_url) == []
-    assert "no scheduled jobs" in repr(ip.run_line_magic("naq", "list"))
-    out = capsys.readouterr().out
-    assert "resumed schedule 'nightly'" in out and "paused schedule 'nightly'" in out
-    assert "cancelled schedule 'nightly'" in out
-
-
-def test_run_now_fires_once(ip: RaisingShell, nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    ip.run_cell_magic("naq_schedule", "--interval 1h --run-now hourly", "x")
-    assert re.search(r"fired 'hourly' now as job hourly\.now-\d+", capsys.readouterr().out)
-    ip.run_line_magic("naq", "run hourly")
-    assert stream_messages(nats_url) == 2
-    assert schedules(nats_url)[0].run_count == 0
-
-
-def test_status(ip: RaisingShell, nats_url: str) -> None:
-    ip.run_line_magic("naq_enqueue", "add(1)")
-    text = repr(ip.run_line_magic("naq", "status"))
-    assert f"url               {nats_url}" in text
-    assert "server            reachable" in text and "jobs waiting      1" in text
-    assert "workers alive     0" in text
-    ip.run_line_magic("config", f"NaqMagics.url = 'nats://127.0.0.1:{free_port()}'")
-    assert "not reachable" in repr(ip.run_line_magic("naq", "status"))
-    assert PROCESSES.server is None
-
-
-@pytest.mark.slow
-def test_workers_run_jobs_and_stop_without_leftovers(ip: RaisingShell, capsys: pytest.CaptureFixture[str]) -> None:
-    ip.run_cell("def boom():\n    raise ValueError('kaput')")
-    ip.run_line_magic("naq", "worker start -q default other -c 2")
-    ip.run_line_magic("naq", "scheduler start")
-    assert ip.run_line_magic("naq_enqueue", "--wait 20 add(x, b=2)") == 7
-    assert ip.run_line_magic("naq_enqueue", "-q other --wait add(1)") == 2
-    with pytest.raises(Exception, match="kaput") as failure:
-        ip.run_line_magic("naq_enqueue", "--wait 20 boom()")
-    assert type(failure.value).__name__ == "JobExecutionError" and "Remote traceback" in str(failure.value)
-    ip.run_line_magic("naq_enqueue", "-o j1 add(1)")
-    ip.run_line_magic("naq_enqueue", "-o j2 add(2)")
-    ip.run_cell("both = [j1, j2]")
-    assert ip.run_line_magic("naq", "wait both") == [2, 3]
-    assert ip.run_line_magic("naq", "result j2") == 3
-    assert ip.run_line_magic("naq", f"result {ip.user_ns['j1'].job_id} --wait 5") == 2
-    status = repr(ip.run_line_magic("naq", "status"))
-    assert "workers alive     1" in status and "this kernel       1 worker(s), 1 scheduler(s)" in status
-    assert "default other -c 2" in repr(ip.run_line_magic("naq", "worker status"))
-    pids = [c.pid for c in PROCESSES.children]
-    ip.run_line_magic("naq", "worker stop")
-    ip.run_line_magic("naq", "scheduler stop")
-    assert all(pid_gone(pid) for pid in pids) and PROCESSES.children == []
-    out = capsys.readouterr().out
-    assert re.search(r"started worker pid \d+ on default, other \(log .*worker-\d+\.log\)", out)
-    assert "stopped 1 worker process(es)" in out and "stopped 1 scheduler process(es)" in out
-
-
-def test_panels_are_closed_at_unload(ip: RaisingShell) -> None:
-    panels = [ip.run_line_magic("naq", "jobs"), ip.run_line_magic("naq", "monitor")]
-    assert [type(p).__name__ for p in panels] == ["ScheduledJobsPanel", "QueueMonitor"]
-    ip.run_line_magic("unload_ext", "naq_ipy")
-    assert all(p.closed for p in panels)
-    ip.run_line_magic("load_ext", "naq_ipy")
-
-
-def test_server_start_status_stop(bare_shell: Any, nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"nats://127.0.0.1:{free_port()}"
-    shell = bare_shell(url=url, auto_start=False)
-    assert "reachable  no" in repr(shell.run_line_magic("naq", "server status"))
-    shell.run_line_magic("naq", "server start")
-    shell.run_line_magic("naq", "server start")
-    server = PROCESSES.server
-    assert server is not None and server.url == url
-    status = repr(shell.run_line_magic("naq", "server status"))
-    assert "reachable   yes" in status and f"this kernel (pid {server.pid})" in status
-    shell.run_cell("def add(a):\n    return a")
-    shell.run_line_magic("naq_enqueue", "add(1)")
-    assert stream_messages(url) == 1
-    shell.run_line_magic("naq", "server stop")
-    shell.run_line_magic("naq", "server stop")
-    assert pid_gone(server.pid or 0)
-    shell.run_line_magic("config", f"NaqMagics.url = {nats_url!r}")
-    shell.run_line_magic("naq", "server start")
-    out = capsys.readouterr().out
-    assert out.count("started a local NATS server") == 1 and "this kernel already runs a NATS server" in out
-    assert f"stopped the NATS server at {url}" in out and "this kernel runs no NATS server" in out
-    assert f"a NATS server already answers at {nats_url}; not starting another" in out
-    assert "this kernel started no worker" in repr(shell.run_line_magic("naq", "worker status"))
