@@ -115,8 +115,9 @@ async def populated(nats_url: str, stream_msgs: Msgs, kv_snapshot: Snapshot) -> 
     await queue.enqueue(add, 1)
     await queue.schedule(add, interval=60, name="existing")
 
-    async def state() -> tuple[list[tuple[int | None, bytes | None]], dict[str, tuple[bytes, int]]]:
-        return [(m.seq, m.data) for m in await stream_msgs()], await kv_snapshot()
+    async def state() -> tuple[list[tuple[int | None, str | None, bytes | None]], dict[str, tuple[bytes, int]]]:
+        # the message id names who wrote a message (a job id, or a schedule's fire id) if a stray one shows up
+        return [(m.seq, (m.headers or {}).get("Nats-Msg-Id"), m.data) for m in await stream_msgs()], await kv_snapshot()
 
     return state
 
@@ -129,7 +130,8 @@ async def test_bad_input_writes_nothing(nats_url: str, populated: Callable[[], A
         await action(Queue("bad", nats_url))
     after = await populated()
     assert after == before
-    assert len(after[0]) == 1 and list(after[1]) == ["existing"]
+    assert [seq for seq, _, _ in after[0]] == [1], [(seq, msg_id) for seq, msg_id, _ in after[0]]
+    assert list(after[1]) == ["existing"]
 
 
 @pytest.mark.parametrize("name", ["a.b", "a b", "", "a*", ">", "x" * 65, "naïve", None, 3])
