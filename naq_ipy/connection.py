@@ -1,4 +1,4 @@
-"""NATS connections pooled per (event loop, settings), the streams and buckets naq needs, one publish path.
+"""NATS connections pooled per (event loop, settings), the streams and buckets naq needs, publishing.
 
 A connection belongs to the loop it was made on and is only ever handed out on that
 loop. Helpers never close pooled connections; `close_all()` does, for the calling loop.
@@ -12,7 +12,7 @@ import logging
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,8 +335,9 @@ def _headers_size(headers: dict[str, str] | None) -> int:
     return len(b"NATS/1.0\r\n\r\n") + sum(len(f"{k}: {v}\r\n".encode()) for k, v in headers.items())
 
 
-def _message_headers(msg_id: str | None, headers: dict[str, str] | None,
-                     ttl_s: float | None = None) -> dict[str, str] | None:
+def message_headers(msg_id: str | None, headers: dict[str, str] | None,
+                    ttl_s: float | None = None) -> dict[str, str] | None:
+    """The NATS headers of one message: `headers` plus its message id and per-message TTL."""
     hdrs = dict(headers or {})
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
@@ -350,7 +351,7 @@ async def publish(
     headers: dict[str, str] | None = None, ttl_s: float | None = None,
 ) -> api.PubAck:
     """Publish one message to JetStream and wait for its ack (one round trip)."""
-    hdrs = _message_headers(msg_id, headers, ttl_s)
+    hdrs = message_headers(msg_id, headers, ttl_s)
     check_payload(conn, data, headers=hdrs)
     async with nats_errors(conn.settings):
         try:
@@ -359,40 +360,6 @@ async def publish(
             if not await conn.recreate_stream_for(subject):
                 raise
             return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs)
-
-
-async def publish_many(
-    conn: Connection, messages: Iterable[tuple[str, bytes, str | None, dict[str, str] | None]]
-) -> list[api.PubAck]:
-    """Publish many (subject, data, msg_id, headers) pipelined; all acks awaited with a timeout.
-
-    Every payload is size-checked before the first is sent.
-    """
-    batch = [(subject, data, _message_headers(msg_id, headers)) for subject, data, msg_id, headers in messages]
-    for _, data, hdrs in batch:
-        check_payload(conn, data, headers=hdrs)
-    if not batch:
-        return []
-    async with nats_errors(conn.settings):
-        try:
-            return await _publish_pipelined(conn, batch)
-        except nats.js.errors.NoStreamResponseError:
-            if not await conn.recreate_stream_for(batch[0][0]):
-                raise
-            return await _publish_pipelined(conn, batch)  # message ids make re-sent duplicates no-ops
-
-
-async def _publish_pipelined(conn: Connection, batch: list[tuple[str, bytes, dict[str, str] | None]]
-                             ) -> list[api.PubAck]:
-    # no wait_stall: with one, nats-py wraps each send in a task and yields to the loop, so every
-    # message goes out in its own syscall (5x slower); the whole batch has one deadline instead
-    try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S + len(batch) / 1000):
-            pending = [await conn.js.publish_async(subject, data, headers=hdrs) for subject, data, hdrs in batch]
-            return list(await asyncio.gather(*pending))
-    except (TimeoutError, nats.js.errors.TooManyStalledMsgsError):
-        raise NaqConnectionError(
-            f"NATS at {conn.settings.safe_url} did not ack {len(batch)} messages in time") from None
 
 
 async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None) -> int:

@@ -42,3 +42,11 @@ class ConflictError(NaqException):
 
 class PermissionDeniedError(NaqException):
     """The NATS server refused an operation for lack of permission."""
+
+
+class RefusedError(NaqException):
+    """NATS refused to store jobs (a full stream, a limit an operator set); `refused` holds what was not stored."""
+
+    def __init__(self, message: str, refused: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused or []

@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import struct
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import cloudpickle
 
 from naq_ipy.errors import ConfigurationError, SerializationError
+from naq_ipy.funcpickle import PickledOnce, pickle_call
 from naq_ipy.retry import RetryDelay, retry_delay_from_json, retry_delay_to_json, validate_retry_delay
 from naq_ipy.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
 
@@ -36,49 +36,6 @@ _HEADER_CACHE: dict[tuple[Any, ...], bytes] = {}
 _HEADER_CACHE_SIZE = 256
 
 JOB_OPTIONS = frozenset({"max_retries", "retry_delay", "depends_on", "timeout", "result_ttl", "job_id"})
-
-
-_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
-_PLAIN_SCAN_LIMIT = 256
-
-
-def _plain(value: Any, budget: list[int]) -> bool:
-    """True for builtin scalars and small lists/tuples/dicts of them: what pickle handles like cloudpickle."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        return False
-    kind = type(value)
-    if kind in _PLAIN_SCALARS:
-        return True
-    if kind is list or kind is tuple:
-        return all(_plain(item, budget) for item in value)
-    if kind is dict:
-        return all(type(k) is str and _plain(v, budget) for k, v in value.items())
-    return False
-
-
-def _by_reference(func: Any) -> bool:
-    """True when cloudpickle would pickle `func` by reference too (importable, not from `__main__`)."""
-    name = getattr(func, "__module__", None)
-    module = sys.modules.get(name) if isinstance(name, str) else None
-    if module is None or name == "__main__" or name in getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ()):
-        return False
-    found: Any = module
-    for part in str(getattr(func, "__qualname__", "<")).split("."):
-        found = getattr(found, part, None)
-    return found is func
-
-
-def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle `(function, args, kwargs)`: C pickle for importable functions with plain arguments, else cloudpickle.
-
-    Both give the same bytes' meaning; the fast path only skips cloudpickle's per-object hooks.
-    """
-    call = (function, args, kwargs)
-    by_reference = isinstance(function, _PickledOnce) or _by_reference(function)
-    if by_reference and _plain(args, [_PLAIN_SCAN_LIMIT]) and _plain(kwargs, [_PLAIN_SCAN_LIMIT]):
-        return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def new_job_id() -> str:
@@ -298,18 +255,6 @@ class Job:
 _BY_REFERENCE_MAX = 256  # a function pickled by reference (module + name) is smaller; re-pickling it is cheap
 
 
-class _PickledOnce:
-    """A function pickled once for a batch of jobs; plain `pickle.loads` turns it back into the function."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return pickle.loads, (self.data,)
-
-
 def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
     """`[job.serialize() for job in jobs]`, but a function shared by several jobs is pickled once.
 
@@ -318,7 +263,7 @@ def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
     and its job's arguments no longer share objects (dynamic classes still unpickle as one class).
     """
     counts = Counter(id(job.function) for job in jobs)
-    once: dict[int, _PickledOnce] = {}
+    once: dict[int, PickledOnce] = {}
     out: list[bytes] = []
     for job in jobs:
         key = id(job.function)  # stable: every job holds its function until the batch is done
@@ -328,7 +273,7 @@ def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
             except Exception:
                 data = b""  # the plain path below raises the SerializationError naming the function
             if len(data) > _BY_REFERENCE_MAX:  # pickled by value: worth sharing
-                once[key] = _PickledOnce(data)
+                once[key] = PickledOnce(data)
             else:
                 counts[key] = 1
         out.append(job._serialize_call(once[key]) if key in once else job.serialize())

@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+import nats.js.errors
+
+from naq_ipy.batch import publish_many
 from naq_ipy.bridge import sync_twin
-from naq_ipy.connection import Connection, get_connection, nats_errors, publish, publish_many
-from naq_ipy.errors import ConfigurationError
+from naq_ipy.connection import Connection, get_connection, nats_errors, publish
+from naq_ipy.errors import ConfigurationError, RefusedError
 from naq_ipy.firing import next_regular_run
 from naq_ipy.job import JOB_OPTIONS, Job, serialize_many
 from naq_ipy.schedule import ScheduledJob, first_run_utc, validate_timing
@@ -92,8 +95,12 @@ class Queue:
         """Publish a prepared Job (one round trip); its id is the message id, so a retry is deduplicated."""
         data = job.serialize()
         conn = await self._connection()
-        await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id,
-                      headers=signed_headers(self.settings, data))
+        try:
+            await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id,
+                          headers=signed_headers(self.settings, data))
+        except nats.js.errors.APIError as e:  # stored nothing: a full stream, a limit set by an operator
+            raise RefusedError(f"NATS at {self.settings.safe_url} refused job {job.job_id} "
+                               f"({getattr(e, 'description', None) or e})", refused=[job]) from None
         logger.debug("enqueued %s %s on %s", job.job_id, job.func_name, job.queue_name)
         job.url = job.url or self.settings  # so job.result() asks the server the job went to
         return job
@@ -120,7 +127,12 @@ class Queue:
         datas = serialize_many(jobs)
         messages = [(subjects[job.queue_name], data, job.job_id, signed_headers(self.settings, data))
                     for job, data in zip(jobs, datas, strict=True)]
-        await publish_many(await self._connection(), messages)
+        try:
+            await publish_many(await self._connection(), messages)
+        except RefusedError as e:
+            refused = [jobs[i] for i in e.refused]
+            raise RefusedError(f"{e}; the other {len(jobs) - len(refused)} jobs are queued, the refused ones "
+                               "are in this error's `refused`", refused=refused) from None
         for job in jobs:
             job.url = job.url or self.settings
         return jobs

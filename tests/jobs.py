@@ -11,6 +11,14 @@ import fcntl
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+
+def notebook_cell(source: str) -> dict[str, Any]:
+    """Run `source` the way a notebook cell runs: in a `__main__` namespace that is not importable."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, "<notebook cell>", "exec"), namespace)
+    return namespace
 
 
 def mark(path: str, text: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from jobs import notebook_cell
 
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.job import JOB_OPTIONS, MAGIC, Job, dependency_ids, read_header, rewrite_header, serialize_many
@@ -22,9 +23,7 @@ def add(a: int, b: int = 0) -> int:
 
 def _main_function(source: str, name: str) -> types.FunctionType:
     """Define a function the way a notebook cell does: in a module named `__main__` that is not importable."""
-    namespace: dict[str, object] = {"__name__": "__main__"}
-    exec(compile(source, "<notebook cell>", "exec"), namespace)
-    func = namespace[name]
+    func = notebook_cell(source)[name]
     assert isinstance(func, types.FunctionType)
     return func
 
@@ -208,8 +207,7 @@ def test_for_call_validates_what_changes() -> None:
 def test_serialize_many_pickles_a_shared_function_once() -> None:
     source = ("class Point:\n    def __init__(self, x):\n        self.x = x\n"
               "def shift(p, by):\n    return Point(p.x + by) if isinstance(p, Point) else None\n")
-    namespace: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(source, "<notebook cell>", "exec"), namespace)
+    namespace = notebook_cell(source)
     shift, point = namespace["shift"], namespace["Point"]
     jobs = [Job(function=shift, args=(point(i),), kwargs={"by": 10}) for i in range(3)] + [Job(function=add)]
     datas = serialize_many(jobs)

@@ -1,0 +1,162 @@
+"""Pickle the call of a job: C pickle where it means the same as cloudpickle, notebook functions once.
+
+cloudpickle sends a function defined in a notebook by value (its code, the globals it reads,
+defaults, closure), which costs ~50 µs every time. Such a function is re-pickled only when
+something cloudpickle would read from it may have changed: the cache keeps, by identity,
+everything it reads, and gives up on functions that read mutable values (a list, another
+notebook function), whose contents could change without their identity changing.
+"""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+import sys
+import types
+import weakref
+from typing import Any
+
+import cloudpickle
+
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_PLAIN_SCAN_LIMIT = 256
+_STABLE_TYPES = frozenset({*_PLAIN_SCALARS, types.BuiltinFunctionType})
+_BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle sends these too
+_MISSING = object()
+_BUILTINS = vars(builtins)
+
+
+class PickledOnce:
+    """A function pickled ahead of its jobs; plain `pickle.loads` turns it back into the function."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return pickle.loads, (self.data,)
+
+
+def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle `(function, args, kwargs)`; the bytes unpickle the same whichever path made them.
+
+    C pickle when cloudpickle would add nothing (an importable or already pickled function and
+    plain arguments); a notebook function that did not change since its last job is not re-pickled.
+    """
+    if isinstance(function, types.FunctionType) and not by_reference(function):
+        function = _cached(function) or function
+    if (isinstance(function, PickledOnce) or by_reference(function)) and _plain(args) and _plain(kwargs):
+        return pickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def by_reference(func: Any) -> bool:
+    """True when cloudpickle pickles `func` by reference (importable, not from `__main__`)."""
+    name = getattr(func, "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    if module is None or name == "__main__" or _by_value(module):
+        return False
+    found: Any = module
+    for part in str(getattr(func, "__qualname__", "<")).split("."):
+        found = getattr(found, part, None)
+    return found is func
+
+
+def _by_value(module: types.ModuleType) -> bool:
+    """Whether `cloudpickle.register_pickle_by_value` was asked to send this module's code by value."""
+    return module.__name__ in getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
+
+
+def _plain(value: Any, budget: list[int] | None = None) -> bool:
+    """True for builtin scalars and small lists/tuples/dicts of them: what pickle handles like cloudpickle."""
+    budget = budget or [_PLAIN_SCAN_LIMIT]
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if kind is list or kind is tuple:
+        return all(_plain(item, budget) for item in value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v, budget) for k, v in value.items())
+    return False
+
+
+_cache: weakref.WeakKeyDictionary[types.FunctionType, tuple[tuple[Any, ...], PickledOnce]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cached(func: types.FunctionType) -> PickledOnce | None:
+    """`func` pickled by value, from the cache while nothing it reads changed; None if it cannot be cached."""
+    key = _fingerprint(func)
+    if key is None:
+        return None
+    hit = _cache.get(func)
+    if hit is not None and len(hit[0]) == len(key) and all(map(_same, hit[0], key)):
+        return hit[1]
+    pickled = PickledOnce(cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL))
+    _cache[func] = (key, pickled)
+    return pickled
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same object, or equal ints or strings (they pickle the same; 0.0 and -0.0 do not)."""
+    return a is b or (type(a) is type(b) and type(a) in (int, str) and a == b)
+
+
+def _fingerprint(func: types.FunctionType) -> tuple[Any, ...] | None:
+    """Everything cloudpickle reads from `func`, to compare by identity; None if any of it is mutable."""
+    if func.__dict__:
+        return None
+    known = func.__globals__
+    read = [known.get(name, _MISSING) for name in _global_names(func.__code__)]
+    read += [known.get(name, _MISSING) for name in _BASE_GLOBALS]
+    read += map(_contents, func.__closure__ or ())
+    read += func.__defaults__ or ()
+    keywords = func.__kwdefaults__ or {}
+    read += keywords.values()
+    read += func.__annotations__.values()
+    for value in read:
+        if type(value) not in _STABLE_TYPES and value is not _MISSING and not _stable(value):
+            return None
+    # a new import can add submodules cloudpickle lists with the function: any import re-pickles it
+    return (func.__code__, func.__name__, func.__qualname__, func.__module__, func.__doc__, len(sys.modules),
+            *keywords, *func.__annotations__, *read)
+
+
+def _contents(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a closure variable not assigned yet
+        return _MISSING
+
+
+_names: weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Every name `code` and the code nested in it may read as a global (a superset is fine)."""
+    names = _names.get(code)
+    if names is None:
+        found = dict.fromkeys(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                found.update(dict.fromkeys(_global_names(const)))
+        names = _names[code] = tuple(found)
+    return names
+
+
+def _stable(value: Any) -> bool:
+    """Pickles the same as long as it is the same object: immutable, or pickled by reference."""
+    if value is _MISSING or type(value) in _STABLE_TYPES:
+        return True
+    if type(value) is tuple or type(value) is frozenset:
+        return all(_stable(item) for item in value)
+    if _BUILTINS.get(getattr(value, "__name__", None)) is value:  # int, len, ... in annotations and defaults
+        return True
+    if isinstance(value, types.ModuleType):  # an imported module goes by name; any other one by value
+        return value.__name__ != "__main__" and sys.modules.get(value.__name__) is value and not _by_value(value)
+    return isinstance(value, type | types.FunctionType) and by_reference(value)
