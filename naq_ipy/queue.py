@@ -69,6 +69,7 @@ class Queue:
         self.settings = ConnectionSettings.resolve(nats_url)
         self._default_timeout = default_timeout
         self._scheduled_job_manager = ScheduledJobManager(self.settings)
+        self._default_job: Job | None = None
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} at {self.settings.safe_url}>"
@@ -81,6 +82,8 @@ class Queue:
     def job(self, func: Callable[..., Any], args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
             **options: Any) -> Job:
         """Build (not send) a Job for this queue; `options` are job options only."""
+        if not options:  # the common case: a copy of this queue's validated defaults
+            return self._defaults().for_call(func, args, kwargs)
         unknown = set(options) - JOB_OPTIONS
         if unknown:
             raise ConfigurationError(f"unknown job options: {', '.join(sorted(unknown))}")
@@ -90,6 +93,11 @@ class Queue:
         job = Job(function=func, args=tuple(args), kwargs=dict(kwargs or {}), queue_name=self.name, **options)
         job.url = self.settings
         return job
+
+    def _defaults(self) -> Job:
+        if self._default_job is None:
+            self._default_job = self.job(print, (), None, timeout=self._default_timeout)
+        return self._default_job
 
     async def enqueue_job(self, job: Job) -> Job:
         """Publish a prepared Job (one round trip); its id is the message id, so a retry is deduplicated."""

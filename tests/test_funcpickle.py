@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import sys
 import types
+import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -137,3 +143,37 @@ def test_an_import_after_the_first_job_pickles_again(cell: dict[str, Any], funct
     monkeypatch.setitem(sys.modules, "naq_test_newly_imported", types.ModuleType("naq_test_newly_imported"))
     pickle_call(cell["job"], (1,), {})
     assert function_pickles == [cell["job"], cell["job"]]
+
+
+def test_importable_calls_take_c_pickle_whatever_their_arguments() -> None:
+    call = (zlib.crc32, (Fraction(1, 3), datetime(2026, 11, 28, tzinfo=UTC), [b"x"] * 3), {"value": Decimal("2.5")})
+    assert pickle_call(*call) == pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_an_argument_of_a_notebook_class_travels_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    point = notebook_cell("class Point:\n    MARK = 'by-value-marker'\n"
+                          "    def __init__(self, x):\n        self.x = x\n")
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "Point", point["Point"], raising=False)  # C pickle would find it by name here
+    data = pickle_call(zlib.crc32, (point["Point"](3),), {})
+    assert b"by-value-marker" in data
+    monkeypatch.delattr(main, "Point")  # as on a worker, where the notebook's __main__ is not
+    _, (back,), _ = pickle.loads(data)
+    assert back.x == 3 and back.MARK == "by-value-marker"
+
+
+def test_a_module_registered_by_value_travels_by_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "naq_notes_module.py").write_text("def shout(text):\n    return text.upper() + '!'\n"
+                                                  "class Box:\n    def __init__(self, v):\n        self.v = v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("naq_notes_module")
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        data = pickle_call(module.shout, ("hi",), {})
+        boxed = pickle_call(zlib.crc32, (module.Box(2),), {})
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        del sys.modules["naq_notes_module"]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    assert run(data) == "HI!"
+    assert pickle.loads(boxed)[1][0].v == 2
