@@ -14,10 +14,12 @@ notebook function), whose contents could change without their identity changing.
 from __future__ import annotations
 
 import builtins
+import operator
 import pickle
 import sys
 import types
 import weakref
+from itertools import repeat
 from typing import Any
 
 import cloudpickle
@@ -25,6 +27,7 @@ import cloudpickle
 _STABLE_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, types.BuiltinFunctionType})
 _BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle sends these too
 _MISSING = object()
+_NO_BASE_GLOBALS = (_MISSING,) * len(_BASE_GLOBALS)
 _BUILTINS = vars(builtins)
 
 
@@ -64,8 +67,11 @@ def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 
 def _mentions(data: bytes) -> int:
     """How often pickle bytes name a module whose objects must travel by value (`__main__` and registered ones)."""
-    registered = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
-    return data.count(b"__main__") + sum(data.count(name.encode()) for name in registered)
+    count = data.count(b"__main__")
+    registered = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    if registered:
+        count += sum(data.count(name.encode()) for name in registered)
+    return count
 
 
 def by_reference(func: Any) -> bool:
@@ -85,47 +91,40 @@ def _by_value(module: types.ModuleType) -> bool:
     return module.__name__ in getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
 
 
-_cache: weakref.WeakKeyDictionary[types.FunctionType, tuple[tuple[Any, ...], PickledOnce]] = (
+_cache: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, tuple[Any, ...], PickledOnce]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _cached(func: types.FunctionType) -> PickledOnce | None:
     """`func` pickled by value, from the cache while nothing it reads changed; None if it cannot be cached."""
-    key = _fingerprint(func)
-    if key is None:
+    if func.__dict__:  # attributes set on the function: mutable, and they travel with it
         return None
+    meta, values = _read(func)
+    state = (*meta, *values)
+    # a new import can add submodules cloudpickle lists with the function: any import re-pickles it
+    imported = len(sys.modules)
     hit = _cache.get(func)
-    if hit is not None and len(hit[0]) == len(key) and all(map(_same, hit[0], key)):
-        return hit[1]
+    if hit is not None and hit[0] == imported and len(hit[1]) == len(state) and all(map(operator.is_, hit[1], state)):
+        return hit[2]
+    if not all(map(_stable, values)):  # checked on a miss only: a hit holds the very same objects
+        return None
     pickled = PickledOnce(cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL))
-    _cache[func] = (key, pickled)
+    _cache[func] = (imported, state, pickled)
     return pickled
 
 
-def _same(a: Any, b: Any) -> bool:
-    """The same object, or equal ints or strings (they pickle the same; 0.0 and -0.0 do not)."""
-    return a is b or (type(a) is type(b) and type(a) in (int, str) and a == b)
-
-
-def _fingerprint(func: types.FunctionType) -> tuple[Any, ...] | None:
-    """Everything cloudpickle reads from `func`, to compare by identity; None if any of it is mutable."""
-    if func.__dict__:
-        return None
+def _read(func: types.FunctionType) -> tuple[tuple[Any, ...], list[Any]]:
+    """What cloudpickle reads from `func`: (its own attributes, the values it reads), to compare by identity."""
     known = func.__globals__
-    read = [known.get(name, _MISSING) for name in _global_names(func.__code__)]
-    read += [known.get(name, _MISSING) for name in _BASE_GLOBALS]
-    read += map(_contents, func.__closure__ or ())
-    read += func.__defaults__ or ()
-    keywords = func.__kwdefaults__ or {}
-    read += keywords.values()
-    read += func.__annotations__.values()
-    for value in read:
-        if type(value) not in _STABLE_TYPES and value is not _MISSING and not _stable(value):
-            return None
-    # a new import can add submodules cloudpickle lists with the function: any import re-pickles it
-    return (func.__code__, func.__name__, func.__qualname__, func.__module__, func.__doc__, len(sys.modules),
-            *keywords, *func.__annotations__, *read)
+    names = _global_names(func.__code__)
+    values = [*map(known.get, names, repeat(_MISSING, len(names))), *map(known.get, _BASE_GLOBALS, _NO_BASE_GLOBALS),
+              *map(_contents, func.__closure__ or ()), *(func.__defaults__ or ())]
+    keywords, annotations = func.__kwdefaults__ or {}, func.__annotations__
+    values += keywords.values()
+    values += annotations.values()
+    return (func.__code__, func.__name__, func.__qualname__, func.__module__, func.__doc__, *keywords,
+            *annotations), values
 
 
 def _contents(cell: types.CellType) -> Any:

@@ -44,6 +44,8 @@ Call = tuple[Callable[..., Any], tuple[Any, ...]] | tuple[Callable[..., Any], tu
 
 def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split keyword arguments into (job options, the function's own kwargs)."""
+    if not kwargs:
+        return {}, {}
     options = {k: kwargs[k] for k in JOB_OPTIONS if k in kwargs}
     return options, {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,16 @@ async def _delete_all_streams(url: str) -> None:
     nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
         js = nc.jetstream()
-        # KV buckets and object stores are streams too (KV_*, OBJ_*).
-        for info in await js.streams_info():
-            if info.config.name:
-                await js.delete_stream(info.config.name)
+        # KV buckets and object stores are streams too (KV_*, OBJ_*); listed again until none is
+        # left, so that no test starts beside the last one's leftovers
+        for _ in range(50):
+            left = [info.config.name for info in await js.streams_info() if info.config.name]
+            if not left:
+                return
+            for name in left:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(name)
+        raise RuntimeError(f"streams still there after deleting them: {left}")
     finally:
         await nc.close()
 
