@@ -16,7 +16,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js.api import StreamConfig
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from naq_ipy.errors import ConfigurationError, NaqConnectionError
 from naq_ipy.server import (
@@ -190,16 +190,18 @@ async def _add_replicated_stream(url: str, timeout_s: float = 10.0) -> int:
     js = nc.jetstream()
     deadline = time.monotonic() + timeout_s
     try:
+        info = None
         while True:
             try:
-                info = await js.add_stream(name="r3", subjects=["r3.>"], num_replicas=3)
+                # until the meta leader is elected the server answers "JetStream not ready"; until
+                # the new stream has its own leader a publish finds no responders
+                info = info or await js.add_stream(name="r3", subjects=["r3.>"], num_replicas=3)
+                await js.publish("r3.x", b"hello")
                 break
-            except (APIError, nats.errors.TimeoutError):
-                # Until the meta leader is elected the server answers "JetStream not ready".
+            except (APIError, nats.errors.TimeoutError, NoStreamResponseError):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-        await js.publish("r3.x", b"hello")
         return 1 + len(info.cluster.replicas or []) if info.cluster else 0
     finally:
         await nc.close()
