@@ -15,9 +15,11 @@ import contextvars
 import functools
 import inspect
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
+import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -99,6 +101,22 @@ def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None) -> 
         return "unpicklable", f"result of job {job.job_id} cannot be pickled: {e}", ""
 
 
+def _exit_with_parent() -> None:
+    """Pool initializer: end this child when the worker that made it dies.
+
+    A pool child holds both ends of its own call queue, so a killed worker would leave it (and,
+    through it, the forkserver) waiting forever; the parent's sentinel closes when the worker dies.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_when_ready, args=(parent.sentinel,), name="naq-parent-watch", daemon=True).start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
 @dataclass
 class _Child:
     """A single-process pool and the pid of its one process."""
@@ -126,7 +144,7 @@ class _ProcessSlots:
         if self._idle:
             child = self._idle.pop()
         else:
-            pool = ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=self._context, initializer=_exit_with_parent)
             try:
                 # a one-process pool never replaces its process, so this pid stays valid
                 child = _Child(pool, await asyncio.get_running_loop().run_in_executor(pool, os.getpid))
