@@ -26,85 +26,27 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import nats
 import nats.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from children import BENCH_DIR, POLL_S, Child, say, spawn
+from firelag import lag_lines, run_lag
 from nats.js import JetStreamContext, api
-from peers import Row, noop, rate, run_arq, run_rq, run_saq, version, wait_for_count
+from peers import Row, noop, rate, run_arq, run_rq, run_saq, version
 
 from naq_ipy.connection import Connection, close_all, get_connection
-from naq_ipy.job import Job, read_header
+from naq_ipy.job import Job
 from naq_ipy.queue import Queue
 from naq_ipy.results import FINISHED, JobStatus
 from naq_ipy.server import NatsServer, find_server_binary
-from naq_ipy.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME, queue_subject
+from naq_ipy.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
 
-BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = BENCH_DIR / "results" / "throughput.txt"
 QUEUE = "bench"
-POLL_S = 0.02
 STALL_S = 20.0
-READY_TIMEOUT_S = 20.0
-LAG_LEAD_S = 2.0  # first scheduled run this long after the entries are written
-LAG_TARGET_MS = 100.0
 # publish_async with a wait_stall wraps each semaphore acquire in asyncio.wait_for: on Python 3.11
 # that costs ~4x in throughput; None is safe here since the gather below has a timeout
 WAIT_STALL: float | None = None
-
-
-def say(text: str) -> None:
-    """A progress line on stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A naq subprocess (worker or scheduler) with its log file."""
-
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-    def log_text(self) -> str:
-        """Everything the child logged so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (a graceful stop), SIGKILL after `timeout_s`; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return int(self.proc.returncode)
-
-
-def spawn(module: str, args: list[str], log_path: Path) -> Child:
-    """Run `python -m module args` with the bench folder on PYTHONPATH (so `peers.noop` imports)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH")) if p)
-    log = open(log_path, "wb")  # noqa: SIM115 - closed by Child.stop
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT)
-    return Child(proc, log_path, log)
-
-
-async def wait_for_log(child: Child, text: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Wait until `text` appears in the child's log; RuntimeError if it exits or times out first."""
-    deadline = time.monotonic() + timeout_s
-    while text not in child.log_text():
-        if child.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{child.proc.args} not ready ({text!r} not logged):\n{child.log_text()[-3000:]}")
-        await asyncio.sleep(POLL_S)
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -279,102 +221,6 @@ async def run_raw(url: str, n: int, payload: bytes) -> Row:
                note="publish / publish_async; fetch(100) + ack()")
 
 
-# --- scheduler fire lag -------------------------------------------------------------------------------
-
-
-@dataclass
-class LagRun:
-    """Fire lag samples (ms) per run id."""
-
-    expected: int
-    start_ms: dict[str, float] = field(default_factory=dict)
-    publish_ms: dict[str, float] = field(default_factory=dict)
-
-
-def due_of(run_id: str) -> float:
-    """The due time (UTC seconds) encoded in a scheduled run id `<key>.<due ms>`."""
-    return int(run_id.rsplit(".", 1)[1]) / 1000
-
-
-async def follow_runs(conn: Connection, lag: LagRun) -> None:
-    """Record start lag of every finished scheduled run (keys with two tokens) until cancelled."""
-    kv = await conn.kv(JOB_STATUS_KV_NAME)
-    watcher = await kv.watch("*.*", ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None or not entry.value or entry.operation is not None:
-                continue
-            status = JobStatus.from_bytes(entry.value)
-            if status.status == FINISHED and status.started_at is not None:
-                lag.start_ms[entry.key] = 1000 * (status.started_at - due_of(entry.key))
-    finally:
-        await watcher.stop()
-
-
-async def observe_publishes(conn: Connection, lag: LagRun) -> Subscription:
-    """A core subscription on the queue subject: arrival time - due = publish lag (plus one hop)."""
-
-    async def seen(msg: Msg) -> None:
-        arrived = time.time()
-        job_id = read_header(msg.data)[0].get("job_id", "")
-        if "." in job_id:
-            lag.publish_ms.setdefault(job_id, 1000 * (arrived - due_of(job_id)))
-
-    return await conn.nc.subscribe(queue_subject(QUEUE), cb=seen)
-
-
-async def schedule_entries(url: str, count: int, repeat: int) -> None:
-    """`count` interval entries (1 s, `repeat` runs), first runs staggered over one second."""
-    queue = Queue(QUEUE, url)
-    base = time.time() + LAG_LEAD_S
-    for i in range(count):
-        await queue.schedule(noop, interval=1, repeat=repeat, name=f"lag{i:04d}", start_at=base + i / count)
-
-
-async def run_lag(conn: Connection, url: str, count: int, repeat: int, workdir: Path) -> LagRun:
-    """One Scheduler subprocess + the running worker; time every run from due to start."""
-    lag = LagRun(expected=count * repeat)
-    scheduler = spawn("naq_ipy.scheduler", ["--url", url], workdir / "scheduler.log")
-    try:
-        await wait_for_log(scheduler, "clock offset")
-        follower = asyncio.create_task(follow_runs(conn, lag))
-        sub = await observe_publishes(conn, lag)
-        await schedule_entries(url, count, repeat)
-        await asyncio.sleep(LAG_LEAD_S + repeat)
-        await wait_for_count(lambda: len(lag.start_ms), lag.expected, stall_s=5.0)
-        await sub.unsubscribe()
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
-    finally:
-        code = scheduler.stop()
-        say(f"scheduler exited with code {code}")
-    return lag
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile `q` (0-100) of `values` (nan when empty)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
-
-
-def lag_lines(lag: LagRun) -> list[str]:
-    """The fire-lag lines of the report."""
-    start, pub = list(lag.start_ms.values()), list(lag.publish_ms.values())
-    verdict = "OK" if percentile(start, 99) < LAG_TARGET_MS else "ABOVE TARGET"
-    return [
-        f"Scheduler fire lag ({lag.expected} runs expected: entries x repeat, interval 1 s; "
-        f"{len(start)} finished): job start - due p50 {percentile(start, 50):.1f} ms, "
-        f"p99 {percentile(start, 99):.1f} ms, max {max(start, default=float('nan')):.1f} ms "
-        f"(target p99 < {LAG_TARGET_MS:g} ms: {verdict})",
-        f"Publish lag (message seen by a core subscriber - due, {len(pub)} runs): "
-        f"p50 {percentile(pub, 50):.1f} ms, p99 {percentile(pub, 99):.1f} ms, "
-        f"max {max(pub, default=float('nan')):.1f} ms",
-    ]
-
-
 # --- report ----------------------------------------------------------------------------------------------
 
 
@@ -466,7 +312,7 @@ async def run_nats_part(args: argparse.Namespace, workdir: Path) -> tuple[list[R
         raw = await run_raw(server.url, args.jobs, payload)
         raw.load = load
         say(f"raw nats-py: processed {fmt(raw.processed)}/s")
-        lag = await run_lag(conn, server.url, args.schedules, args.repeat, workdir)
+        lag = await run_lag(conn, server.url, QUEUE, args.schedules, args.repeat, workdir)
         notes = naq.notes + worker_log_notes(worker[0])
         return [naq.row, raw], lag_lines(lag), notes, lag.expected - len(lag.start_ms)
     finally:
