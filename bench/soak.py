@@ -17,15 +17,24 @@ import asyncio
 import datetime as dt
 import os
 import platform
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import (
+    BENCH_DIR,
+    cpu_s,
+    load_average,
+    mem_total_gib,
+    rss_mib,
+    run_and_report,
+    say,
+    start_processes,
+    stop_all,
+)
 from peers import noop
 
 from naq_ipy.connection import Connection, close_all, get_connection
@@ -34,43 +43,17 @@ from naq_ipy.results import JobStatus
 from naq_ipy.server import NatsServer, find_server_binary
 from naq_ipy.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
 
-BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = BENCH_DIR / "results" / "soak.txt"
 QUEUE = "soak"
 CHUNK = 5000
 POLL_S = 0.25
 
 
-def say(text: str) -> None:
-    """A progress line on stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of `pid` in MiB (VmRSS from /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_line() -> str:
     """Date, cores, RAM, Python and nats-server versions, load average."""
-    ram_kib = int(Path("/proc/meminfo").read_text().split()[1])
     server = subprocess.run([find_server_binary(), "--version"], capture_output=True, text=True).stdout.strip()
-    return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC - nproc {os.cpu_count()}, RAM {ram_kib / 2**20:.1f} GiB,"
+    return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC - nproc {os.cpu_count()}, RAM {mem_total_gib():.1f} GiB,"
             f" Python {platform.python_version()}, {server}; load average {load_average()}")
-
-
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 @dataclass
@@ -85,29 +68,15 @@ class Workers:
         """Record every worker's RSS at `done` jobs."""
         self.rss.append((done, [rss_mib(p.pid) for p in self.procs]))
 
-    def stop(self) -> list[int]:
+    def stop(self) -> list[int | str]:
         """SIGTERM all, wait; their exit codes."""
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        return [proc.wait(60) for proc in self.procs]
+        return stop_all(self.procs, timeout_s=60)
 
 
 def start_workers(url: str, count: int, concurrency: int, workdir: Path) -> Workers:
     """`count` worker processes on QUEUE, ready (their start line logged)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))}
-    procs, logs = [], []
-    for i in range(count):
-        log = workdir / f"worker{i}.log"
-        with log.open("wb") as out:
-            procs.append(subprocess.Popen([sys.executable, "-m", "naq_ipy.worker", QUEUE, "-c", str(concurrency),
-                                           "--url", url], env=env, stdout=out, stderr=subprocess.STDOUT))
-        logs.append(log)
-    deadline = time.monotonic() + 30
-    while not all("started on" in log.read_text() for log in logs):
-        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-            raise RuntimeError("workers did not start:\n" + "\n".join(log.read_text() for log in logs))
-        time.sleep(0.05)
-    return Workers(procs, logs)
+    command = ["naq_ipy.worker", QUEUE, "-c", str(concurrency), "--url", url]
+    return Workers(*start_processes([command] * count, "started on", workdir, "worker"))
 
 
 async def enqueue_all(queue: Queue, n: int, ids: list[str]) -> float:
@@ -195,7 +164,7 @@ def rss_lines(workers: Workers, n: int) -> list[str]:
     ]
 
 
-def report(outcome: Outcome, workers: Workers, cpu: list[float], codes: list[int], concurrency: int,
+def report(outcome: Outcome, workers: Workers, cpu: list[float], codes: list[int | str], concurrency: int,
            head: str) -> str:
     """The report text."""
     n, statuses = outcome.n, outcome.statuses
@@ -219,7 +188,7 @@ def report(outcome: Outcome, workers: Workers, cpu: list[float], codes: list[int
     return "\n".join(lines) + "\n"
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> tuple[str, int]:
+async def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
     """Start a server and the workers, run the jobs, check them; the report."""
     with NatsServer(store_dir=workdir / "nats") as server:
         head = machine_line()
@@ -241,7 +210,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[str, int]:
         say("reading status records")
         outcome = Outcome(args.jobs, enqueue_s, total_s, await read_statuses(conn), ids)
         await close_all()
-    return report(outcome, workers, cpu, codes, args.concurrency, head), outcome.lost()
+    return report(outcome, workers, cpu, codes, args.concurrency, head), outcome.lost() == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,12 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=10, help="slots per worker (default 10)")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"report file (default {RESULTS_FILE})")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="naq-soak-") as tmp:
-        text, lost = asyncio.run(run(args, Path(tmp)))
-    print(text, end="")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    return 1 if lost else 0
+    return run_and_report(lambda workdir: run(args, workdir), args.output, "naq-soak-")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
-from children import BENCH_DIR, POLL_S, Child, say, spawn
+from common import BENCH_DIR, POLL_S, Child, cpu_s, load_average, mem_total_gib, say, spawn
 from firelag import lag_lines, run_lag
 from nats.js import JetStreamContext, api
 from peers import Row, noop, rate, run_arq, run_rq, run_saq, version
@@ -47,17 +47,6 @@ STALL_S = 20.0
 # publish_async with a wait_stall wraps each semaphore acquire in asyncio.wait_for: on Python 3.11
 # that costs ~4x in throughput; None is safe here since the gather below has a timeout
 WAIT_STALL: float | None = None
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds used so far by process `pid` (0 if unknown)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -153,9 +142,9 @@ async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int
     child = spawn("naq_ipy.worker", [QUEUE, "-c", str(concurrency), "--url", url], workdir / "worker.log")
     worker.append(child)
     with py_spy(child.proc.pid, profile):
-        cpu_before, server_before = cpu_seconds(child.proc.pid), cpu_seconds(server.pid)
+        cpu_before, server_before = cpu_s(child.proc.pid), cpu_s(server.pid)
         done = await wait_drained(conn, child)
-        cpu, server_cpu = cpu_seconds(child.proc.pid) - cpu_before, cpu_seconds(server.pid) - server_before
+        cpu, server_cpu = cpu_s(child.proc.pid) - cpu_before, cpu_s(server.pid) - server_before
     statuses = await read_statuses(conn)
     mine = [statuses.get(job_id) for job_id in job_ids]
     finished = [s for s in mine if s is not None and s.status == FINISHED]
@@ -224,14 +213,6 @@ async def run_raw(url: str, n: int, payload: bytes) -> Row:
 # --- report ----------------------------------------------------------------------------------------------
 
 
-def mem_total_gib() -> float:
-    """MemTotal from /proc/meminfo in GiB."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 1024**2
-    return float("nan")
-
-
 def tool_version(cmd: list[str]) -> str:
     """The first line a `--version` command prints, or `missing`."""
     try:
@@ -252,11 +233,6 @@ def header(n: int, concurrency: int) -> list[str]:
         f"# {n:,} no-op jobs per system, one worker with concurrency {concurrency}, all on loopback; "
         f"load average at start {load_average()}",
     ]
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages: other work on the machine skews every number here."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def fmt(value: float | None) -> str:

@@ -53,7 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError", "ConflictError", "ConnectionSettings", "ExponentialBackoff", "Job",
     "JobExecutionError", "JobNotFoundError", "NaqConnectionError", "NaqException", "PermissionDeniedError",
-    "Queue", "RefusedError", "QueueMonitor", "ScheduledJob", "ScheduledJobsPanel", "SerializationError", "WaitResult",
+    "Queue", "QueueMonitor", "RefusedError", "ScheduledJob", "ScheduledJobsPanel", "SerializationError", "WaitResult",
     "cancel_scheduled_job", "cancel_scheduled_job_sync", "enqueue", "enqueue_at", "enqueue_at_sync",
     "enqueue_in", "enqueue_in_sync", "enqueue_sync", "get_scheduled_job", "get_scheduled_job_sync",
     "list_scheduled_jobs", "list_scheduled_jobs_sync", "modify_scheduled_job", "modify_scheduled_job_sync",

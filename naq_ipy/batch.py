@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 
 import nats.js.errors
+from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -25,7 +26,6 @@ from naq_ipy.connection import (
 from naq_ipy.errors import NaqConnectionError, RefusedError
 
 WINDOW = 4096  # publishes awaiting their ack at most (nats-py's publish_async allows 4000)
-_NO_RESPONDERS = "503"
 
 Message = tuple[str, bytes, str | None, dict[str, str] | None]
 
@@ -99,7 +99,7 @@ class _AckedBatch:
         await self.wakeup
 
     async def _on_ack(self, msg: Msg) -> None:
-        if msg.headers and msg.headers.get(api.Header.STATUS) == _NO_RESPONDERS:
+        if msg.headers and msg.headers.get(api.Header.STATUS) == NO_RESPONDERS_STATUS:
             self.no_stream = True
         elif b'"error"' in msg.data:
             error = json.loads(msg.data).get("error") or {}

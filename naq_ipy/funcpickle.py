@@ -24,7 +24,7 @@ from typing import Any
 
 import cloudpickle
 
-_STABLE_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, types.BuiltinFunctionType})
+_STABLE_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
 _BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle sends these too
 _MISSING = object()
 _NO_BASE_GLOBALS = (_MISSING,) * len(_BASE_GLOBALS)
@@ -63,6 +63,23 @@ def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     if _mentions(data) > known:  # C pickle referred to the notebook's objects by name: send them by value
         return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
     return data
+
+
+def shared_pickle(function: Any) -> PickledOnce | None:
+    """`function` pickled once for many jobs when it travels by value (cached while unchanged).
+
+    None when it goes by reference (re-pickling a name is cheap) or cannot be pickled (each job's
+    own pickling then names the culprit).
+    """
+    if isinstance(function, types.FunctionType) and not by_reference(function):
+        cached = _cached(function)
+        if cached is not None:
+            return cached
+    try:
+        pickled = PickledOnce(cloudpickle.dumps(function, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return None
+    return pickled if pickled.mentions else None
 
 
 def _mentions(data: bytes) -> int:
@@ -157,6 +174,8 @@ def _stable(value: Any) -> bool:
         return all(_stable(item) for item in value)
     if _BUILTINS.get(getattr(value, "__name__", None)) is value:  # int, len, ... in annotations and defaults
         return True
+    if isinstance(value, types.BuiltinFunctionType):  # a module's C function; `DATA.append` carries DATA
+        return isinstance(value.__self__, types.ModuleType | None) and by_reference(value)
     if isinstance(value, types.ModuleType):  # an imported module goes by name; any other one by value
         return value.__name__ != "__main__" and sys.modules.get(value.__name__) is value and not _by_value(value)
     return isinstance(value, type | types.FunctionType) and by_reference(value)

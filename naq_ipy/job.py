@@ -22,7 +22,7 @@ from typing import Any
 import cloudpickle
 
 from naq_ipy.errors import ConfigurationError, SerializationError
-from naq_ipy.funcpickle import PickledOnce, pickle_call
+from naq_ipy.funcpickle import PickledOnce, pickle_call, shared_pickle
 from naq_ipy.retry import RetryDelay, retry_delay_from_json, retry_delay_to_json, validate_retry_delay
 from naq_ipy.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
 
@@ -252,9 +252,6 @@ class Job:
         return run_sync(self.status())
 
 
-_BY_REFERENCE_MAX = 256  # a function pickled by reference (module + name) is smaller; re-pickling it is cheap
-
-
 def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
     """`[job.serialize() for job in jobs]`, but a function shared by several jobs is pickled once.
 
@@ -263,20 +260,14 @@ def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
     and its job's arguments no longer share objects (dynamic classes still unpickle as one class).
     """
     counts = Counter(id(job.function) for job in jobs)
-    once: dict[int, PickledOnce] = {}
+    shared: dict[int, PickledOnce | None] = {}
     out: list[bytes] = []
     for job in jobs:
         key = id(job.function)  # stable: every job holds its function until the batch is done
-        if counts[key] > 1 and key not in once:
-            try:
-                data = cloudpickle.dumps(job.function, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                data = b""  # the plain path below raises the SerializationError naming the function
-            if len(data) > _BY_REFERENCE_MAX:  # pickled by value: worth sharing
-                once[key] = PickledOnce(data)
-            else:
-                counts[key] = 1
-        out.append(job._serialize_call(once[key]) if key in once else job.serialize())
+        if counts[key] > 1 and key not in shared:
+            shared[key] = shared_pickle(job.function)
+        once = shared.get(key)
+        out.append(job._serialize_call(once) if once is not None else job.serialize())
     return out
 
 

@@ -97,7 +97,8 @@ class Queue:
         return job
 
     def _defaults(self) -> Job:
-        if self._default_job is None:
+        """This queue's job with default options, validated once: `job()` copies it for each call."""
+        if self._default_job is None:  # its function is a placeholder, replaced in every copy
             self._default_job = self.job(print, (), None, timeout=self._default_timeout)
         return self._default_job
 

@@ -64,3 +64,10 @@ def kill_all(pids: list[int]) -> None:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+
+def outlived(pids: list[int], within_s: float = 10.0) -> list[int]:
+    """Wait up to `within_s` for `pids` to end; SIGKILL those still running and return them."""
+    left = wait_gone(pids, within_s)
+    kill_all(left)
+    return left

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from pids import alive, kill_all, wait_gone
+from pids import alive, outlived
 
 from naq_ipy.server import free_port
 
@@ -85,6 +85,5 @@ def test_start_runs_server_worker_and_scheduler_and_a_job_round_trips(tmp_path: 
         # what ending the container does: the whole process group goes
         with contextlib.suppress(ProcessLookupError):
             os.killpg(client.pid, signal.SIGTERM)
-        left = wait_gone(list(pids.values()), within_s=20)
-        kill_all(left)
+        left = outlived(list(pids.values()), within_s=20)
     assert left == [], f"still running after SIGTERM: {left}"

@@ -20,6 +20,7 @@ from jobs import notebook_cell
 
 from naq_ipy import funcpickle
 from naq_ipy.funcpickle import pickle_call
+from naq_ipy.job import Job, read_header, serialize_many
 
 SOURCE = """
 import math
@@ -40,6 +41,9 @@ def job(x: int, offset=0, *, extra=0) -> int:
     return x * SCALE + offset + extra + len(math.__name__)
 def job_reading_a_list(x):
     return x + sum(DATA)
+grow = DATA.append
+def job_reading_a_list_through_a_method(x):
+    return x + sum(grow.__self__)
 def job_calling_a_notebook_function(x):
     return x + helper()
 """
@@ -109,8 +113,10 @@ def test_a_closure_variable_changed_is_seen(cell: dict[str, Any]) -> None:
 def test_functions_reading_mutable_values_are_pickled_every_time(cell: dict[str, Any],
                                                                  function_pickles: list[object]) -> None:
     assert run(pickle_call(cell["job_reading_a_list"], (1,), {})) == 4
+    assert run(pickle_call(cell["job_reading_a_list_through_a_method"], (1,), {})) == 4
     cell["DATA"].append(10)  # same list object, new contents
     assert run(pickle_call(cell["job_reading_a_list"], (1,), {})) == 14
+    assert run(pickle_call(cell["job_reading_a_list_through_a_method"], (1,), {})) == 14
     assert run(pickle_call(cell["job_calling_a_notebook_function"], (1,), {})) == 4
     cell["SCALE"] = 30  # read by the helper, not by the function itself
     assert run(pickle_call(cell["job_calling_a_notebook_function"], (1,), {})) == 31
@@ -177,3 +183,12 @@ def test_a_module_registered_by_value_travels_by_value(tmp_path: Path, monkeypat
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
     assert run(data) == "HI!"
     assert pickle.loads(boxed)[1][0].v == 2
+
+
+def test_batches_share_the_cached_pickle_of_an_unchanged_notebook_function(
+    cell: dict[str, Any], function_pickles: list[object]
+) -> None:
+    for _ in range(3):
+        datas = serialize_many([Job(function=cell["job"], args=(x,)) for x in range(4)])
+        assert [run(read_header(data)[1]) for data in datas] == [4, 7, 10, 13]
+    assert function_pickles == [cell["job"]]

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from pids import descendants, environ, kill_all, wait_gone
+from pids import descendants, environ, outlived, wait_gone
 
 from naq_ipy import cli, lab
 from naq_ipy.server import free_port
@@ -22,6 +22,15 @@ from naq_ipy.server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 NAQ = [sys.executable, "-m", "naq_ipy.cli"]
 TOKEN = "naq-lab-test"
+
+
+
+def reap(naq_lab: subprocess.Popen[str], below: dict[int, str]) -> list[int]:
+    """Kill `naq lab` if it still runs, then whatever it started that outlived it; the pids that had."""
+    if naq_lab.poll() is None:
+        naq_lab.kill()
+        naq_lab.wait()
+    return outlived(list(below))
 
 
 def test_lab_is_a_naq_command() -> None:
@@ -148,11 +157,7 @@ def test_sigterm_stops_jupyterlab_its_kernels_and_the_stack(tmp_path: Path, lab_
         naq_lab.send_signal(signal.SIGTERM)
         out, _ = naq_lab.communicate(timeout=60)
     finally:
-        if naq_lab.poll() is None:
-            naq_lab.kill()
-            naq_lab.wait()
-        left = wait_gone(list(below), within_s=10)
-        kill_all(left)
+        left = reap(naq_lab, below)
     assert naq_lab.returncode == 0, out
     assert "naq lab: stopped the worker, the scheduler and the server" in out
     assert left == [], {pid: below[pid] for pid in left}
@@ -179,11 +184,7 @@ def test_sigterm_during_a_headless_run_stops_the_kernel_and_the_stack(tmp_path: 
         naq_lab.send_signal(signal.SIGTERM)
         out, _ = naq_lab.communicate(timeout=60)
     finally:
-        if naq_lab.poll() is None:
-            naq_lab.kill()
-            naq_lab.wait()
-        left = wait_gone(list(below), within_s=10)
-        kill_all(left)
+        left = reap(naq_lab, below)
     assert naq_lab.returncode == 130, out
     assert "naq lab: interrupted" in out and "PASS" not in out and "FAIL" not in out  # next.ipynb never ran
     assert len(below) == 4 and left == [], below

@@ -14,19 +14,17 @@ from naq_ipy.server import free_port
 
 # --- %naq ------------------------------------------------------------------------------------
 
-def test_naq_subcommand_mistakes(ip: RaisingShell) -> None:
-    with pytest.raises(UsageError, match="a subcommand is needed; use one of status, server"):
-        ip.run_line_magic("naq", "")
-    with pytest.raises(UsageError, match="unknown subcommand 'launch'"):
-        ip.run_line_magic("naq", "launch")
-    with pytest.raises(UsageError, match="invalid choice: 'jump'"):
-        ip.run_line_magic("naq", "worker jump")
-    with pytest.raises(UsageError, match="no scheduled job named 'nosuch'"):
-        ip.run_line_magic("naq", "pause nosuch")
-    with pytest.raises(UsageError, match="no scheduled job named 'nosuch'"):
-        ip.run_line_magic("naq", "run nosuch")
-    with pytest.raises(UsageError, match="'x' must hold a Job or a list of Jobs"):
-        ip.run_line_magic("naq", "wait x")
+@pytest.mark.parametrize(("line", "message"), [
+    ("", "a subcommand is needed; use one of status, server"),
+    ("launch", "unknown subcommand 'launch'"),
+    ("worker jump", "invalid choice: 'jump'"),
+    ("pause nosuch", "no scheduled job named 'nosuch'"),
+    ("run nosuch", "no scheduled job named 'nosuch'"),
+    ("wait x", "'x' must hold a Job or a list of Jobs"),
+])
+def test_naq_subcommand_mistakes(ip: RaisingShell, line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        ip.run_line_magic("naq", line)
 
 
 def test_pause_resume_cancel_list(ip: RaisingShell, nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:

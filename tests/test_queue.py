@@ -226,15 +226,16 @@ async def test_module_helpers_write_the_same(nats_url: str, stream_msgs: Msgs, k
     assert ScheduledJob.from_bytes(*store["h"]).job() == sch
 
 
+@pytest.mark.parametrize("count", [1, 100], ids=["enqueue", "enqueue_many"])
 async def test_stream_is_recreated_when_deleted_under_a_cached_connection(
-    nats_url: str, raw_js: JetStreamContext, stream_msgs: Msgs
+    nats_url: str, raw_js: JetStreamContext, stream_msgs: Msgs, count: int
 ) -> None:
     queue = Queue("q", nats_url)
     await queue.enqueue(add, 1)
     await raw_js.delete_stream("naq_jobs")
-    job = await queue.enqueue(add, 2)
-    (msg,) = await stream_msgs()
-    assert _job_of(msg) == job
+    calls = [(add, (i,)) for i in range(count)]
+    jobs = [await queue.enqueue(add, 0)] if count == 1 else await queue.enqueue_many(calls)
+    assert [_job_of(msg) for msg in await stream_msgs()] == jobs  # each stored once, in order
 
 
 def test_queue_repr_and_attributes() -> None:
