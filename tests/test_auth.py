@@ -14,9 +14,10 @@ from pathlib import Path
 
 import jobs
 import pytest
+from polling import eventually
 from test_scheduler import quarter_after
 from test_scheduler import running as running_scheduler
-from test_worker import eventually, running_worker
+from test_worker import running_worker
 
 from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
 from naq_ipy import settings as names

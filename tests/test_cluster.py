@@ -23,9 +23,10 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
+from polling import eventually
 from test_scheduler import interval_runs, quarter_after
 from test_scheduler import running as running_scheduler
-from test_worker import Spawn, eventually, spawn_worker  # noqa: F401 - spawn_worker is a fixture
+from test_worker import Spawn, spawn_worker  # noqa: F401 - spawn_worker is a fixture
 
 from naq_ipy import ConnectionSettings, Job, NaqException, Queue
 from naq_ipy import settings as names

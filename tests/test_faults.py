@@ -29,9 +29,10 @@ from pathlib import Path
 import jobs
 import pytest
 from nats.js import JetStreamContext
+from polling import eventually
 from test_cluster import assert_grid, enqueue_until_acked, runs_on, tokens
 from test_scheduler import QUEUE, entry_gone, interval_runs, quarter_after, running, store, wait_until
-from test_worker import Spawn, eventually, running_worker, spawn_worker, stream_count  # noqa: F401 - a fixture
+from test_worker import Spawn, running_worker, spawn_worker, stream_count  # noqa: F401 - a fixture
 
 from naq_ipy import Job, Queue
 from naq_ipy.connection import close_all, get_connection

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pids import descendants, environ, outlived, wait_gone
+from polling import wait_until
 
 from naq_ipy import cli, lab
 from naq_ipy.server import free_port
@@ -112,13 +113,6 @@ def test_headless_failure_exits_1_and_still_stops(tmp_path: Path, lab_env: dict[
     assert wait_gone(stack_pids(done.stdout), within_s=1) == []
 
 
-def wait_for(predicate, within_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def api(port: int, path: str, method: str = "GET", body: dict[str, str] | None = None) -> object:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
@@ -143,10 +137,10 @@ def test_sigterm_stops_jupyterlab_its_kernels_and_the_stack(tmp_path: Path, lab_
                                env=lab_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     below: dict[int, str] = {}
     try:
-        wait_for(lambda: answers(port), 60, "JupyterLab")
+        wait_until(lambda: answers(port), 60, "JupyterLab")
         kernel = api(port, "/api/kernels", "POST", {"name": "python3"})
         assert isinstance(kernel, dict)
-        wait_for(lambda: "ipykernel_launcher" in " ".join(descendants(naq_lab.pid).values()), 30, "the kernel")
+        wait_until(lambda: "ipykernel_launcher" in " ".join(descendants(naq_lab.pid).values()), 30, "the kernel")
         below = descendants(naq_lab.pid)
         kinds = {kind: [pid for pid, cmd in below.items() if marker in cmd] for kind, marker in (
             ("server", "nats-server -js"), ("worker", "-m naq_ipy.worker"), ("scheduler", "-m naq_ipy.scheduler"),
@@ -178,7 +172,7 @@ def test_sigterm_during_a_headless_run_stops_the_kernel_and_the_stack(tmp_path: 
                                env=lab_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     below: dict[int, str] = {}
     try:
-        wait_for(lambda: "ipykernel_launcher" in " ".join(descendants(naq_lab.pid).values()), 60, "the kernel")
+        wait_until(lambda: "ipykernel_launcher" in " ".join(descendants(naq_lab.pid).values()), 60, "the kernel")
         time.sleep(1)  # into the cell
         below = descendants(naq_lab.pid)
         naq_lab.send_signal(signal.SIGTERM)

@@ -6,7 +6,6 @@ import asyncio
 import html
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from magic_shell import make_shell
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
+from polling import wait_until
 from test_magics_kernel import KERNEL_NAME, kernel_env  # noqa: F401  (fixture)
 from test_worker import TESTS_DIR, spawn_worker  # noqa: F401  (fixture)
 
@@ -25,17 +25,6 @@ from naq_ipy.ipython.livejob import HIDE, SHOW, LiveJob, job_mimebundle
 from naq_ipy.worker import Worker
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 import naq_ipy
 from naq_ipy.ipython import close_registered
@@ -28,17 +29,6 @@ def work(x: int) -> int:
 
 def broken(x: int) -> int:
     raise ValueError(f"broken {x}")
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def elsewhere(coro_fn: Callable[[], Any]) -> Any:

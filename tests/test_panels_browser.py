@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from browser import CHROMIUM, JupyterLab, chromium_page, run_all_cells, run_command, visible_notebook
+from polling import wait_until
 
 import naq_ipy
 
@@ -48,15 +49,6 @@ def lab(tmp_path: Path) -> Iterator[JupyterLab]:
         yield server
 
 
-def wait_for(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def test_panel_in_jupyterlab_pauses_shows_changes_and_stops_when_cleared(nats_url: str, lab: JupyterLab) -> None:
     lab.write_notebook("x.ipynb", [cell.format(url=nats_url) for cell in NOTEBOOK])
     with chromium_page() as page:
@@ -76,7 +68,7 @@ def test_panel_in_jupyterlab_pauses_shows_changes_and_stops_when_cleared(nats_ur
 
         row.locator("input[type=checkbox]").check()
         panel.get_by_role("button", name="Pause", exact=True).click()
-        wait_for(lambda: naq_ipy.get_scheduled_job_sync("hourly-sync", nats_url=nats_url).paused, 15, "paused in KV")
+        wait_until(lambda: naq_ipy.get_scheduled_job_sync("hourly-sync", nats_url=nats_url).paused, 15, "paused in KV")
         assert not naq_ipy.get_scheduled_job_sync("daily-report", nats_url=nats_url).paused
         row.filter(has_text="paused").wait_for(timeout=10_000)
 

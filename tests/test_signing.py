@@ -13,9 +13,10 @@ from typing import Any
 import jobs
 import pytest
 from nats.js import JetStreamContext
+from polling import eventually
 from test_scheduler import quarter_after
 from test_scheduler import running as running_scheduler
-from test_worker import eventually, running_worker, stream_count
+from test_worker import running_worker, stream_count
 from test_worker import url as url  # noqa: F401 - the `url` fixture, shared
 
 from naq_ipy import ConfigurationError, ConnectionSettings, Job, Queue

@@ -20,6 +20,7 @@ from typing import Any
 import jobs
 import pytest
 from nats.js import JetStreamContext
+from polling import eventually
 
 from naq_ipy import ConfigurationError, JobExecutionError, NaqException, Queue
 from naq_ipy.connection import close_all
@@ -75,16 +76,6 @@ def spawn_worker(tmp_path: Path) -> Iterator[Spawn]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
-
-
-async def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check()` until it returns something truthy (its value), else fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 async def stream_count(raw_js: JetStreamContext) -> int:
