@@ -79,7 +79,7 @@ async def timed(sides: list[Run], js: JetStreamContext, n: int, chunk: int, turn
     """Jobs per second of each side sending `n`, chunk by chunk in turns; checks that all arrived."""
     await js.purge_stream(JOB_STREAM_NAME)
     elapsed = [0.0] * len(sides)
-    for i, size in enumerate([chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])):
+    for i, size in enumerate(min(chunk, n - start) for start in range(0, n, chunk)):
         for side in (range(len(sides)) if (i + turn) % 2 == 0 else reversed(range(len(sides)))):  # none always first
             started = time.perf_counter()
             await sides[side](size)
