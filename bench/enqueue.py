@@ -37,9 +37,9 @@ from common import load_average, mem_total_gib
 from nats.js import JetStreamContext
 
 from naq_ipy import Queue
-from naq_ipy.connection import close_all
-from naq_ipy.server import NatsServer
-from naq_ipy.settings import JOB_STREAM_NAME
+from naq_ipy.wire.connection import close_all
+from naq_ipy.wire.server import NatsServer
+from naq_ipy.wire.settings import JOB_STREAM_NAME
 
 QUEUE = "bench"
 SUBJECT = f"naq.queue.{QUEUE}"

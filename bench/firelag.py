@@ -12,11 +12,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from peers import noop, wait_for_count
 
-from naq_ipy.connection import Connection
-from naq_ipy.job import read_header
-from naq_ipy.queue import Queue
-from naq_ipy.results import FINISHED, JobStatus
-from naq_ipy.settings import JOB_STATUS_KV_NAME, queue_subject
+from naq_ipy.client.job import read_header
+from naq_ipy.client.queue import Queue
+from naq_ipy.status.results import FINISHED, JobStatus
+from naq_ipy.wire.connection import Connection
+from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, queue_subject
 
 LAG_LEAD_S = 2.0  # first scheduled run this long after the entries are written
 LAG_TARGET_MS = 100.0
@@ -74,7 +74,7 @@ async def schedule_entries(url: str, queue_name: str, count: int, repeat: int) -
 async def run_lag(conn: Connection, url: str, queue: str, count: int, repeat: int, workdir: Path) -> LagRun:
     """One Scheduler subprocess + the running worker; time every run from due to start."""
     lag = LagRun(expected=count * repeat)
-    scheduler = spawn("naq_ipy.scheduler", ["--url", url], workdir / "scheduler.log")
+    scheduler = spawn("naq_ipy.cli", ["scheduler", "--url", url], workdir / "scheduler.log")
     try:
         await wait_for_log(scheduler, "clock offset")
         follower = asyncio.create_task(follow_runs(conn, lag))

@@ -23,7 +23,7 @@ from pathlib import Path
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
-from naq_ipy.server import NatsServer, find_server_binary
+from naq_ipy.wire.server import NatsServer, find_server_binary
 
 RESULTS = Path(__file__).parent / "results" / "magics.txt"
 
@@ -33,7 +33,7 @@ SETUP = """
 import json, time, uuid
 import nats
 from naq_ipy import Queue
-from naq_ipy.settings import queue_subject
+from naq_ipy.wire.settings import queue_subject
 
 def f(x):
     return x

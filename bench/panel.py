@@ -26,11 +26,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from naq_ipy.connection import get_connection  # noqa: E402
-from naq_ipy.job import Job  # noqa: E402
-from naq_ipy.schedule import new_record  # noqa: E402
-from naq_ipy.scheduled import ScheduledJobManager  # noqa: E402
-from naq_ipy.settings import SCHEDULED_JOBS_KV_NAME  # noqa: E402
+from naq_ipy.client.job import Job  # noqa: E402
+from naq_ipy.schedules.record import new_record  # noqa: E402
+from naq_ipy.schedules.store import ScheduledJobManager  # noqa: E402
+from naq_ipy.wire.connection import get_connection  # noqa: E402
+from naq_ipy.wire.settings import SCHEDULED_JOBS_KV_NAME  # noqa: E402
 
 SIZES = (100, 1_000, 10_000)
 UPDATES = 30
@@ -67,8 +67,8 @@ async def wait_for(check: Any, timeout_s: float = 10.0) -> None:
 
 async def measure_one(url: str, count: int, updates: int) -> dict[str, Any]:
     """First render and update latency for `count` entries."""
-    from naq_ipy.bridge import stop_bridge
-    from naq_ipy.ipython.jobs_panel import ScheduledJobsPanel
+    from naq_ipy.client.bridge import stop_bridge
+    from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
 
     await populate(url, count)
     stop_bridge()  # start cold, as a fresh notebook would
@@ -149,7 +149,7 @@ def report(results: list[dict[str, Any]], where: str) -> str:
 
 def main() -> None:
     """Start a private nats-server, measure, print and save the figures."""
-    from naq_ipy.server import NatsServer
+    from naq_ipy.wire.server import NatsServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", action="store_true", help="measure inside a real ipykernel")

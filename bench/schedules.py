@@ -30,12 +30,12 @@ from nats.js import api
 from peers import noop
 from soak import machine_line
 
-from naq_ipy.connection import Connection, close_all, get_connection
-from naq_ipy.job import read_header
-from naq_ipy.queue import Queue
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import NatsServer
-from naq_ipy.settings import JOB_STREAM_NAME, queue_subject
+from naq_ipy.client.job import read_header
+from naq_ipy.client.queue import Queue
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.connection import Connection, close_all, get_connection
+from naq_ipy.wire.server import NatsServer
+from naq_ipy.wire.settings import JOB_STREAM_NAME, queue_subject
 
 RESULTS_FILE = BENCH_DIR / "results" / "schedules.txt"
 QUEUE = "soak-sched"
@@ -55,7 +55,7 @@ class Fire:
 
 def start_schedulers(url: str, count: int, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
     """`count` scheduler processes, each synced to the server's clock."""
-    commands = [["naq_ipy.scheduler", "--url", url, "--id", f"soak{i}"] for i in range(count)]
+    commands = [["naq_ipy.cli", "scheduler", "--url", url, "--id", f"soak{i}"] for i in range(count)]
     return start_processes(commands, "clock offset", workdir, "scheduler")
 
 

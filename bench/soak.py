@@ -37,11 +37,11 @@ from common import (
 )
 from peers import noop
 
-from naq_ipy.connection import Connection, close_all, get_connection
-from naq_ipy.queue import Queue
-from naq_ipy.results import JobStatus
-from naq_ipy.server import NatsServer, find_server_binary
-from naq_ipy.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
+from naq_ipy.client.queue import Queue
+from naq_ipy.status.results import JobStatus
+from naq_ipy.wire.connection import Connection, close_all, get_connection
+from naq_ipy.wire.server import NatsServer, find_server_binary
+from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
 
 RESULTS_FILE = BENCH_DIR / "results" / "soak.txt"
 QUEUE = "soak"
@@ -75,7 +75,7 @@ class Workers:
 
 def start_workers(url: str, count: int, concurrency: int, workdir: Path) -> Workers:
     """`count` worker processes on QUEUE, ready (their start line logged)."""
-    command = ["naq_ipy.worker", QUEUE, "-c", str(concurrency), "--url", url]
+    command = ["naq_ipy.cli", "worker", QUEUE, "-c", str(concurrency), "--url", url]
     return Workers(*start_processes([command] * count, "started on", workdir, "worker"))
 
 

@@ -34,12 +34,12 @@ from firelag import lag_lines, run_lag
 from nats.js import JetStreamContext, api
 from peers import Row, noop, rate, run_arq, run_rq, run_saq, version
 
-from naq_ipy.connection import Connection, close_all, get_connection
-from naq_ipy.job import Job
-from naq_ipy.queue import Queue
-from naq_ipy.results import FINISHED, JobStatus
-from naq_ipy.server import NatsServer, find_server_binary
-from naq_ipy.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
+from naq_ipy.client.job import Job
+from naq_ipy.client.queue import Queue
+from naq_ipy.status.results import FINISHED, JobStatus
+from naq_ipy.wire.connection import Connection, close_all, get_connection
+from naq_ipy.wire.server import NatsServer, find_server_binary
+from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
 
 RESULTS_FILE = BENCH_DIR / "results" / "throughput.txt"
 QUEUE = "bench"
@@ -139,7 +139,7 @@ async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int
     one, bulk, job_ids = await naq_enqueue(queue, n)
     say(f"naq: enqueue one-by-one {one:,.0f}/s, enqueue_many {bulk:,.0f}/s; starting the worker")
     spawned = time.time()
-    child = spawn("naq_ipy.worker", [QUEUE, "-c", str(concurrency), "--url", url], workdir / "worker.log")
+    child = spawn("naq_ipy.cli", ["worker", QUEUE, "-c", str(concurrency), "--url", url], workdir / "worker.log")
     worker.append(child)
     with py_spy(child.proc.pid, profile):
         cpu_before, server_before = cpu_s(child.proc.pid), cpu_s(server.pid)

@@ -15,8 +15,8 @@ from magic_shell import RaisingShell, make_shell
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
-import naq_ipy.bridge
-from naq_ipy.server import NatsServer, free_port
+import naq_ipy.client.bridge
+from naq_ipy.wire.server import NatsServer, free_port
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,7 +54,7 @@ async def _delete_all_streams(url: str) -> None:
 def nats_url(nats_server: NatsServer) -> str:
     """URL of the session server, emptied of every stream and KV bucket before the test."""
     # the sync bridge's pooled connection caches stream/bucket handles: start each test without it
-    naq_ipy.bridge.stop_bridge()
+    naq_ipy.client.bridge.stop_bridge()
     asyncio.run(_delete_all_streams(nats_server.url))
     return nats_server.url
 

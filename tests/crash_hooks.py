@@ -14,7 +14,7 @@ from typing import Any
 
 from nats.js import api
 
-import naq_ipy.scheduler as scheduler
+import naq_ipy.schedules.scheduler as scheduler
 
 _publish_run = scheduler.publish_run
 _published = 0

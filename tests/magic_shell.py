@@ -12,8 +12,8 @@ import nats.js.errors
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
-import naq_ipy.bridge
-from naq_ipy.scheduled import ScheduledJobManager
+import naq_ipy.client.bridge
+from naq_ipy.schedules.store import ScheduledJobManager
 
 SCHEDULE_LINE = re.compile(
     r"^(created|updated) schedule '(\w+)'( \(paused\))?: (.+), next run "
@@ -52,7 +52,7 @@ def stream_messages(url: str, stream: str = "naq_jobs") -> int:
 
 
 def schedules(url: str) -> list[Any]:
-    return naq_ipy.bridge.run_sync(ScheduledJobManager(url).list())
+    return naq_ipy.client.bridge.run_sync(ScheduledJobManager(url).list())
 
 
 def pid_gone(pid: int) -> bool:

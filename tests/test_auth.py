@@ -20,12 +20,12 @@ from test_scheduler import running as running_scheduler
 from test_worker import running_worker
 
 from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
-from naq_ipy import settings as names
-from naq_ipy.connection import close_all, connect, get_connection
-from naq_ipy.failed import list_failed
-from naq_ipy.results import fetch_result
-from naq_ipy.server import NatsServer
-from naq_ipy.worker import list_workers
+from naq_ipy.status.results import fetch_result
+from naq_ipy.wire import settings as names
+from naq_ipy.wire.connection import close_all, connect, get_connection
+from naq_ipy.wire.server import NatsServer
+from naq_ipy.worker.consumer import list_workers
+from naq_ipy.worker.failed_store import list_failed
 
 CONFIG = Path(__file__).parent.parent / "docs" / "nats-permissions.conf"
 ROLES = ("admin", "notebook", "enqueue", "worker", "scheduler")

@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, RetentionPolicy, StreamConfig
 
 from naq_ipy import Job, Queue, RefusedError
-from naq_ipy.batch import WINDOW
+from naq_ipy.wire.publish import WINDOW
 
 Msgs = Callable[..., Awaitable[list[RawStreamMsg]]]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pids import alive, outlived
 
-from naq_ipy.server import free_port
+from naq_ipy.wire.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BINDER = ROOT / "binder"

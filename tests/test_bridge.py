@@ -18,8 +18,8 @@ import pytest
 
 import naq_ipy
 from naq_ipy import ConfigurationError, NaqException, Queue
-from naq_ipy.bridge import bridge_loop, get_loop_mode, in_bridge_thread, run_sync, stop_bridge
-from naq_ipy.connection import get_connection
+from naq_ipy.client.bridge import bridge_loop, get_loop_mode, in_bridge_thread, run_sync, stop_bridge
+from naq_ipy.wire.connection import get_connection
 
 
 def add(a: int, b: int = 0) -> int:
@@ -198,7 +198,7 @@ def test_importing_does_not_apply_nest_asyncio() -> None:
             "patched": hasattr(asyncio, "_nest_patched") or hasattr(type(loop), "_nest_patched"),
             "same": asyncio.run is run and asyncio.Task is task and asyncio.get_event_loop is get_loop,
             "imported": "nest_asyncio" in sys.modules,
-            "mode": naq_ipy.bridge.get_loop_mode(),
+            "mode": naq_ipy.client.bridge.get_loop_mode(),
         }))
     """)
     assert out["patched"] is False and out["same"] is True and out["imported"] is False
@@ -215,7 +215,7 @@ def test_nest_mode_when_explicitly_chosen(nats_url: str) -> None:
         async def main():
             return naq_ipy.enqueue_sync(f, 1, queue_name="nest", nats_url=URL)
         in_loop = asyncio.run(main())
-        bridge_after_loop = naq_ipy.bridge._bridge.thread is not None
+        bridge_after_loop = naq_ipy.client.bridge._bridge.thread is not None
         patched = hasattr(asyncio, "_nest_patched")
         plain = naq_ipy.enqueue_sync(f, 2, queue_name="nest", nats_url=URL)  # no loop to re-enter
         print(json.dumps({"ids": [in_loop.job_id, plain.job_id], "patched": patched,
@@ -232,6 +232,6 @@ def test_loop_mode_setting() -> None:
     with pytest.raises(ConfigurationError, match="loop mode"):
         naq_ipy.set_loop_mode("greenlet")
     assert get_loop_mode() == "thread"
-    out = _run_script("import json, naq_ipy; print(json.dumps({'mode': naq_ipy.bridge.get_loop_mode()}))",
+    out = _run_script("import json, naq_ipy; print(json.dumps({'mode': naq_ipy.client.bridge.get_loop_mode()}))",
                       NAQ_LOOP_MODE="nest")
     assert out["mode"] == "nest"

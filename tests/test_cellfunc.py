@@ -8,8 +8,8 @@ import cloudpickle
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from naq_ipy.client.cells import make_cell_function
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.ipython.cellfunc import make_cell_function
 
 
 @pytest.fixture

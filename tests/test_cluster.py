@@ -29,11 +29,11 @@ from test_scheduler import running as running_scheduler
 from test_worker import Spawn, spawn_worker  # noqa: F401 - spawn_worker is a fixture
 
 from naq_ipy import ConnectionSettings, Job, NaqException, Queue
-from naq_ipy import settings as names
-from naq_ipy.connection import close_all, get_connection
-from naq_ipy.job import read_header
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import NatsServer
+from naq_ipy.client.job import read_header
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire import settings as names
+from naq_ipy.wire.connection import close_all, get_connection
+from naq_ipy.wire.server import NatsServer
 
 pytestmark = pytest.mark.slow
 

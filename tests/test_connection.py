@@ -20,8 +20,8 @@ from nats.js.api import RetentionPolicy, StreamConfig
 
 import naq_ipy
 from naq_ipy import ConnectionSettings, NaqConnectionError, NaqException, Queue, SerializationError
-from naq_ipy.connection import close_all, connect, get_connection, publish
-from naq_ipy.server import NatsServer, free_port
+from naq_ipy.wire.connection import close_all, connect, get_connection, publish
+from naq_ipy.wire.server import NatsServer, free_port
 
 Factory = Callable[..., NatsServer]
 SECRETS = ("secret", "s3cr3t-token", "hunter2")

@@ -14,8 +14,8 @@ from pids import descendants, wait_gone
 
 SCRIPT = textwrap.dedent("""
     import asyncio, os, time
-    from naq_ipy.executor import Executor
-    from naq_ipy.job import Job
+    from naq_ipy.worker.executor import Executor
+    from naq_ipy.client.job import Job
 
     async def main():
         executor = Executor(2, process_pool=True)

@@ -13,11 +13,11 @@ from test_worker import running_worker, stream_count
 from test_worker import url as url  # noqa: F401 - the `url` fixture, shared
 
 from naq_ipy import Job, JobExecutionError, JobNotFoundError, Queue, SerializationError
-from naq_ipy.connection import connect
-from naq_ipy.failed import list_failed, list_failed_sync, record_failed, requeue_failed
-from naq_ipy.job import read_header
-from naq_ipy.results import FINISHED, QUEUED, REJECTED, fetch_status
-from naq_ipy.settings import ConnectionSettings
+from naq_ipy.client.job import read_header
+from naq_ipy.status.results import FINISHED, QUEUED, REJECTED, fetch_status
+from naq_ipy.wire.connection import connect
+from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.worker.failed_store import list_failed, list_failed_sync, record_failed, requeue_failed
 
 
 async def test_final_failure_is_listed_with_its_traceback_and_requeue_runs_it_again(url: str, tmp_path: Path) -> None:

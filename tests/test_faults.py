@@ -35,11 +35,11 @@ from test_scheduler import QUEUE, entry_gone, interval_runs, quarter_after, runn
 from test_worker import Spawn, running_worker, spawn_worker, stream_count  # noqa: F401 - a fixture
 
 from naq_ipy import Job, Queue
-from naq_ipy.connection import close_all, get_connection
-from naq_ipy.failed import list_failed
-from naq_ipy.job import rewrite_header
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import NatsServer
+from naq_ipy.client.job import rewrite_header
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.connection import close_all, get_connection
+from naq_ipy.wire.server import NatsServer
+from naq_ipy.worker.failed_store import list_failed
 
 TESTS_DIR = Path(__file__).parent
 
@@ -113,7 +113,7 @@ async def test_scheduler_killed_between_publish_and_kv_update_fires_that_run_exa
     entry = await ScheduledJobManager(nats_url).get("crashy")
     assert (entry.run_count, entry.next_run_utc) == (0, start), "the entry was advanced before the crash"
     assert [run.due for run in await runs_on(await jetstream(nats_url), QUEUE)] == [start]
-    caplog.set_level(logging.DEBUG, logger="naq_ipy.scheduler")
+    caplog.set_level(logging.DEBUG, logger="naq_ipy.schedules.scheduler")
     async with running(nats_url):
         await all_gone(nats_url, ["crashy"], 10)
     assert_grid(await runs_on(await jetstream(nats_url), QUEUE), "crashy", interval_runs(start, 0.5, 4))

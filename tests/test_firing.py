@@ -1,4 +1,4 @@
-"""The scheduler's pure rules (naq_ipy.firing): fire plans, misfire policies, DST, and its view of the store."""
+"""The scheduler's pure rules (naq_ipy.schedules.fires): fire plans, misfire policies, DST, its view of the store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from naq_ipy.firing import (
+from naq_ipy.client.job import Job
+from naq_ipy.rules.times import next_cron_run
+from naq_ipy.schedules.fires import (
     ScheduleView,
     advanced,
     fire_msg_id,
@@ -18,9 +20,7 @@ from naq_ipy.firing import (
     plan_fires,
     run_id,
 )
-from naq_ipy.job import Job
-from naq_ipy.schedule import ScheduledJob, new_record
-from naq_ipy.timeutils import next_cron_run
+from naq_ipy.schedules.record import ScheduledJob, new_record
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
 BERLIN = ZoneInfo("Europe/Berlin")

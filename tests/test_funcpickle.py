@@ -18,9 +18,9 @@ import cloudpickle
 import pytest
 from jobs import notebook_cell
 
-from naq_ipy import funcpickle
-from naq_ipy.funcpickle import pickle_call
-from naq_ipy.job import Job, read_header, serialize_many
+from naq_ipy.client import pickling as funcpickle
+from naq_ipy.client.job import Job, read_header, serialize_many
+from naq_ipy.client.pickling import pickle_call
 
 SOURCE = """
 import math

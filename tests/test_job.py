@@ -11,10 +11,10 @@ import cloudpickle
 import pytest
 from jobs import notebook_cell
 
+from naq_ipy.client.job import JOB_OPTIONS, MAGIC, Job, dependency_ids, read_header, rewrite_header, serialize_many
+from naq_ipy.client.queue import Queue, split_options
 from naq_ipy.errors import ConfigurationError, SerializationError
-from naq_ipy.job import JOB_OPTIONS, MAGIC, Job, dependency_ids, read_header, rewrite_header, serialize_many
-from naq_ipy.queue import Queue, split_options
-from naq_ipy.retry import ExponentialBackoff
+from naq_ipy.rules.retry import ExponentialBackoff
 
 
 def add(a: int, b: int = 0) -> int:

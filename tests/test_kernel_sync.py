@@ -42,8 +42,8 @@ CELLS = [
         "executable": sys.executable,
         "loop_running": loop_running,
         "ids": [first.job_id, second.job_id, *loop_ids, awaited.job_id],
-        "bridge": naq_ipy.bridge._bridge.thread is not None,
-        "mode": naq_ipy.bridge.get_loop_mode(),
+        "bridge": naq_ipy.client.bridge._bridge.thread is not None,
+        "mode": naq_ipy.client.bridge.get_loop_mode(),
     }))
     """,
 ]

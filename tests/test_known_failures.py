@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,17 +20,19 @@ from nats.js.api import RawStreamMsg
 
 import naq_ipy
 from naq_ipy import ConfigurationError, Job, JobNotFoundError, Queue, ScheduledJob
-from naq_ipy.bridge import run_sync
-from naq_ipy.connection import get_connection
-from naq_ipy.job import JOB_OPTIONS
+from naq_ipy.client.bridge import run_sync
+from naq_ipy.client.job import JOB_OPTIONS
+from naq_ipy.wire.connection import get_connection
 
 Msgs = Callable[..., Awaitable[list[RawStreamMsg]]]
 Snapshot = Callable[..., Awaitable[dict[str, tuple[bytes, int]]]]
 
-CORE_MODULES = ("naq_ipy", "naq_ipy.settings", "naq_ipy.errors", "naq_ipy.connection", "naq_ipy.bridge",
-                "naq_ipy.job", "naq_ipy.retry", "naq_ipy.timeutils", "naq_ipy.schedule", "naq_ipy.scheduled",
-                "naq_ipy.modify", "naq_ipy.queue", "naq_ipy.helpers", "naq_ipy.results", "naq_ipy.display",
-                "naq_ipy.server")
+ROOT = Path(__file__).resolve().parent.parent / "naq_ipy"
+# every module below the face (the IPython extension and the command line): none may import IPython
+CORE_MODULES = ("naq_ipy", *sorted(
+    "naq_ipy." + ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for path in ROOT.rglob("*.py")
+    if path.relative_to(ROOT).parts[0] not in ("ipython", "cli") and path.name not in ("__init__.py", "__main__.py")))
 
 
 def add(a: int = 0, b: int = 0, **kwargs: Any) -> int:
@@ -197,8 +200,8 @@ def test_naive_datetimes_were_read_as_local_time(nats_url: str) -> None:
         time.tzset()
         assert time.localtime(0).tm_hour == 19, "TZ=America/New_York did not take effect"
         import naq_ipy
-        from naq_ipy.scheduled import ScheduledJobManager
-        from naq_ipy.timeutils import to_timestamp
+        from naq_ipy.schedules.store import ScheduledJobManager
+        from naq_ipy.rules.times import to_timestamp
         def f():
             return 1
         async def main():

@@ -17,8 +17,9 @@ import pytest
 from pids import descendants, environ, outlived, wait_gone
 from polling import wait_until
 
-from naq_ipy import cli, lab
-from naq_ipy.server import free_port
+from naq_ipy.cli import lab
+from naq_ipy.cli import main as cli
+from naq_ipy.wire.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NAQ = [sys.executable, "-m", "naq_ipy.cli"]
@@ -143,7 +144,8 @@ def test_sigterm_stops_jupyterlab_its_kernels_and_the_stack(tmp_path: Path, lab_
         wait_until(lambda: "ipykernel_launcher" in " ".join(descendants(naq_lab.pid).values()), 30, "the kernel")
         below = descendants(naq_lab.pid)
         kinds = {kind: [pid for pid, cmd in below.items() if marker in cmd] for kind, marker in (
-            ("server", "nats-server -js"), ("worker", "-m naq_ipy.worker"), ("scheduler", "-m naq_ipy.scheduler"),
+            ("server", "nats-server -js"), ("worker", "-m naq_ipy.cli worker"),
+            ("scheduler", "-m naq_ipy.cli scheduler"),
             ("lab", "-m jupyterlab"), ("kernel", "-m ipykernel_launcher"))}
         assert all(len(pids) == 1 for pids in kinds.values()), below
         url = environ(kinds["kernel"][0]).get("NAQ_URL")

@@ -22,7 +22,7 @@ from test_worker import TESTS_DIR, spawn_worker  # noqa: F401  (fixture)
 
 from naq_ipy import Job, Queue
 from naq_ipy.ipython.livejob import HIDE, SHOW, LiveJob, job_mimebundle
-from naq_ipy.worker import Worker
+from naq_ipy.worker.consumer import Worker
 
 pytestmark = pytest.mark.timeout(90)
 

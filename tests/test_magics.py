@@ -15,14 +15,14 @@ import pytest
 from IPython.core.error import UsageError
 from magic_shell import SCHEDULE_LINE, RaisingShell, pid_gone, schedules, stream_messages
 
-import naq_ipy.bridge
+import naq_ipy.client.bridge
 from naq_ipy import Job, Queue
+from naq_ipy.client.cells import CellFunction
 from naq_ipy.ipython import register_closable
-from naq_ipy.ipython.cellfunc import CellFunction
 from naq_ipy.ipython.commands import split_words
-from naq_ipy.processes import PROCESSES
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import free_port
+from naq_ipy.local.processes import PROCESSES
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.server import free_port
 
 # --- loading ---------------------------------------------------------------------------------
 
@@ -39,7 +39,7 @@ def test_load_twice_says_already_loaded(ip: RaisingShell, capsys: pytest.Capture
 
 def test_unload_removes_magics_closes_panels_and_stops_bridge(ip: RaisingShell) -> None:
     ip.run_line_magic("naq_enqueue", "add(1)")
-    assert naq_ipy.bridge._bridge.thread is not None
+    assert naq_ipy.client.bridge._bridge.thread is not None
     closed: list[str] = []
 
     class Watch:
@@ -52,7 +52,7 @@ def test_unload_removes_magics_closes_panels_and_stops_bridge(ip: RaisingShell) 
     assert not {"naq_enqueue", "naq"} & set(ip.magics_manager.magics["line"])
     assert "naq_schedule" not in ip.magics_manager.magics["cell"]
     assert closed == ["watch"]
-    assert naq_ipy.bridge._bridge.thread is None
+    assert naq_ipy.client.bridge._bridge.thread is None
     assert not any(type(c).__name__ == "NaqMagics" for c in ip.configurables)
     with pytest.raises(UsageError, match="not found"):
         ip.run_line_magic("naq_enqueue", "add(1)")
@@ -71,9 +71,9 @@ def test_config_traits(ip: RaisingShell, isolated: Path, monkeypatch: pytest.Mon
     ip.run_line_magic("config", "NaqMagics.timezone = 'Europe/Berlin'")
     assert magics.timezone == "Europe/Berlin"
     ip.run_line_magic("config", "NaqMagics.loop_mode = 'nest'")
-    assert naq_ipy.bridge.get_loop_mode() == "nest"
+    assert naq_ipy.client.bridge.get_loop_mode() == "nest"
     ip.run_line_magic("config", "NaqMagics.loop_mode = 'thread'")
-    assert naq_ipy.bridge.get_loop_mode() == "thread"
+    assert naq_ipy.client.bridge.get_loop_mode() == "thread"
     with pytest.raises(Exception, match="unknown time zone"):
         magics.timezone = "Mars/Olympus"
     with pytest.raises(Exception, match="invalid queue name"):
@@ -86,14 +86,14 @@ def test_profile_config_applies_at_load(bare_shell: Any, nats_url: str) -> None:
     try:
         shell = bare_shell(url=nats_url, loop_mode="nest", timezone="Europe/Berlin", default_queue="batch")
         magics = shell.magics_manager.registry["NaqMagics"]
-        assert naq_ipy.bridge.get_loop_mode() == "nest"
+        assert naq_ipy.client.bridge.get_loop_mode() == "nest"
         assert (magics.timezone, magics.default_queue) == ("Europe/Berlin", "batch")
         magics.loop_mode = "thread"  # nest mode is for kernels, where a loop is running
         shell.run_cell("def add(a):\n    return a")
         assert shell.run_line_magic("naq_enqueue", "add(1)").queue_name == "batch"
         assert Queue("batch", nats_url).purge_sync() == 1
     finally:
-        naq_ipy.bridge.set_loop_mode("thread")
+        naq_ipy.client.bridge.set_loop_mode("thread")
 
 
 # --- %naq_enqueue ----------------------------------------------------------------------------
@@ -124,10 +124,10 @@ def test_enqueue_at_reads_naive_times_in_configured_zone(ip: RaisingShell, nats_
     ip.run_line_magic("config", "NaqMagics.timezone = 'Europe/Berlin'")
     job = ip.run_line_magic("naq_enqueue", "--at 2030-01-01T10:00 add(1)")
     record = ScheduledJobManager(nats_url)
-    stored = naq_ipy.bridge.run_sync(record.get(job.job_id))
+    stored = naq_ipy.client.bridge.run_sync(record.get(job.job_id))
     assert stored.next_run == datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
     later = ip.run_line_magic("naq_enqueue", "--in 90s add(1)")
-    stored = naq_ipy.bridge.run_sync(record.get(later.job_id))
+    stored = naq_ipy.client.bridge.run_sync(record.get(later.job_id))
     assert abs(stored.next_run_utc - (time.time() + 90)) < 5
     assert stream_messages(nats_url) == 0
 
@@ -193,7 +193,7 @@ def test_run_sync_returns_a_timeout_raised_by_the_coroutine() -> None:
             await asyncio.sleep(5)
 
     with pytest.raises(TimeoutError):
-        naq_ipy.bridge.run_sync(times_out(), timeout_s=2)
+        naq_ipy.client.bridge.run_sync(times_out(), timeout_s=2)
 
 
 def test_remote_url_is_never_started_and_errors_name_it(bare_shell: Any) -> None:

@@ -83,8 +83,8 @@ def pid_gone(pid: int, within_s: float = 5.0) -> bool:
 
 COUNT_RUNS = '''
 import asyncio
-from naq_ipy.connection import get_connection
-from naq_ipy.results import fetch_result, fetch_status
+from naq_ipy.wire.connection import get_connection
+from naq_ipy.status.results import fetch_result, fetch_status
 
 async def finished_runs(prefix, url={url!r}):
     """Results of finished runs whose ids start with `prefix`, by run id."""
@@ -112,7 +112,7 @@ async def wait_runs(prefix, count, within_s=20):
 
 def test_magics_in_a_kernel(kernel_env: Path, nats_url: str) -> None:
     cells = run_notebook([
-        "import os, time\nfrom naq_ipy import Queue\nfrom naq_ipy.processes import PROCESSES\n"
+        "import os, time\nfrom naq_ipy import Queue\nfrom naq_ipy.local.processes import PROCESSES\n"
         "'naq_enqueue' in get_ipython().magics_manager.magics['line']",
         "def add(a, b=1):\n    return a + b\ndef boom():\n    raise ValueError('kaput')\nx = 5",
         "%naq worker start -c 4",

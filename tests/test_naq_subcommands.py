@@ -9,8 +9,8 @@ import pytest
 from IPython.core.error import UsageError
 from magic_shell import RaisingShell, pid_gone, schedules, stream_messages
 
-from naq_ipy.processes import PROCESSES
-from naq_ipy.server import free_port
+from naq_ipy.local.processes import PROCESSES
+from naq_ipy.wire.server import free_port
 
 # --- %naq ------------------------------------------------------------------------------------
 

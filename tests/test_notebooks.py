@@ -16,10 +16,10 @@ import nbformat
 import pytest
 from pids import alive, wait_gone
 
-from naq_ipy.lab import execute_notebook
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import is_reachable
-from naq_ipy.stack import LocalStack, local_url
+from naq_ipy.cli.lab import execute_notebook
+from naq_ipy.local.stack import LocalStack, local_url
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.server import is_reachable
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -12,13 +12,13 @@ import pytest
 from polling import wait_until
 
 import naq_ipy
+from naq_ipy.client.queue import Queue
 from naq_ipy.ipython import close_registered
-from naq_ipy.ipython.jobs_form import CONFLICT_MESSAGE
-from naq_ipy.ipython.jobs_panel import ScheduledJobsPanel
 from naq_ipy.ipython.monitor_panel import QueueMonitor
-from naq_ipy.queue import Queue
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import NatsServer
+from naq_ipy.ipython.schedules_form import CONFLICT_MESSAGE
+from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.server import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,7 +162,7 @@ def test_run_now_publishes_one_run(nats_url: str, open_panel: Callable[..., Sche
     wait_until(lambda: panel.status_text.startswith("ran now: job000"), what="run now done")
 
     async def queued() -> int:
-        from naq_ipy.connection import get_connection
+        from naq_ipy.wire.connection import get_connection
 
         conn = await get_connection(nats_url)
         info = await conn.js.stream_info("naq_jobs")
@@ -250,8 +250,8 @@ def test_conflicting_edit_is_refused_and_reloaded(nats_url: str, open_panel: Cal
 
 def test_last_run_outcome_is_read_for_visible_rows(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]
                                                    ) -> None:
-    from naq_ipy.connection import get_connection
-    from naq_ipy.results import JobStatus, write_status
+    from naq_ipy.status.results import JobStatus, write_status
+    from naq_ipy.wire.connection import get_connection
 
     schedule_jobs(nats_url, 1)
 
@@ -347,7 +347,7 @@ def test_marshal_and_coalescer_hand_work_to_the_widgets_loop() -> None:
 
 
 def test_queue_monitor_counts_requeues_and_purges(nats_url: str) -> None:
-    from naq_ipy.worker import Worker
+    from naq_ipy.worker.consumer import Worker
 
     queue = Queue("default", nats_url)
     monitor = QueueMonitor(url=nats_url, refresh_s=0.2)

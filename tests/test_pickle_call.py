@@ -9,7 +9,7 @@ import zlib
 
 import cloudpickle
 
-from naq_ipy.job import pickle_call
+from naq_ipy.client.job import pickle_call
 
 
 def _uses_cloudpickle(data: bytes) -> bool:

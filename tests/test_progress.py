@@ -1,4 +1,4 @@
-"""`naq_ipy.progress` from jobs run by a real worker (threads, coroutines, child processes) on a real nats-server."""
+"""`naq_ipy.progress` from jobs run by a real worker (threads, coroutines, processes) on a real nats-server."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from test_worker import running_worker
 
 import naq_ipy
 from naq_ipy import ConfigurationError, Queue
-from naq_ipy.connection import close_all, get_connection
-from naq_ipy.progress import INTERVAL_S, check_fraction, check_message, current_job_id, write_progress
-from naq_ipy.results import FINISHED, RUNNING, JobStatus, write_status
-from naq_ipy.settings import JOB_STATUS_KV_NAME
+from naq_ipy.status.progress import INTERVAL_S, check_fraction, check_message, current_job_id, write_progress
+from naq_ipy.status.results import FINISHED, RUNNING, JobStatus, write_status
+from naq_ipy.wire.connection import close_all, get_connection
+from naq_ipy.wire.settings import JOB_STATUS_KV_NAME
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from nats.js.api import RawStreamMsg
 
 import naq_ipy
 from naq_ipy import ConfigurationError, Job, Queue, ScheduledJob
-from naq_ipy.job import read_header
-from naq_ipy.retry import ExponentialBackoff
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.timeutils import next_cron_run
+from naq_ipy.client.job import read_header
+from naq_ipy.rules.retry import ExponentialBackoff
+from naq_ipy.rules.times import next_cron_run
+from naq_ipy.schedules.store import ScheduledJobManager
 
 Msgs = Callable[..., Awaitable[list[RawStreamMsg]]]
 Snapshot = Callable[..., Awaitable[dict[str, tuple[bytes, int]]]]

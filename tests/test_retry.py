@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.retry import (
+from naq_ipy.rules.retry import (
     ExponentialBackoff,
     parse_retry_delay,
     retry_delay_from_json,

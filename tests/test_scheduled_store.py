@@ -14,12 +14,12 @@ import pytest
 from nats.js import JetStreamContext
 
 from naq_ipy import ConfigurationError, ConflictError, JobNotFoundError, Queue, ScheduledJob, SerializationError
-from naq_ipy.connection import get_connection
-from naq_ipy.job import read_header
-from naq_ipy.retry import ExponentialBackoff
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.settings import ConnectionSettings
-from naq_ipy.timeutils import next_cron_run
+from naq_ipy.client.job import read_header
+from naq_ipy.rules.retry import ExponentialBackoff
+from naq_ipy.rules.times import next_cron_run
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.connection import get_connection
+from naq_ipy.wire.settings import ConnectionSettings
 
 Snapshot = Callable[..., Awaitable[dict[str, tuple[bytes, int]]]]
 
@@ -253,7 +253,7 @@ async def test_pause_racing_modify_loses_neither(
     queue_a, queue_b, queue_c = Queue("q", conn_a), Queue("q", conn_b), Queue("q", conn_c)
     assert len({id((await get_connection(c)).nc) for c in (conn_a, conn_b, conn_c)}) == 3
     await queue_a.schedule(add, interval=60, name="race")
-    caplog.set_level(logging.DEBUG, logger="naq_ipy.scheduled")
+    caplog.set_level(logging.DEBUG, logger="naq_ipy.schedules.store")
 
     async def pause() -> bool:
         if other == "bridge-thread":
@@ -285,7 +285,7 @@ async def test_corrupt_record_is_skipped_by_list_and_refused_by_get(
     kv = await raw_js.key_value("naq_scheduled_jobs")
     await kv.put("broken", b"\x80\x04pickled-python-object")
     await kv.put("old-version", json.dumps({"v": 0, "key": "old-version"}).encode())
-    with caplog.at_level(logging.WARNING, logger="naq_ipy.scheduled"):
+    with caplog.at_level(logging.WARNING, logger="naq_ipy.schedules.store"):
         assert [r.key for r in await queue.list_scheduled_jobs()] == ["good"]
     assert {"'broken'", "'old-version'"} <= {r.getMessage().split()[3].rstrip(":") for r in caplog.records}
     with pytest.raises(SerializationError, match="corrupt scheduled-job record"):

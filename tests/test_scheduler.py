@@ -20,15 +20,15 @@ from typing import Any
 import nats.js.errors
 import pytest
 
-from naq_ipy.connection import get_connection
+from naq_ipy.client.job import Job, read_header
+from naq_ipy.client.queue import Queue
 from naq_ipy.errors import JobNotFoundError
-from naq_ipy.job import Job, read_header
-from naq_ipy.queue import Queue
-from naq_ipy.schedule import ScheduledJob, new_record
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.scheduler import Scheduler, run_now, run_now_sync
-from naq_ipy.server import NatsServer
-from naq_ipy.settings import JOB_STREAM_NAME, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.schedules.record import ScheduledJob, new_record
+from naq_ipy.schedules.scheduler import Scheduler, run_now, run_now_sync
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.connection import get_connection
+from naq_ipy.wire.server import NatsServer
+from naq_ipy.wire.settings import JOB_STREAM_NAME, SCHEDULED_JOBS_KV_NAME
 
 QUEUE = "sched"
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ async def test_three_scheduler_processes_enqueue_every_fire_exactly_once(nats_ur
     for i, log in enumerate(logs):
         with log.open("wb") as out:
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "naq_ipy.scheduler", "--url", nats_url, "--id", f"proc{i}"],
+                [sys.executable, "-m", "naq_ipy.cli", "scheduler", "--url", nats_url, "--id", f"proc{i}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out))
     try:
         async def all_synced() -> bool:

@@ -1,4 +1,4 @@
-"""Tests of naq_ipy.server against the real nats-server binary."""
+"""Tests of naq_ipy.wire.server against the real nats-server binary."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
 from naq_ipy.errors import ConfigurationError, NaqConnectionError
-from naq_ipy.server import (
+from naq_ipy.wire.server import (
     NatsServer,
     default_store_dir,
     find_server_binary,
@@ -170,7 +170,7 @@ async def test_nats_url_starts_empty(nats_url: str, run: int) -> None:
 def test_cli_foreground_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
     port = free_port()
     args = ["--port", str(port), "--store-dir", str(tmp_path)]
-    cmd = [sys.executable, "-m", "naq_ipy.server", *args]
+    cmd = [sys.executable, "-m", "naq_ipy.cli", "server", *args]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

@@ -20,12 +20,12 @@ from test_worker import running_worker, stream_count
 from test_worker import url as url  # noqa: F401 - the `url` fixture, shared
 
 from naq_ipy import ConfigurationError, ConnectionSettings, Job, Queue
-from naq_ipy.failed import list_failed, requeue_failed
-from naq_ipy.results import FINISHED, fetch_status
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.scheduler import Scheduler
-from naq_ipy.signing import key_id, refusal, signature, signed_headers
-from naq_ipy.worker import Worker
+from naq_ipy.schedules.scheduler import Scheduler
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.status.results import FINISHED, fetch_status
+from naq_ipy.wire.signing import key_id, refusal, signature, signed_headers
+from naq_ipy.worker.consumer import Worker
+from naq_ipy.worker.failed_store import list_failed, requeue_failed
 
 KEY, OLD_KEY, OTHER_KEY = "k3y-n0w-0f-2026", "k3y-0f-2025", "s0me0ne-else"
 HEADER = "Naq-Signature"

@@ -7,12 +7,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from naq_ipy.client.job import Job
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython import monitor_table as mt
-from naq_ipy.ipython import table
-from naq_ipy.job import Job
-from naq_ipy.results import JobStatus
-from naq_ipy.schedule import ScheduledJob, new_record
+from naq_ipy.ipython import schedules_table as table
+from naq_ipy.schedules.record import ScheduledJob, new_record
+from naq_ipy.status.results import JobStatus
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.retry import (
+from naq_ipy.rules.retry import (
     ExponentialBackoff,
     parse_retry_delay,
     retry_delay_from_json,
@@ -23,7 +23,7 @@ from naq_ipy.retry import (
     retry_delay_to_json,
     validate_retry_delay,
 )
-from naq_ipy.timeutils import format_duration, next_cron_run, next_cron_runs, parse_duration, validate_cron
+from naq_ipy.rules.times import format_duration, next_cron_run, next_cron_runs, parse_duration, validate_cron
 
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata")
 UNIT_S = {"ms": Fraction(1, 1000), "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}

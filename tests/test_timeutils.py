@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.timeutils import (
+from naq_ipy.rules.times import (
     format_duration,
     format_relative,
     from_timestamp,

@@ -13,10 +13,10 @@ from test_worker import running_worker
 
 import naq_ipy
 from naq_ipy import ConfigurationError, JobExecutionError, Queue, WaitResult
-from naq_ipy.connection import close_all, get_connection
 from naq_ipy.ipython.jobview import render_runs, wait_text
-from naq_ipy.results import FAILED, FINISHED, RUNNING, JobStatus, write_status
-from naq_ipy.waiting import recent_runs, run_due_ms, wait
+from naq_ipy.status.results import FAILED, FINISHED, RUNNING, JobStatus, write_status
+from naq_ipy.status.waiting import recent_runs, run_due_ms, wait
+from naq_ipy.wire.connection import close_all, get_connection
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_run_ids_and_texts() -> None:
 
 
 def test_the_scheduled_jobs_panel_shows_the_recent_runs_of_the_selected_row(nats_url: str) -> None:
-    from naq_ipy.ipython.jobs_panel import ScheduledJobsPanel
+    from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
 
     async def record_runs() -> None:
         conn = await get_connection(nats_url)

@@ -1,6 +1,6 @@
 """Worker against a real nats-server: running, redelivery, retries, timeouts, dependencies, shutdown, heartbeats.
 
-Crash and signal tests run workers as real processes (`python -m naq_ipy.worker`) with the
+Crash and signal tests run workers as real processes (`python -m naq_ipy.cli worker`) with the
 job functions of `tests/jobs.py`; the rest run a Worker in the test's own loop.
 """
 
@@ -23,10 +23,10 @@ from nats.js import JetStreamContext
 from polling import eventually
 
 from naq_ipy import ConfigurationError, JobExecutionError, NaqException, Queue
-from naq_ipy.connection import close_all
-from naq_ipy.results import FAILED, FINISHED, fetch_status
-from naq_ipy.server import NatsServer
-from naq_ipy.worker import Worker, list_workers
+from naq_ipy.status.results import FAILED, FINISHED, fetch_status
+from naq_ipy.wire.connection import close_all
+from naq_ipy.wire.server import NatsServer
+from naq_ipy.worker.consumer import Worker, list_workers
 
 TESTS_DIR = Path(__file__).parent
 Spawn = Callable[..., subprocess.Popen[bytes]]
@@ -65,7 +65,8 @@ def spawn_worker(tmp_path: Path) -> Iterator[Spawn]:
         env = {**os.environ, "PYTHONPATH": python_path}
         log_path = tmp_path / f"worker{len(procs)}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "naq_ipy.worker", "--url", url, "--heartbeat", "0.5", *args],
+            proc = subprocess.Popen([sys.executable, "-m", "naq_ipy.cli", "worker", "--url", url, "--heartbeat", "0.5",
+                                     *args],
                                     env=env, stdout=log, stderr=subprocess.STDOUT)
         proc.log_path = log_path  # type: ignore[attr-defined]
         procs.append(proc)

@@ -57,10 +57,10 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics, close panels, stop the subprocesses this kernel started and the sync bridge."""
-    from naq_ipy.bridge import stop_bridge
+    from naq_ipy.client.bridge import stop_bridge
     from naq_ipy.ipython.livejob import unregister_formatter
     from naq_ipy.ipython.magics import NaqMagics
-    from naq_ipy.processes import PROCESSES
+    from naq_ipy.local.processes import PROCESSES
 
     unregister_formatter(ipython)
     magics = ipython.magics_manager.registry.pop(NaqMagics.__name__, None)

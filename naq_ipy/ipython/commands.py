@@ -24,17 +24,17 @@ from typing import Any, NamedTuple, Protocol
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
+from naq_ipy.client.cells import free_names, make_cell_function
+from naq_ipy.client.job import Job
+from naq_ipy.client.queue import Queue, interval_seconds
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython import render
-from naq_ipy.ipython.cellfunc import free_names, make_cell_function
 from naq_ipy.ipython.livejob import result_live
-from naq_ipy.job import Job
-from naq_ipy.processes import PROCESSES, loopback_port
-from naq_ipy.queue import Queue, interval_seconds
-from naq_ipy.retry import NormalRetryDelay, parse_retry_delay
-from naq_ipy.server import is_reachable
-from naq_ipy.settings import redact_url, validate_key, validate_queue_name
-from naq_ipy.timeutils import parse_duration, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.local.processes import PROCESSES, loopback_port
+from naq_ipy.rules.retry import NormalRetryDelay, parse_retry_delay
+from naq_ipy.rules.times import parse_duration, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.wire.server import is_reachable
+from naq_ipy.wire.settings import redact_url, validate_key, validate_queue_name
 
 _OPEN, _CLOSE, _QUOTES = "([{", ")]}", "'\""
 _COLLECT = "__naq_collect__"

@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
 
-from naq_ipy.bridge import run_sync
-from naq_ipy.connection import Connection, get_connection, nats_errors
+from naq_ipy.client.bridge import run_sync
+from naq_ipy.client.job import Job
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython.livewait import wait_with_bar
 from naq_ipy.ipython.render import Table, every, schedules_table
-from naq_ipy.job import Job
-from naq_ipy.processes import PROCESSES
-from naq_ipy.results import fetch_result, fetch_status
-from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import is_reachable
-from naq_ipy.settings import (
+from naq_ipy.local.processes import PROCESSES
+from naq_ipy.rules.times import format_relative, from_timestamp
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.status.results import fetch_result, fetch_status
+from naq_ipy.wire.connection import Connection, get_connection, nats_errors
+from naq_ipy.wire.server import is_reachable
+from naq_ipy.wire.settings import (
     FAILED_STREAM_NAME,
     JOB_STATUS_KV_NAME,
     JOB_STREAM_NAME,
@@ -33,7 +34,6 @@ from naq_ipy.settings import (
     redact_url,
     validate_queue_name,
 )
-from naq_ipy.timeutils import format_relative, from_timestamp
 
 if TYPE_CHECKING:
     from naq_ipy.ipython.commands import NaqEngine
@@ -82,7 +82,7 @@ async def _live_schedulers(conn: Connection) -> list[str]:
 
 async def server_facts(url: str) -> list[tuple[str, str]]:
     """Message counts of naq's streams and buckets, live workers and schedulers at `url`."""
-    from naq_ipy.worker import list_workers
+    from naq_ipy.worker.consumer import list_workers
 
     conn = await get_connection(url)
     rows = [(label, await _stream_count(conn, stream)) for label, stream in _COUNTED_STREAMS]
@@ -215,7 +215,7 @@ class Control:
 
     def run_schedule(self, args: argparse.Namespace) -> None:
         """Fire a scheduled job once now, leaving its timing alone."""
-        from naq_ipy.scheduler import run_now
+        from naq_ipy.schedules.scheduler import run_now
 
         run_id = run_sync(run_now(args.key, self.engine.url()))
         self.engine.say(f"fired {args.key!r} now as job {run_id}")

@@ -16,14 +16,14 @@ import threading
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from naq_ipy.bridge import bridge_loop
+from naq_ipy.client.bridge import bridge_loop
+from naq_ipy.client.job import Job
 from naq_ipy.ipython import jobview
 from naq_ipy.ipython.livewait import run_redrawing
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel, in_kernel
-from naq_ipy.job import Job
-from naq_ipy.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
-from naq_ipy.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
+from naq_ipy.status.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
+from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 

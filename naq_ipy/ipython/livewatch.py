@@ -1,6 +1,6 @@
 """A live KV watch kept running on the naq sync bridge loop, and the hand-over of its news to widgets.
 
-The watch runs on the bridge thread (`naq_ipy.bridge.bridge_loop()`), so the kernel stays free
+The watch runs on the bridge thread (`naq_ipy.client.bridge.bridge_loop()`), so the kernel stays free
 while it waits. Widgets belong to the kernel thread: `Marshal` posts callbacks there with
 `loop.call_soon_threadsafe` (ipykernel >= 7.1 sends those updates), or runs them directly in a
 process without a running loop (scripts, tests).
@@ -20,10 +20,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import nats.errors
 from nats.js.kv import KeyValue
 
-from naq_ipy.bridge import bridge_loop, in_bridge_thread
-from naq_ipy.connection import Connection, get_connection, nats_errors
+from naq_ipy.client.bridge import bridge_loop, in_bridge_thread
 from naq_ipy.errors import NaqConnectionError, NaqException, SerializationError
-from naq_ipy.settings import ConnectionSettings
+from naq_ipy.wire.connection import Connection, get_connection, nats_errors
+from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from traitlets import Bool, Enum, TraitError, Unicode, default, observe, validate
 
-from naq_ipy.bridge import LOOP_MODES, get_loop_mode, set_loop_mode
+from naq_ipy.client.bridge import LOOP_MODES, get_loop_mode, set_loop_mode
 from naq_ipy.errors import JobExecutionError, NaqException
 from naq_ipy.ipython.commands import EnqueueCommand, NaqCommand, NaqEngine, ScheduleCommand
-from naq_ipy.settings import DEFAULT_QUEUE_NAME, DEFAULT_URL, validate_queue_name
-from naq_ipy.timeutils import resolve_zone
+from naq_ipy.rules.times import resolve_zone
+from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, DEFAULT_URL, validate_queue_name
 
 _ACTION: tuple[tuple[str, ...], dict[str, Any]] = (("action",), {"choices": ("start", "stop", "status")})
 _KEY: tuple[tuple[str, ...], dict[str, Any]] = (("key",), {"metavar": "NAME_OR_ID"})

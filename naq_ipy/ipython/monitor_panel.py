@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-from naq_ipy.admin import format_table
-from naq_ipy.bridge import bridge_loop
-from naq_ipy.connection import get_connection, nats_errors
-from naq_ipy.failed import FailedJob, list_failed, requeue_failed
-from naq_ipy.helpers import purge_queue
+from naq_ipy.client.bridge import bridge_loop
+from naq_ipy.client.shortcuts import purge_queue
 from naq_ipy.ipython import monitor_table as mt
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel
-from naq_ipy.results import JobStatus, fetch_status
-from naq_ipy.settings import (
+from naq_ipy.status.results import JobStatus, fetch_status
+from naq_ipy.views.tables import format_table
+from naq_ipy.wire.connection import get_connection, nats_errors
+from naq_ipy.wire.settings import (
     FAILED_STREAM_NAME,
     JOB_STATUS_KV_NAME,
     JOB_STREAM_NAME,
@@ -34,7 +33,8 @@ from naq_ipy.settings import (
     WORKER_DURABLE_PREFIX,
     ConnectionSettings,
 )
-from naq_ipy.worker import list_workers
+from naq_ipy.worker.consumer import list_workers
+from naq_ipy.worker.failed_store import FailedJob, list_failed, requeue_failed
 
 FAILED_ROWS = 10
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
-from naq_ipy.results import FAILED, FINISHED, REJECTED, RUNNING, JobStatus
-from naq_ipy.timeutils import format_duration, from_timestamp
+from naq_ipy.rules.times import format_duration, from_timestamp
+from naq_ipy.status.results import FAILED, FINISHED, REJECTED, RUNNING, JobStatus
 
 WINDOW_S = 3600.0
 RECENT_SIZE = 20

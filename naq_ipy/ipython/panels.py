@@ -13,16 +13,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from naq_ipy.bridge import bridge_loop
+from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.ipython import register_closable
 from naq_ipy.ipython.livewatch import Marshal, describe_error
-from naq_ipy.settings import ConnectionSettings
+from naq_ipy.wire.settings import ConnectionSettings
 
 if TYPE_CHECKING:
     import ipywidgets
 
-    from naq_ipy.ipython.jobs_panel import ScheduledJobsPanel
     from naq_ipy.ipython.monitor_panel import QueueMonitor
+    from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
 
 __all__ = ["Panel", "QueueMonitor", "ScheduledJobsPanel"]
 
@@ -36,7 +36,7 @@ _INFO_STYLE = "color:#555"
 def __getattr__(name: str) -> Any:
     """The panel classes, imported on first use (each module imports this one)."""
     if name == "ScheduledJobsPanel":
-        from naq_ipy.ipython.jobs_panel import ScheduledJobsPanel
+        from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
 
         return ScheduledJobsPanel
     if name == "QueueMonitor":

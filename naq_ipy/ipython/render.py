@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from naq_ipy.schedule import ScheduledJob
-from naq_ipy.timeutils import format_duration, format_relative, from_timestamp, resolve_zone
+from naq_ipy.rules.times import format_duration, format_relative, from_timestamp, resolve_zone
+from naq_ipy.schedules.record import ScheduledJob
 
 _COLORS = {"info": "inherit", "warning": "#b26b00", "error": "#c62828"}
 

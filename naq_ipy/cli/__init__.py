@@ -1,0 +1,1 @@
+"""The `naq` command line: one module per group of subcommands, dispatched by `main`."""

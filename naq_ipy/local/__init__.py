@@ -1,0 +1,1 @@
+"""Processes this machine starts for a kernel or `naq lab`: a nats-server, workers and a scheduler."""

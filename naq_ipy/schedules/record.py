@@ -1,0 +1,170 @@
+"""The scheduled-job record stored in KV `naq_scheduled_jobs`, and its pure timing rules.
+
+Stored as versioned JSON (`"v": 1`) with the serialized job base64-encoded inside, so
+any client can read and list it without unpickling; never a pickled Python object.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
+from typing import Any
+
+from naq_ipy.client.job import Job, read_header
+from naq_ipy.errors import ConfigurationError, SerializationError
+from naq_ipy.rules.times import from_timestamp, next_cron_run, resolve_zone, validate_cron
+from naq_ipy.wire.settings import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED
+
+RECORD_VERSION = 1
+SCHEDULE_TYPES = ("cron", "interval", "once")
+MISFIRE_POLICIES = ("once", "skip", "all")
+STATUSES = (SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED)
+
+
+def validate_timing(
+    *, cron: str | None, interval_s: float | None, tz: str | None, repeat: int | None, misfire: str = "once"
+) -> str:
+    """Check a recurring schedule's options together; returns its type (`cron` or `interval`)."""
+    if (cron is None) == (interval_s is None):
+        raise ConfigurationError("give exactly one of cron or interval")
+    if cron is not None:
+        validate_cron(cron)
+    elif isinstance(interval_s, bool) or not isinstance(interval_s, int | float) or not math.isfinite(interval_s) \
+            or interval_s <= 0:
+        raise ConfigurationError(f"interval must be a positive duration, got {interval_s!r}")
+    if tz is not None:
+        if cron is None:
+            raise ConfigurationError("tz applies to cron schedules only")
+        resolve_zone(tz)
+    validate_repeat(repeat)
+    validate_misfire(misfire)
+    return "cron" if cron is not None else "interval"
+
+
+def validate_repeat(repeat: int | None) -> int | None:
+    """`repeat` is runs in total: None (forever) or an integer >= 1."""
+    if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1):
+        raise ConfigurationError(f"repeat must be an integer >= 1 or None (forever), got {repeat!r}")
+    return repeat
+
+
+def validate_misfire(misfire: str) -> str:
+    """One of `once`, `skip`, `all`."""
+    if misfire not in MISFIRE_POLICIES:
+        raise ConfigurationError(f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {misfire!r}")
+    return misfire
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """One entry of `naq_scheduled_jobs`: a job and when it runs. Times are UTC unix seconds."""
+
+    key: str
+    job_id: str
+    queue_name: str
+    func_name: str
+    job_data: bytes = field(repr=False)
+    schedule_type: str
+    next_run_utc: float
+    cron: str | None = None
+    tz: str | None = None
+    interval_s: float | None = None
+    repeat: int | None = None
+    run_count: int = 0
+    last_run_utc: float | None = None
+    last_run_id: str | None = None
+    status: str = SCHEDULED_JOB_STATUS_ACTIVE
+    misfire: str = "once"
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    revision: int = field(default=0, compare=False)
+
+    @property
+    def next_run(self) -> datetime:
+        """The next run as an aware UTC datetime."""
+        return from_timestamp(self.next_run_utc)
+
+    @property
+    def paused(self) -> bool:
+        return self.status == SCHEDULED_JOB_STATUS_PAUSED
+
+    def job(self) -> Job:
+        """The stored job, unpickled (only where the code is trusted: workers, the owner)."""
+        return Job.deserialize(self.job_data)
+
+    def next_after(self, after_utc: float) -> float | None:
+        """The run after `after_utc` by this schedule, or None for a one-off."""
+        if self.schedule_type == "once":
+            return None
+        return first_run_utc(self.cron, self.interval_s, self.tz, after_utc)
+
+    def describe(self) -> str:
+        """The timing in a few words: `cron 0 6 * * * (Europe/Berlin)`, `every 30 s`, `once`."""
+        if self.schedule_type == "cron":
+            return f"cron {self.cron}" + (f" ({self.tz})" if self.tz else "")
+        if self.schedule_type == "interval":
+            from naq_ipy.rules.times import format_duration
+
+            return f"every {format_duration(self.interval_s or 0)}"
+        return "once"
+
+    def evolve(self, **changes: Any) -> ScheduledJob:
+        """A copy with `changes` applied and `updated_at` set to now."""
+        return replace(self, updated_at=time.time(), **changes)
+
+    def to_bytes(self) -> bytes:
+        """The stored JSON form."""
+        data = asdict(self)
+        data.pop("revision")
+        data["job_data"] = base64.b64encode(self.job_data).decode()
+        data["v"] = RECORD_VERSION
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, revision: int = 0) -> ScheduledJob:
+        """Parse a stored record; SerializationError (never a crash) for anything malformed."""
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.pop("v", None) != RECORD_VERSION:
+                raise ValueError("missing or unknown record version")
+            data = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+            data["job_data"] = base64.b64decode(data["job_data"], validate=True)
+            record = cls(revision=revision, **data)
+            if record.schedule_type not in SCHEDULE_TYPES or record.status not in STATUSES:
+                raise ValueError(f"bad schedule_type/status {record.schedule_type!r}/{record.status!r}")
+            float(record.next_run_utc)
+            read_header(record.job_data)
+        except (ValueError, TypeError, KeyError, binascii.Error, SerializationError) as e:
+            raise SerializationError(f"corrupt scheduled-job record: {e}") from e
+        return record
+
+
+def first_run_utc(cron: str | None, interval_s: float | None, tz: str | None, now_utc: float | None = None) -> float:
+    """The next run after `now_utc` (default: now) of a cron schedule in zone `tz`, or of an interval."""
+    now_utc = time.time() if now_utc is None else now_utc
+    if cron is not None:
+        return next_cron_run(cron, from_timestamp(now_utc), tz).timestamp()
+    assert interval_s is not None
+    return now_utc + interval_s
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(ScheduledJob))
+
+
+def new_record(
+    job: Job, *, key: str, schedule_type: str, next_run_utc: float, cron: str | None = None,
+    tz: str | None = None, interval_s: float | None = None, repeat: int | None = None,
+    misfire: str = "once", paused: bool = False,
+) -> ScheduledJob:
+    """A fresh record for `job` (serializes it: unpicklable input fails here, before any write)."""
+    return ScheduledJob(
+        key=key, job_id=job.job_id, queue_name=job.queue_name, func_name=job.func_name,
+        job_data=job.serialize(), schedule_type=schedule_type, next_run_utc=next_run_utc, cron=cron, tz=tz,
+        interval_s=interval_s, repeat=repeat, misfire=misfire,
+        status=SCHEDULED_JOB_STATUS_PAUSED if paused else SCHEDULED_JOB_STATUS_ACTIVE,
+    )

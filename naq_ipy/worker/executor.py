@@ -1,0 +1,233 @@
+"""Run one job's call with its timeout: coroutines on the loop, plain functions in threads or processes.
+
+Coroutine functions are awaited on the worker's loop and cancelled at their timeout. Plain
+functions run in a thread pool (an overrun cannot be stopped: it is reported at the
+deadline and its thread keeps its slot until it returns) or, in process mode, in one
+single-process `ProcessPoolExecutor` per slot, so an overrunning child can be killed by
+pid without touching the jobs of other slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from naq_ipy.client.job import Job
+from naq_ipy.errors import SerializationError
+from naq_ipy.status.progress import child_reporting, delegate_to_child
+from naq_ipy.wire.settings import ConnectionSettings
+
+ERROR_LINE_MAX = 500
+
+
+def one_line(text: str, limit: int = ERROR_LINE_MAX) -> str:
+    """`text` on one line (whitespace runs collapsed), cut to `limit` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str]:
+    """(`Type: message` on one line, the full traceback text) of an exception raised by a job."""
+    return one_line(f"{type(exc).__name__}: {exc}"), "".join(traceback.format_exception(exc))
+
+
+def is_async_callable(func: Callable[..., Any]) -> bool:
+    """True for coroutine functions, partials of them and objects with an `async def __call__`."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
+class JobFailure(Exception):
+    """A job's call raised or overran; `error` is one line, `traceback` the remote traceback text.
+
+    `still_running` is the future of an overrunning thread that could not be stopped: its
+    slot is free only once that future is done.
+    """
+
+    def __init__(self, error: str, traceback_text: str = "", still_running: asyncio.Future[Any] | None = None):
+        super().__init__(error)
+        self.error = error
+        self.traceback = traceback_text
+        self.still_running = still_running
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> JobFailure:
+        """The failure describing `exc`."""
+        return cls(*describe_exception(exc))
+
+
+def _timeout_failure(timeout_s: float | None, what: str, still_running: asyncio.Future[Any] | None = None,
+                     ) -> JobFailure:
+    error = f"TimeoutError: job exceeded its timeout of {timeout_s or 0:g}s; {what}"
+    return JobFailure(error, still_running=still_running)
+
+
+def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:
+    """Retrieve an abandoned future's exception so it is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None) -> tuple[str, bytes | str, str]:
+    """Process-mode entry: unpickle the job bytes here, run the call, return ("ok", pickled value) or an error.
+
+    `progress_to`: the server the job's `progress` calls are written to from this process.
+    """
+    try:
+        job = Job.deserialize(data)
+        with child_reporting(job.job_id, progress_to):
+            value = job.function(*job.args, **job.kwargs)
+    except (Exception, SystemExit) as e:
+        return ("error", *describe_exception(e))
+    try:
+        return "ok", cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), ""
+    except Exception as e:
+        return "unpicklable", f"result of job {job.job_id} cannot be pickled: {e}", ""
+
+
+def _exit_with_parent() -> None:
+    """Pool initializer: end this child when the worker that made it dies.
+
+    A pool child holds both ends of its own call queue, so a killed worker would leave it (and,
+    through it, the forkserver) waiting forever; the parent's sentinel closes when the worker dies.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_when_ready, args=(parent.sentinel,), name="naq-parent-watch", daemon=True).start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
+@dataclass
+class _Child:
+    """A single-process pool and the pid of its one process."""
+
+    pool: ProcessPoolExecutor
+    pid: int
+
+    def kill(self) -> None:
+        """Kill the process at once and drop the pool."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _ProcessSlots:
+    """Up to `size` child processes, each reused job after job until it must be killed."""
+
+    def __init__(self) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        self._context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        self._idle: list[_Child] = []
+        self._busy: list[_Child] = []
+
+    async def _take(self) -> _Child:
+        if self._idle:
+            child = self._idle.pop()
+        else:
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=self._context, initializer=_exit_with_parent)
+            try:
+                # a one-process pool never replaces its process, so this pid stays valid
+                child = _Child(pool, await asyncio.get_running_loop().run_in_executor(pool, os.getpid))
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        self._busy.append(child)
+        return child
+
+    async def run(self, data: bytes, timeout_s: float | None) -> Any:
+        """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
+        child = await self._take()
+        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child())
+        try:
+            done, _ = await asyncio.wait({future}, timeout=timeout_s)
+        finally:
+            self._busy.remove(child)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._idle.append(child)
+            else:
+                future.add_done_callback(_consume)
+                child.kill()
+        if not done:
+            raise _timeout_failure(timeout_s, "its process was killed")
+        try:
+            kind, payload, tb = future.result()
+        except BrokenProcessPool:
+            raise JobFailure("ProcessError: the job's worker process died") from None
+        if kind == "ok":
+            return pickle.loads(payload)  # type: ignore[arg-type]
+        if kind == "unpicklable":
+            raise SerializationError(str(payload))
+        raise JobFailure(str(payload), tb)
+
+    def shutdown(self) -> None:
+        """Kill running children, let idle ones exit."""
+        for child in self._busy:
+            child.kill()
+        for child in self._idle:
+            child.pool.shutdown(wait=False)
+        self._idle, self._busy = [], []
+
+
+class Executor:
+    """Runs job calls for one worker: `concurrency` threads, or child processes with `process_pool`."""
+
+    def __init__(self, concurrency: int, process_pool: bool = False) -> None:
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="naq-job")
+        self._processes = _ProcessSlots() if process_pool else None
+
+    async def run(self, job: Job, data: bytes) -> Any:
+        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result."""
+        if is_async_callable(job.function):
+            return await self._run_coroutine(job)
+        if self._processes is not None:
+            return await self._processes.run(data, job.timeout)
+        return await self._run_thread(job)
+
+    async def _run_coroutine(self, job: Job) -> Any:
+        deadline = asyncio.timeout(job.timeout)
+        try:
+            async with deadline:
+                return await job.function(*job.args, **job.kwargs)
+        except (Exception, SystemExit) as e:
+            if deadline.expired():
+                raise _timeout_failure(job.timeout, "it was cancelled") from None
+            raise JobFailure.from_exception(e) from None
+
+    async def _run_thread(self, job: Job) -> Any:
+        # a copy of this task's context: `progress` in the thread sees the current job
+        call = functools.partial(contextvars.copy_context().run, job.function, *job.args, **job.kwargs)
+        future = asyncio.get_running_loop().run_in_executor(self._threads, call)
+        done, _ = await asyncio.wait({future}, timeout=job.timeout)
+        if not done:
+            future.add_done_callback(_consume)
+            raise _timeout_failure(job.timeout, "its thread is still running", still_running=future)
+        try:
+            return future.result()
+        except (Exception, SystemExit) as e:
+            raise JobFailure.from_exception(e) from None
+
+    def shutdown(self) -> None:
+        """Stop taking work: threads still running finish on their own; child processes are stopped."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.shutdown()

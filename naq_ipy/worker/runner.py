@@ -1,0 +1,361 @@
+"""JobRunner: takes each fetched job message to its ack or nak — read, wait for dependencies, run, record.
+
+The outcome of a job is written before its message is acked: result then `finished`, or
+`retrying` + a delayed nak while attempts remain (counted by the server's delivery count),
+or the failed-jobs store + `failed`; those writes are retried while NATS is away (a cluster node
+fails over), since an unacked job would run again. Unreadable input, and with signing keys any
+job not signed by one of them, is recorded as `rejected` and acked, never unpickled.
+A job waiting for its dependencies holds its message (kept alive by progress acks) but no
+execution slot, and wakes on a KV watch of the dependencies' status keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from naq_ipy.client.job import Job, read_header
+from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, SerializationError
+from naq_ipy.rules.retry import retry_delay_s
+from naq_ipy.status import results
+from naq_ipy.status.progress import reporting
+from naq_ipy.status.results import JobStatus, watch_until_ended, write_status
+from naq_ipy.wire.connection import Connection, nats_errors
+from naq_ipy.wire.settings import (
+    DEFAULT_RESULT_TTL_S,
+    JOB_STATUS_KV_NAME,
+    QUEUE_SUBJECT_PREFIX,
+    SIGNATURE_HEADER,
+    validate_key,
+)
+from naq_ipy.wire.signing import refusal
+from naq_ipy.worker.executor import Executor, JobFailure, describe_exception, one_line
+from naq_ipy.worker.failed_store import record_failed
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WAITING_PER_SLOT = 10  # messages held for their dependencies, per execution slot
+WAITING_FULL_DELAY_S = 5.0
+OUTCOME_RETRY_MIN_S = 0.25
+OUTCOME_RETRY_MAX_S = 2.0
+
+
+class Stopping(Exception):
+    """The worker began to stop while a message waited."""
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One fetched message from fetch to ack or nak."""
+
+    msg: Msg
+    job_id: str | None = None
+    state: str = "new"  # new, waiting (for dependencies), running
+    settled: bool = False  # acked or nak'ed: no more progress acks
+
+
+def _signature(msg: Msg) -> str | None:
+    return (msg.headers or {}).get(SIGNATURE_HEADER)
+
+
+def _valid_id(value: Any) -> str | None:
+    try:
+        return validate_key(value, "job id")
+    except ConfigurationError:
+        return None
+
+
+class JobRunner:
+    """The message-handling half of a worker: slots, held messages, outcome records, counters."""
+
+    def __init__(self, worker_id: str, concurrency: int) -> None:
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.max_waiting = WAITING_PER_SLOT * concurrency
+        self.processed = self.failed = 0
+        self._deliveries: dict[asyncio.Task[None], Delivery] = {}
+        self._conn: Connection | None = None
+        self._executor: Executor | None = None
+        self._stopping: asyncio.Event  # made by the worker's run(), on its loop
+        self._slots: asyncio.Semaphore
+        self._slots_taken = 0
+        self._room_changed = asyncio.Event()
+
+    @property
+    def conn(self) -> Connection:
+        """The worker's own connection (only while running)."""
+        if self._conn is None:
+            raise NaqException(f"worker {self.worker_id} is not running")
+        return self._conn
+
+    def start(self, msg: Msg) -> None:
+        """Handle `msg` in its own task (it takes an execution slot when it is ready to run)."""
+        delivery = Delivery(msg)
+        task = asyncio.create_task(self._handle(delivery))
+        self._deliveries[task] = delivery
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.pop(task)
+        self._room_changed.set()
+
+    @property
+    def room(self) -> int:
+        """How many more messages to fetch: slots to fill plus a prefetch of `concurrency` waiting ones."""
+        in_hand = sum(d.state != "waiting" for d in self._deliveries.values())
+        return 2 * self.concurrency - in_hand
+
+    async def wait_for_room(self) -> None:
+        """Wait until `room` > 0, unless a stop comes first (Stopping)."""
+        while self.room <= 0:
+            self._room_changed.clear()
+            await self._unless_stopping(self._room_changed.wait())
+
+    @property
+    def free_slots(self) -> int:
+        """Execution slots not taken right now."""
+        return self.concurrency - self._slots_taken
+
+    async def _acquire_slot(self) -> bool:
+        """Take an execution slot, waiting for one unless a stop comes first (Stopping)."""
+        if self._slots.locked():
+            await self._unless_stopping(self._slots.acquire())
+        else:
+            await self._slots.acquire()
+        self._slots_taken += 1
+        return True
+
+    def _release_slot(self) -> None:
+        self._slots_taken -= 1
+        self._slots.release()
+
+    async def _unless_stopping(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` unless a stop comes first (then cancel it and raise Stopping)."""
+        task = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            raise Stopping
+        return task.result()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        """Take one message from fetch to ack or nak; only running it takes an execution slot."""
+        holding, still_running = False, None
+        try:
+            job = await self._accept(delivery)
+            if job is not None and job.depends_on:
+                job = await self._await_dependencies(delivery, job)
+            if job is not None:
+                holding = await self._acquire_slot()
+                if self._stopping.is_set():
+                    await self._nak(delivery)
+                else:
+                    still_running = await self._execute(delivery, job)
+        except Stopping:
+            await self._nak(delivery)
+        except Exception:
+            logger.exception("job %s: outcome not recorded; it will be delivered again", delivery.job_id)
+        finally:
+            if holding and still_running is not None:
+                still_running.add_done_callback(lambda _: self._release_slot())
+            elif holding:
+                self._release_slot()
+
+    async def _accept(self, delivery: Delivery) -> Job | None:
+        """The message's job, or None when it was rejected or has already ended."""
+        msg = delivery.msg
+        refused = refusal(msg.data, msg.headers, self.conn.settings)
+        if refused:  # not even its header is trusted: it is recorded under `rejected-<seq>` only
+            await self._reject(delivery, refused)
+            return None
+        try:
+            header, _ = read_header(msg.data)
+            delivery.job_id = _valid_id(header.get("job_id"))
+            job = Job.deserialize(msg.data)
+        except SerializationError as e:
+            await self._reject(delivery, str(e))
+            return None
+        if msg.metadata.num_delivered > 1:
+            ended = await self._ended_status(job.job_id)
+            if ended is not None:
+                logger.info("job %s already %s: redelivery dropped", job.job_id, ended)
+                await self._ack(delivery)
+                return None
+        return job
+
+    async def _ended_status(self, job_id: str) -> str | None:
+        kv = await self.conn.kv(JOB_STATUS_KV_NAME)
+        try:
+            async with nats_errors(self.conn.settings):
+                entry = await kv.get(job_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        status = JobStatus.from_bytes(entry.value or b"{}")
+        return status.status if status.ended else None
+
+    async def _reject(self, delivery: Delivery, reason: str) -> None:
+        """Record unreadable input (status if a job id is known, failed store), ack it."""
+        msg, job_id, now = delivery.msg, delivery.job_id, time.time()
+        queue = msg.subject[len(QUEUE_SUBJECT_PREFIX) + 1:]
+        seq = msg.metadata.sequence.stream
+        await record_failed(self.conn, msg.data, queue_name=queue, reason=reason, seq=seq, job_id=job_id,
+                            signature=_signature(msg))
+        if job_id:
+            await write_status(self.conn, JobStatus(
+                job_id=job_id, status=results.REJECTED, queue_name=queue, error=one_line(reason),
+                worker_id=self.worker_id, attempts=msg.metadata.num_delivered, finished_at=now, updated_at=now))
+        await self._ack(delivery)
+        self.processed += 1
+        self.failed += 1
+        logger.warning("job %s rejected: %s", job_id or f"rejected-{seq}", one_line(reason))
+
+    async def _await_dependencies(self, delivery: Delivery, job: Job) -> Job | None:
+        """Hold the message (no slot, no nak) until its dependencies ended; None if it was settled here."""
+        waiting = sum(d.state == "waiting" for d in self._deliveries.values())
+        if waiting >= self.max_waiting:
+            logger.warning("job %s: %d jobs already wait for dependencies; retrying it in %.0fs",
+                           job.job_id, waiting, WAITING_FULL_DELAY_S)
+            await self._nak(delivery, WAITING_FULL_DELAY_S)
+            return None
+        delivery.state = "waiting"
+        self._room_changed.set()  # a message waiting for dependencies leaves room to fetch another
+        kv = await self.conn.kv(JOB_STATUS_KV_NAME)
+        failed_dependency = await self._unless_stopping(wait_for_dependencies(kv, job.depends_on))
+        delivery.state = "new"
+        if failed_dependency is None:
+            return job
+        base = self._status(job, results.FAILED, delivery.msg.metadata.num_delivered)
+        await self._fail(delivery, job, base, f"dependency {failed_dependency} failed", "", retry=False)
+        return None
+
+    def _status(self, job: Job, state: str, attempt: int, **changes: Any) -> JobStatus:
+        return JobStatus(job_id=job.job_id, status=state, queue_name=job.queue_name, func_name=job.func_name,
+                         enqueue_time=job.enqueue_time, schedule_key=job.schedule_key, attempts=attempt,
+                         worker_id=self.worker_id, updated_at=time.time(), **changes)
+
+    async def _execute(self, delivery: Delivery, job: Job) -> asyncio.Future[Any] | None:
+        """Run the job and record its outcome; returns the future of a thread that overran, if any."""
+        assert self._executor is not None
+        msg, attempt = delivery.msg, delivery.msg.metadata.num_delivered
+        delivery.state = "running"
+        running = self._status(job, results.RUNNING, attempt, started_at=time.time())
+        # the job starts while `running` is on its way; its outcome is written only after that landed
+        running_written = asyncio.ensure_future(write_status(self.conn, running))
+        logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
+        try:
+            async with reporting(job.job_id, self.conn, running_written) as progress:
+                value = await self._executor.run(job, msg.data)
+            data = results.encode_result(self.conn, job.job_id, value)
+        except JobFailure as failure:
+            await _settle(running_written, job.job_id)
+            await self._fail(delivery, job, progress.stamp(running), failure.error, failure.traceback, retry=True)
+            return failure.still_running
+        except SerializationError as e:
+            await _settle(running_written, job.job_id)
+            await self._fail(delivery, job, progress.stamp(running), describe_exception(e)[0], "", retry=False)
+            return None
+        await _settle(running_written, job.job_id)
+        finished = progress.stamp(running).evolve(status=results.FINISHED, finished_at=time.time())
+        await self._durably(job.job_id, results.write_outcome, self.conn, finished, data,
+                            job.result_ttl or DEFAULT_RESULT_TTL_S)
+        await self._ack(delivery)
+        self.processed += 1
+        logger.info("job %s finished in %.3fs", job.job_id, time.time() - (running.started_at or 0))
+        return None
+
+    async def _fail(self, delivery: Delivery, job: Job, base: JobStatus, error: str, tb: str, *,
+                    retry: bool) -> None:
+        """Retry later (nak with the job's delay) while attempts remain, else record the failure and ack."""
+        attempt = base.attempts
+        if retry and attempt <= job.max_retries:
+            delay = retry_delay_s(job.retry_delay, attempt)
+            await write_status(self.conn, base.evolve(status=results.RETRYING, error=error, traceback=tb))
+            await self._nak(delivery, delay)
+            logger.warning("job %s failed: %s (retry %d in %.2fs)", job.job_id, error, attempt, delay)
+            return
+        msg = delivery.msg
+        await self._durably(job.job_id, record_failed, self.conn, msg.data, queue_name=job.queue_name, reason=error,
+                            seq=msg.metadata.sequence.stream, job_id=job.job_id, func_name=job.func_name,
+                            signature=_signature(msg))
+        failed = base.evolve(status=results.FAILED, error=error, traceback=tb or None, finished_at=time.time())
+        await self._durably(job.job_id, write_status, self.conn, failed, job.result_ttl or DEFAULT_RESULT_TTL_S)
+        await self._ack(delivery)
+        self.processed += 1
+        self.failed += 1
+        logger.warning("job %s failed: %s", job.job_id, error)
+
+    async def _durably(self, job_id: str, write: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> None:
+        """Await an (idempotent) write of a job's outcome, retried while NATS is away, unless the worker stops."""
+        # giving up would leave the job unacked, and its redelivery would run it a second time
+        delay = OUTCOME_RETRY_MIN_S
+        while True:
+            try:
+                await write(*args, **kwargs)
+                return
+            except (NaqConnectionError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
+                if self._stopping.is_set():
+                    raise
+                logger.warning("job %s: outcome not written yet (%s); retrying in %.2fs", job_id, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTCOME_RETRY_MAX_S)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        delivery.settled = True
+        await delivery.msg.ack()
+
+    async def _nak(self, delivery: Delivery, delay_s: float | None = None) -> None:
+        delivery.settled = True
+        await delivery.msg.nak(delay=delay_s)
+
+    async def _abandon(self, held: dict[asyncio.Task[None], Delivery]) -> None:
+        """Cancel handlers and nak their messages (so another worker runs them)."""
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        for delivery in held.values():
+            if not delivery.settled:
+                logger.warning("job %s returned to the queue unfinished (worker stopping)", delivery.job_id)
+                try:
+                    await self._nak(delivery)
+                except nats.errors.Error as e:  # it comes back after its ack wait instead
+                    logger.warning("job %s: nak failed: %s", delivery.job_id, e)
+
+
+async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str]) -> str | None:
+    """Wait (KV watches on the status bucket `kv`) until every job ended; the first that did not finish, or None."""
+    waits = [asyncio.ensure_future(watch_until_ended(kv, job_id)) for job_id in job_ids]
+    try:
+        for next_end in asyncio.as_completed(waits):
+            status = await next_end
+            if status.status != results.FINISHED:
+                return status.job_id
+        return None
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def _settle(write: asyncio.Future[Any], job_id: str) -> None:
+    """Wait for a status write sent ahead; its failure only costs a status the outcome replaces."""
+    try:
+        await write
+    except Exception as e:
+        logger.warning("job %s: running status not written: %s", job_id, e)

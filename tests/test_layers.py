@@ -1,0 +1,46 @@
+"""The architecture as rules a tool checks: import-linter's contracts in pyproject.toml (docs/DESIGN.md)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
+    """Run `lint-imports` on `project` (a folder holding pyproject.toml and naq_ipy/)."""
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=project, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(project)})
+
+
+def test_contracts_are_kept() -> None:
+    done = lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "contract"), [
+    ("rules/times.py", "import naq_ipy.wire.settings", "Pure rules import nothing"),
+    ("worker/runner.py", "import naq_ipy.cli.main", "Nothing below the face"),
+    ("status/waiting.py", "import IPython", "Nothing below the face"),
+    ("wire/connection.py", "import naq_ipy.client.queue", "Layers point one way"),
+])
+def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    shutil.copytree(ROOT / "naq_ipy", tmp_path / "naq_ipy", ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "naq_ipy" / module
+    target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode != 0
+    assert f"{contract}" in done.stdout and "BROKEN" in done.stdout
+
+
+def test_the_package_root_holds_few_modules() -> None:
+    modules = sorted(path.name for path in (ROOT / "naq_ipy").glob("*.py"))
+    assert len(modules) <= 15, modules
