@@ -3,6 +3,8 @@
 Wire format: `NAQJ` + a version byte + a 4-byte header length + a JSON header (every
 option, readable without unpickling) + a cloudpickle of `(function, args, kwargs)`.
 A worker can read, check and record a job's header without executing any pickle.
+A data-sized call keeps its large parts in the payload store: the header's `payload` spec
+names them by digest (inside the signed bytes), see naq_ipy.client.offload.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import cloudpickle
 
+from naq_ipy.client.offload import Loaded, Packer, spec_bytes
 from naq_ipy.client.pickling import PickledOnce, pickle_call, shared_pickle
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.rules.retry import RetryDelay, retry_delay_from_json, retry_delay_to_json, validate_retry_delay
@@ -93,6 +96,7 @@ class Job:
     func_name: str = ""
     schedule_key: str | None = None
     url: str | ConnectionSettings | None = field(default=None, repr=False, compare=False)
+    payload_bytes: int = field(default=0, repr=False, compare=False)  # of the call, in the payload store
 
     def __post_init__(self) -> None:
         if not callable(self.function):
@@ -124,16 +128,30 @@ class Job:
             "schedule_key": self.schedule_key,
         }
 
-    def serialize(self) -> bytes:
-        """The job as bytes for the wire; raises SerializationError naming what cannot be pickled."""
-        return self._serialize_call(self.function)
+    def serialize(self, packer: Packer | None = None) -> bytes:
+        """The job as bytes for the wire; raises SerializationError naming what cannot be pickled.
 
-    def _serialize_call(self, function: Any) -> bytes:
+        With a `packer`, a call above the payload threshold keeps its large parts there (to upload).
+        """
+        return self._serialize_call(self.function, packer)
+
+    def _serialize_call(self, function: Any, packer: Packer | None = None) -> bytes:
+        spec = None
         try:
-            body = pickle_call(function, self.args, self.kwargs)
+            if packer is None:
+                body = pickle_call(function, self.args, self.kwargs)
+            else:
+                packed = packer.pack(lambda buffers: pickle_call(function, self.args, self.kwargs, buffers),
+                                     f"the call of job {self.job_id} ({self.func_name})")
+                body, spec = packed.body, packed.spec
+        except SerializationError:
+            raise
         except Exception as e:
             raise SerializationError(f"cannot pickle {self._unpicklable_part()}: {e}") from e
-        header = self._header_bytes()
+        if spec is None:
+            header = self._header_bytes()
+        else:
+            header = _HEADER_JSON.encode({**self.header(), "payload": spec}).encode()
         return _PREFIX.pack(MAGIC, WIRE_VERSION, len(header)) + header + body
 
     def _header_bytes(self) -> bytes:
@@ -171,19 +189,23 @@ class Job:
         return "the job"
 
     @classmethod
-    def deserialize(cls, data: bytes) -> Job:
-        """Rebuild a Job from `serialize()` bytes; SerializationError for anything else."""
+    def deserialize(cls, data: bytes, loaded: Loaded | None = None) -> Job:
+        """Rebuild a Job from `serialize()` bytes (and its payload, `loaded`); SerializationError for anything else."""
         header, body = read_header(data)
+        if header.get("payload") is not None and loaded is None:
+            raise SerializationError(f"job {header.get('job_id')!r}: its payload was not read")
         try:
-            function, args, kwargs = pickle.loads(body)
+            function, args, kwargs = loaded.loads(body) if loaded is not None else pickle.loads(body)
         except Exception as e:
             raise SerializationError(f"job {header.get('job_id')!r}: cannot unpickle its call: {e}") from e
-        return cls.from_header(header, function, args, kwargs)
+        job = cls.from_header(header, function, args, kwargs)
+        job.payload_bytes = spec_bytes(header.get("payload"))
+        return job
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], function: Callable[..., Any], args: Any, kwargs: Any) -> Job:
         """A Job from a parsed header and its unpickled call."""
-        known = {f.name for f in fields(cls)} - {"function", "args", "kwargs", "url"}
+        known = {f.name for f in fields(cls)} - {"function", "args", "kwargs", "url", "payload_bytes"}
         values = {k: v for k, v in header.items() if k in known}
         try:  # the header comes off the wire: any bad value is an unreadable job, never a crash
             _check_header_types(values)
@@ -252,7 +274,7 @@ class Job:
         return run_sync(self.status())
 
 
-def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
+def serialize_many(jobs: Sequence[Job], packer: Packer | None = None) -> list[bytes]:
     """`[job.serialize() for job in jobs]`, but a function shared by several jobs is pickled once.
 
     A notebook function travels by value, which costs several times the rest of a job. The wire
@@ -267,7 +289,7 @@ def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
         if counts[key] > 1 and key not in shared:
             shared[key] = shared_pickle(job.function)
         once = shared.get(key)
-        out.append(job._serialize_call(once) if once is not None else job.serialize())
+        out.append(job._serialize_call(once if once is not None else job.function, packer))
     return out
 
 
@@ -294,6 +316,12 @@ def rewrite_header(data: bytes, **changes: Any) -> bytes:
     return _PREFIX.pack(MAGIC, WIRE_VERSION, len(encoded)) + encoded + body
 
 
+def _body_stored(header: Mapping[str, Any]) -> bool:
+    """Whether the job's pickle stream itself is in the payload store (its message then ends with the header)."""
+    spec = header.get("payload")
+    return isinstance(spec, dict) and spec.get("body") is not None
+
+
 def read_header(data: bytes) -> tuple[dict[str, Any], bytes]:
     """Split wire bytes into (header dict, pickled call) without unpickling anything."""
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) < _PREFIX.size:
@@ -308,6 +336,6 @@ def read_header(data: bytes) -> tuple[dict[str, Any], bytes]:
         header = json.loads(bytes(data[_PREFIX.size:end]))
     except ValueError as e:
         raise SerializationError(f"not a naq job: unreadable header ({e})") from e
-    if not isinstance(header, dict) or len(data) <= end:
+    if not isinstance(header, dict) or (len(data) <= end and not _body_stored(header)):
         raise SerializationError("not a naq job: truncated")
     return header, bytes(data[end:])

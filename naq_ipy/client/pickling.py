@@ -19,6 +19,7 @@ import pickle
 import sys
 import types
 import weakref
+from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
@@ -44,25 +45,58 @@ class PickledOnce:
         return pickle.loads, (self.data,)
 
 
-def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def pickle_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
     """Pickle `(function, args, kwargs)`; the bytes unpickle the same whichever path made them.
 
-    A notebook function that did not change since its last job is not pickled again.
+    A notebook function that did not change since its last job is not pickled again. With
+    `buffers`, large buffers (numpy, pandas, Arrow data) are left out of band and appended there.
     """
+    dump = _dumper(buffers)
     if isinstance(function, types.FunctionType) and not by_reference(function):
         pickled = _cached(function)
         if pickled is None:  # by value, and not cacheable: all of it through cloudpickle
-            return cloudpickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            return dump(cloudpickle.dumps, (function, args, kwargs))
         function = pickled
     call = (function, args, kwargs)
     try:
-        data = pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+        data = dump(pickle.dumps, call)
     except Exception:  # a lambda, a local class, a lock: cloudpickle pickles it or names the culprit
-        return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+        return dump(cloudpickle.dumps, call)
     known = function.mentions if isinstance(function, PickledOnce) else 0
     if _mentions(data) > known:  # C pickle referred to the notebook's objects by name: send them by value
-        return cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+        return dump(cloudpickle.dumps, call)
     return data
+
+
+def dumps_value(value: Any, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
+    """cloudpickle `value` (a result); with `buffers`, large buffers are left out of band and appended there."""
+    return _dumper(buffers)(cloudpickle.dumps, value)
+
+
+def _dumper(buffers: list[pickle.PickleBuffer] | None) -> Callable[[Callable[..., bytes], Any], bytes]:
+    if buffers is None:
+        return lambda dumps, value: dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def dump(dumps: Callable[..., bytes], value: Any) -> bytes:
+        buffers.clear()  # an attempt that failed half-way may have collected some
+        return dumps(value, protocol=5, buffer_callback=_out_of_band(buffers))
+    return dump
+
+
+OUT_OF_BAND_MIN_BYTES = 64 * 1024  # smaller buffers stay inside the pickle stream
+
+
+def _out_of_band(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuffer], bool]:
+    def callback(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            if buffer.raw().nbytes < OUT_OF_BAND_MIN_BYTES:
+                return True  # true means: in band
+        except BufferError:  # not contiguous: pickle copies it in band
+            return True
+        buffers.append(buffer)
+        return False
+    return callback
 
 
 def shared_pickle(function: Any) -> PickledOnce | None:

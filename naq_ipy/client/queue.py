@@ -18,12 +18,15 @@ import nats.js.errors
 
 from naq_ipy.client.bridge import sync_twin
 from naq_ipy.client.job import JOB_OPTIONS, Job, serialize_many
+from naq_ipy.client.offload import Packer
 from naq_ipy.errors import ConfigurationError, RefusedError
 from naq_ipy.rules.times import parse_duration, to_timestamp
 from naq_ipy.schedules.fires import next_regular_run
 from naq_ipy.schedules.record import ScheduledJob, first_run_utc, validate_timing
 from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.status.payload_sweep import drop_payloads, queued_job_datas
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
+from naq_ipy.wire.payloads import stored_bytes
 from naq_ipy.wire.publish import publish_many
 from naq_ipy.wire.settings import (
     DEFAULT_QUEUE_NAME,
@@ -104,8 +107,10 @@ class Queue:
 
     async def enqueue_job(self, job: Job) -> Job:
         """Publish a prepared Job (one round trip); its id is the message id, so a retry is deduplicated."""
-        data = job.serialize()
+        packer = Packer(self.settings)
+        data = job.serialize(packer)
         conn = await self._connection()
+        await packer.upload(conn)
         try:
             await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id,
                           headers=signed_headers(self.settings, data))
@@ -135,11 +140,14 @@ class Queue:
                 jobs.append(template.for_call(call[0], call[1], call[2] if len(call) > 2 else None,
                                               job_id=template.job_id if "job_id" in options else None))
         subjects = {name: queue_subject(name) for name in {job.queue_name for job in jobs}}
-        datas = serialize_many(jobs)
+        packer = Packer(self.settings)
+        datas = serialize_many(jobs, packer)
         messages = [(subjects[job.queue_name], data, job.job_id, signed_headers(self.settings, data))
                     for job, data in zip(jobs, datas, strict=True)]
+        conn = await self._connection()
+        await packer.upload(conn)
         try:
-            await publish_many(await self._connection(), messages)
+            await publish_many(conn, messages)
         except RefusedError as e:
             refused = [jobs[i] for i in e.refused]
             raise RefusedError(f"{e}; the other {len(jobs) - len(refused)} jobs are queued, the refused ones "
@@ -199,14 +207,16 @@ class Queue:
         return stored, created
 
     async def purge(self) -> int:
-        """Remove every waiting job of this queue; returns how many messages were removed."""
+        """Remove every waiting job of this queue (and payloads only they used); returns how many were removed."""
         conn = await self._connection()
+        with_payloads = await queued_job_datas(conn, self.subject) if await stored_bytes(conn) else []
         request = json.dumps({"filter": self.subject}).encode()
         async with nats_errors(self.settings):
             reply = await conn.nc.request(f"$JS.API.STREAM.PURGE.{self.stream_name}", request, timeout=5)
         answer = json.loads(reply.data)
         if "error" in answer:
             raise ConfigurationError(f"purge of {self.name!r} refused: {answer['error'].get('description')}")
+        await drop_payloads(conn, with_payloads)
         return int(answer.get("purged", 0))
 
     async def get_scheduled_job(self, job_id: str) -> ScheduledJob:

@@ -159,12 +159,13 @@ _RECORD_FIELDS = frozenset(f.name for f in fields(ScheduledJob))
 def new_record(
     job: Job, *, key: str, schedule_type: str, next_run_utc: float, cron: str | None = None,
     tz: str | None = None, interval_s: float | None = None, repeat: int | None = None,
-    misfire: str = "once", paused: bool = False,
+    misfire: str = "once", paused: bool = False, job_data: bytes | None = None,
 ) -> ScheduledJob:
-    """A fresh record for `job` (serializes it: unpicklable input fails here, before any write)."""
+    """A fresh record for `job` (serializes it unless given `job_data`: unpicklable input fails before any write)."""
     return ScheduledJob(
         key=key, job_id=job.job_id, queue_name=job.queue_name, func_name=job.func_name,
-        job_data=job.serialize(), schedule_type=schedule_type, next_run_utc=next_run_utc, cron=cron, tz=tz,
+        job_data=job.serialize() if job_data is None else job_data, schedule_type=schedule_type,
+        next_run_utc=next_run_utc, cron=cron, tz=tz,
         interval_s=interval_s, repeat=repeat, misfire=misfire,
         status=SCHEDULED_JOB_STATUS_PAUSED if paused else SCHEDULED_JOB_STATUS_ACTIVE,
     )

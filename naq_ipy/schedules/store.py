@@ -11,6 +11,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from naq_ipy.client.job import Job
+from naq_ipy.client.offload import Packer
 from naq_ipy.errors import ConfigurationError, ConflictError, JobNotFoundError, SerializationError
 from naq_ipy.schedules.changes import apply_updates
 from naq_ipy.schedules.record import (
@@ -137,9 +138,11 @@ class ScheduledJobManager:
         kind = "once"
         if cron is not None or interval_seconds is not None:
             kind = validate_timing(cron=cron, interval_s=interval_seconds, tz=tz, repeat=repeat, misfire=misfire)
+        packer = Packer(self.settings)  # captured values above the payload threshold go to the payload store
         record = new_record(job, key=key or job.job_id, schedule_type=kind, next_run_utc=scheduled_timestamp,
                             cron=cron, tz=tz, interval_s=interval_seconds, repeat=validate_repeat(repeat),
-                            misfire=validate_misfire(misfire), paused=paused)
+                            misfire=validate_misfire(misfire), paused=paused, job_data=job.serialize(packer))
+        await packer.upload(await get_connection(self.settings))
         return await self.store(record)
 
     async def cancel_job(self, job_id: str) -> bool:

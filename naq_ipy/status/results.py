@@ -2,7 +2,8 @@
 
 A small result (up to `INLINE_RESULT_MAX` bytes pickled) travels inside the `finished` status
 record itself, so a job's outcome is one KV write and one read; larger ones go to `naq_results`
-first. A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
+first; a data-sized one keeps its large parts in the payload store (`result_payload` names them,
+see naq_ipy.client.offload). A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
 in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
 """
 
@@ -16,10 +17,11 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-import cloudpickle
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from naq_ipy.client.offload import Packed, Packer, load
+from naq_ipy.client.pickling import dumps_value
 from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError
 from naq_ipy.wire.connection import Connection, get_connection, kv_put, nats_errors
 from naq_ipy.wire.settings import (
@@ -62,6 +64,9 @@ class JobStatus:
     worker_id: str | None = None
     schedule_key: str | None = None
     result_inline: str | None = field(default=None, repr=False)
+    result_payload: dict[str, Any] | None = field(default=None, repr=False)  # objects of a data-sized result
+    args_bytes: int | None = None  # of the call, in the payload store
+    result_bytes: int | None = None  # of the result, in the payload store
     updated_at: float = 0.0
     revision: int = 0
 
@@ -102,18 +107,14 @@ async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None 
     return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(), ttl_s)
 
 
-def encode_result(conn: Connection, job_id: str, value: Any) -> bytes:
-    """Pickle a result; SerializationError if it cannot be pickled or is too large for the KV store."""
+def encode_result(conn: Connection, job_id: str, value: Any) -> Packed:
+    """Pickle a result (large buffers out of band); SerializationError if it cannot be pickled or is over the cap."""
     try:
-        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return Packer(conn.settings).pack(lambda buffers: dumps_value(value, buffers), f"the result of job {job_id}")
+    except SerializationError:
+        raise
     except Exception as e:
         raise SerializationError(f"result of job {job_id} cannot be pickled: {e}") from e
-    if len(data) > conn.max_payload - 1024:
-        raise SerializationError(
-            f"result of job {job_id} is {len(data):,} bytes, too large for the result store "
-            f"(max {conn.max_payload - 1024:,} bytes)"
-        )
-    return data
 
 
 async def write_result(conn: Connection, job_id: str, data: bytes,
@@ -122,9 +123,13 @@ async def write_result(conn: Connection, job_id: str, data: bytes,
     return await kv_put(conn, RESULTS_KV_NAME, job_id, data, ttl_s)
 
 
-async def write_outcome(conn: Connection, status: JobStatus, data: bytes,
+async def write_outcome(conn: Connection, status: JobStatus, result: bytes | Packed,
                         ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> JobStatus:
     """Store a finished job's result and status: inline when small, else the result first, then the status."""
+    data = result.body if isinstance(result, Packed) else result
+    if isinstance(result, Packed) and result.spec is not None and result.packer is not None:
+        await result.packer.upload(conn, keep_s=ttl_s or DEFAULT_RESULT_TTL_S)
+        status = status.evolve(result_payload=result.spec, result_bytes=result.stored_bytes)
     if len(data) <= INLINE_RESULT_MAX:
         status = status.evolve(result_inline=base64.b64encode(data).decode())
     else:
@@ -174,7 +179,11 @@ async def _read_result(conn: Connection, status: JobStatus) -> Any:
             raise JobNotFoundError(f"result of job {status.job_id} has expired or was never stored")
         data = found[0]
     try:
+        if status.result_payload is not None:
+            return (await load(conn, status.result_payload, shared=False)).loads(data)
         return pickle.loads(data)
+    except SerializationError:
+        raise
     except Exception as e:
         raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
 

@@ -23,6 +23,7 @@ JOB_STATUS_KV_NAME = f"{NAQ_PREFIX}_job_status"
 RESULTS_KV_NAME = f"{NAQ_PREFIX}_results"
 WORKERS_KV_NAME = f"{NAQ_PREFIX}_workers"
 SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
+PAYLOAD_BUCKET_NAME = f"{NAQ_PREFIX}_payloads"  # Object Store of large arguments and results, see naq_ipy.wire.payloads
 WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
 SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.wire.signing
 
@@ -33,6 +34,9 @@ JOB_SERIALIZER = "cloudpickle"
 DEFAULT_CONNECT_TIMEOUT_S = 3.0
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600.0
 DUPLICATE_WINDOW_S = 600.0
+DEFAULT_PAYLOAD_THRESHOLD_BYTES = 256 * 1024  # pickled calls and results above this go to the payload store
+DEFAULT_PAYLOAD_MAX_BYTES = 4 * 2**30  # the largest value a job may pass or return
+DEFAULT_PAYLOAD_CACHE_BYTES = 2**30  # per process: payloads read once, reused by the next jobs
 
 _QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_=-][A-Za-z0-9_=.-]{0,199}$")
@@ -107,6 +111,9 @@ class ConnectionSettings:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     replicas: int = 1
     signing_keys: tuple[str, ...] = field(default=(), repr=False)  # job HMAC keys: the first signs, any verifies
+    payload_threshold_bytes: int = DEFAULT_PAYLOAD_THRESHOLD_BYTES  # larger pickles go to the Object Store
+    payload_max_bytes: int = DEFAULT_PAYLOAD_MAX_BYTES  # larger arguments or results are refused
+    payload_cache_bytes: int = DEFAULT_PAYLOAD_CACHE_BYTES  # payloads a process keeps after reading them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signing_keys", parse_signing_keys(self.signing_keys))
@@ -119,6 +126,7 @@ class ConnectionSettings:
         `NAQ_CREDS`, `NAQ_TLS_CA`, `NAQ_TLS_CERT`, `NAQ_TLS_KEY`, `NAQ_REPLICAS`,
         `NAQ_CONNECT_TIMEOUT`). Job signing keys: `signing_key=` (a key or a list) or env
         `NAQ_SIGNING_KEYS` (comma-separated: the first signs, any verifies) / `NAQ_SIGNING_KEY`.
+        Payloads: `NAQ_PAYLOAD_THRESHOLD`, `NAQ_PAYLOAD_MAX`, `NAQ_PAYLOAD_CACHE` (bytes).
         """
         if isinstance(url, ConnectionSettings):
             return url
@@ -135,6 +143,9 @@ class ConnectionSettings:
             "connect_timeout_s": _env_float("NAQ_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
             "replicas": int(_env_float("NAQ_REPLICAS", 1)),
             "signing_keys": env.get("NAQ_SIGNING_KEYS") or env.get("NAQ_SIGNING_KEY") or (),
+            "payload_threshold_bytes": int(_env_float("NAQ_PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD_BYTES)),
+            "payload_max_bytes": int(_env_float("NAQ_PAYLOAD_MAX", DEFAULT_PAYLOAD_MAX_BYTES)),
+            "payload_cache_bytes": int(_env_float("NAQ_PAYLOAD_CACHE", DEFAULT_PAYLOAD_CACHE_BYTES)),
         }
         if "signing_key" in overrides:
             overrides["signing_keys"] = overrides.pop("signing_key")

@@ -29,7 +29,8 @@ from typing import Any
 
 import cloudpickle
 
-from naq_ipy.client.job import Job
+from naq_ipy.client.job import Job, read_header
+from naq_ipy.client.offload import load_call_sync
 from naq_ipy.errors import SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
 from naq_ipy.wire.settings import ConnectionSettings
@@ -90,7 +91,7 @@ def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None) -> 
     `progress_to`: the server the job's `progress` calls are written to from this process.
     """
     try:
-        job = Job.deserialize(data)
+        job = Job.deserialize(data, load_call_sync(progress_to or ConnectionSettings.resolve(), read_header(data)[0]))
         with child_reporting(job.job_id, progress_to):
             value = job.function(*job.args, **job.kwargs)
     except (Exception, SystemExit) as e:

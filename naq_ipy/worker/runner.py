@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from naq_ipy.client.job import Job, read_header
+from naq_ipy.client.offload import load_call
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, SerializationError
 from naq_ipy.rules.retry import retry_delay_s
 from naq_ipy.status import results
@@ -188,7 +189,7 @@ class JobRunner:
         try:
             header, _ = read_header(msg.data)
             delivery.job_id = _valid_id(header.get("job_id"))
-            job = Job.deserialize(msg.data)
+            job = Job.deserialize(msg.data, await load_call(self.conn, header))
         except SerializationError as e:
             await self._reject(delivery, str(e))
             return None
@@ -248,7 +249,8 @@ class JobRunner:
     def _status(self, job: Job, state: str, attempt: int, **changes: Any) -> JobStatus:
         return JobStatus(job_id=job.job_id, status=state, queue_name=job.queue_name, func_name=job.func_name,
                          enqueue_time=job.enqueue_time, schedule_key=job.schedule_key, attempts=attempt,
-                         worker_id=self.worker_id, updated_at=time.time(), **changes)
+                         worker_id=self.worker_id, updated_at=time.time(), args_bytes=job.payload_bytes or None,
+                         **changes)
 
     async def _execute(self, delivery: Delivery, job: Job) -> asyncio.Future[Any] | None:
         """Run the job and record its outcome; returns the future of a thread that overran, if any."""

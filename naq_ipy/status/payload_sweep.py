@@ -1,0 +1,140 @@
+"""How long a payload lives: the sweep, and dropping the payloads of purged or cancelled jobs.
+
+An object is kept while anything may need it:
+- until its `Naq-Keep-Until` (an argument: an hour after its last upload, which covers the time
+  between upload and publish; a result: its job's result TTL, like the status record naming it);
+- while a message of `naq_jobs` refers to it (queued, delayed by a nak, retrying, waiting for its
+  dependencies, running: a message leaves the work-queue stream only when acked);
+- while a failed job kept in `naq_failed_jobs` (it can be requeued) or a schedule of
+  `naq_scheduled_jobs` (active or paused, its captured values) refers to it.
+The sweep (`sweep_payloads`, run by the scheduler every `SWEEP_INTERVAL_S`) deletes every other
+object, and chunks no meta points at (a writer that died mid-write) once they are an hour old.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import nats.js.errors
+
+from naq_ipy.client.job import read_header
+from naq_ipy.client.offload import ARGS_KEEP_S, spec_refs
+from naq_ipy.errors import NaqException
+from naq_ipy.schedules.record import ScheduledJob
+from naq_ipy.wire import payloads
+from naq_ipy.wire.connection import Connection, nats_errors
+from naq_ipy.wire.settings import (
+    FAILED_STREAM_NAME,
+    JOB_STREAM_NAME,
+    PAYLOAD_BUCKET_NAME,
+    SCHEDULED_JOBS_KV_NAME,
+)
+
+logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 600.0
+ORPHAN_CHUNKS_AGE_S = 3600.0  # chunks without meta this old belong to a writer that died
+RECENT_UPLOAD_S = 60.0  # `drop_payloads` spares objects uploaded again this recently (a new job is on its way)
+
+
+async def _stream_datas(conn: Connection, stream: str, subject: str) -> AsyncIterator[bytes]:
+    """The data of every message on `subject` in `stream`, read by sequence (no consumer: work-queue safe)."""
+    try:
+        async with nats_errors(conn.settings):
+            info = await conn.js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return
+    seq, last = info.state.first_seq, info.state.last_seq
+    while info.state.messages and seq <= last:
+        try:
+            async with nats_errors(conn.settings):
+                msg = await conn.js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return
+        yield msg.data or b""
+        seq = (msg.seq or seq) + 1
+
+
+def job_payload_names(data: bytes) -> set[str]:
+    """The objects job bytes refer to (none for unreadable bytes)."""
+    try:
+        header, _ = read_header(data)
+        return {ref.name for ref in spec_refs(header.get("payload"))}
+    except NaqException:
+        return set()
+
+
+async def referenced_payloads(conn: Connection, subject: str = "naq.queue.>") -> set[str]:
+    """Objects that jobs in the stream, failed jobs or schedules refer to."""
+    used: set[str] = set()
+    async for data in _stream_datas(conn, JOB_STREAM_NAME, subject):
+        used |= job_payload_names(data)
+    async for data in _stream_datas(conn, FAILED_STREAM_NAME, ">"):
+        used |= job_payload_names(data)
+    async for data in _stream_datas(conn, f"KV_{SCHEDULED_JOBS_KV_NAME}", ">"):
+        try:
+            used |= job_payload_names(ScheduledJob.from_bytes(data).job_data)
+        except NaqException:
+            continue  # a delete marker, or a record no one can fire
+    return used
+
+
+async def sweep_payloads(conn: Connection, now: float | None = None) -> list[str]:
+    """Delete objects past their keep-until that nothing refers to, and old orphan chunks; the names deleted."""
+    now = time.time() if now is None else now
+    objects = await payloads.list_objects(conn)
+    expired = {name for name, meta in objects.items() if payloads.keep_until(meta) <= now}
+    removed: list[str] = []
+    if expired:
+        for name in sorted(expired - await referenced_payloads(conn)):
+            meta = await payloads.read_meta(conn, name)  # again: a client may have uploaded it anew meanwhile
+            if meta is not None and payloads.keep_until(meta) <= now and await payloads.delete(conn, name):
+                removed.append(name)
+    await _purge_orphan_chunks(conn, {str(meta.get("nuid")) for meta in objects.values()}, now)
+    if removed:
+        logger.info("payload sweep removed %d object(s)", len(removed))
+    return removed
+
+
+async def _purge_orphan_chunks(conn: Connection, live_nuids: set[str], now: float) -> None:
+    prefix = f"$O.{PAYLOAD_BUCKET_NAME}.C."
+    async with nats_errors(conn.settings):
+        info = await conn.js.stream_info(payloads.STREAM_NAME, subjects_filter=f"{prefix}>")
+    for subject in info.state.subjects or {}:
+        if subject[len(prefix):] in live_nuids:
+            continue
+        try:
+            async with nats_errors(conn.settings):
+                last = await conn.js.get_msg(payloads.STREAM_NAME, subject=subject)
+        except nats.js.errors.NotFoundError:
+            continue
+        if last.time is not None and last.time.timestamp() < now - ORPHAN_CHUNKS_AGE_S:
+            async with nats_errors(conn.settings):
+                await conn.js.purge_stream(payloads.STREAM_NAME, subject=subject)
+            logger.info("payload sweep purged orphan chunks %s", subject)
+
+
+async def drop_payloads(conn: Connection, job_datas: Iterable[bytes], now: float | None = None) -> list[str]:
+    """Delete the objects of jobs just purged or cancelled (their bytes) that nothing else refers to.
+
+    An object uploaded again in the last `RECENT_UPLOAD_S` is spared: a new job sharing it may be
+    on its way; the sweep takes it later if not.
+    """
+    names = set().union(*map(job_payload_names, job_datas))
+    if not names:
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for name in sorted(names - await referenced_payloads(conn)):
+        meta = await payloads.read_meta(conn, name)
+        if meta is not None and payloads.keep_until(meta) <= now + ARGS_KEEP_S - RECENT_UPLOAD_S \
+                and await payloads.delete(conn, name):
+            removed.append(name)
+    return removed
+
+
+async def queued_job_datas(conn: Connection, subject: str) -> list[bytes]:
+    """The bytes of the jobs waiting on `subject` that carry a payload (read before a purge)."""
+    return [data async for data in _stream_datas(conn, JOB_STREAM_NAME, subject) if job_payload_names(data)]

@@ -1,0 +1,316 @@
+"""Large values in the JetStream Object Store `naq_payloads`: content-addressed, streamed, verified.
+
+An object is named by its content, `sha256-<hex>`, so a value stored by many jobs exists once.
+The layout is the NATS Object Store's own (chunks of 128 KiB on `$O.<bucket>.C.<nuid>`, a JSON
+meta message on `$O.<bucket>.M.<base64 name>`), so `nats object` tools read it, but both ways
+are done here: a write pipelines its chunks straight from the caller's memory (no joined copy),
+a read takes them with one ordered consumer into a preallocated buffer (nats-py's `get` grows a
+bytes object and is quadratic). Every read checks size and digest before anything uses it.
+
+The meta carries `Naq-Keep-Until` (unix seconds): the sweep (naq_ipy.status.payload_sweep)
+never removes an object before that, and never one a queued job or a schedule refers to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from naq_ipy.errors import NaqConnectionError, SerializationError
+from naq_ipy.wire.connection import Connection, nats_errors, publish
+from naq_ipy.wire.publish import publish_many
+from naq_ipy.wire.settings import PAYLOAD_BUCKET_NAME
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 128 * 1024
+NAME_PREFIX = "sha256-"
+KEEP_UNTIL_HEADER = "Naq-Keep-Until"
+STREAM_NAME = f"OBJ_{PAYLOAD_BUCKET_NAME}"
+_READ_MIN_RATE = 20 * 2**20  # bytes/s a read may not fall below before it times out
+_HASH_INLINE_MAX = 2**20  # hash larger buffers in a thread, off the event loop
+
+
+@dataclass(frozen=True)
+class PayloadRef:
+    """One stored object: its name `sha256-<hex>` (the digest) and size in bytes."""
+
+    name: str
+    size: int
+
+    @property
+    def digest(self) -> str:
+        return self.name.removeprefix(NAME_PREFIX)
+
+    def to_json(self) -> list[object]:
+        return [self.name, self.size]
+
+    @classmethod
+    def from_json(cls, value: object) -> PayloadRef:
+        """A ref from its JSON form `[name, size]`; SerializationError for anything else."""
+        if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)
+                or not value[0].startswith(NAME_PREFIX) or len(value[0]) != len(NAME_PREFIX) + 64
+                or not isinstance(value[1], int) or isinstance(value[1], bool) or value[1] < 0):
+            raise SerializationError(f"invalid payload reference {value!r}")
+        return cls(value[0], value[1])
+
+
+async def digest_of(view: memoryview) -> str:
+    """The hex SHA-256 of `view` (hashed in a thread when large: hashlib releases the GIL)."""
+    if view.nbytes <= _HASH_INLINE_MAX:
+        return hashlib.sha256(view).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(view).hexdigest())
+
+
+def _meta_subject(name: str) -> str:
+    return f"$O.{PAYLOAD_BUCKET_NAME}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+def _chunk_subject(nuid: str) -> str:
+    return f"$O.{PAYLOAD_BUCKET_NAME}.C.{nuid}"
+
+
+async def ensure_bucket(conn: Connection) -> None:
+    """Create the payload bucket if missing (an existing one, with its limits, is kept as it is)."""
+    if STREAM_NAME in conn._streams:
+        return
+    async with nats_errors(conn.settings):
+        try:
+            await conn.js.stream_info(STREAM_NAME)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently: fine
+                await conn.js.create_object_store(PAYLOAD_BUCKET_NAME, config=api.ObjectStoreConfig(
+                    description="naq job arguments and results",
+                    storage=api.StorageType.FILE, replicas=conn.settings.replicas))
+    conn._streams.add(STREAM_NAME)
+
+
+async def read_meta(conn: Connection, name: str) -> dict[str, object] | None:
+    """The object's meta record, None if there is none (or it was deleted)."""
+    await ensure_bucket(conn)
+    try:
+        async with nats_errors(conn.settings):
+            msg = await conn.js.get_msg(STREAM_NAME, subject=_meta_subject(name))
+    except nats.js.errors.NotFoundError:
+        return None
+    try:
+        meta = json.loads(msg.data or b"{}")
+    except ValueError:
+        return None
+    return None if not isinstance(meta, dict) or meta.get("deleted") else meta
+
+
+def keep_until(meta: dict[str, object]) -> float:
+    """Unix seconds before which the sweep keeps this object (0 when unknown)."""
+    headers = meta.get("headers")
+    values = headers.get(KEEP_UNTIL_HEADER) if isinstance(headers, dict) else None
+    try:
+        return float(values[0]) if isinstance(values, list) and values else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _meta(ref: PayloadRef, nuid: str, chunks: int, until: float) -> dict[str, object]:
+    digest = base64.urlsafe_b64encode(bytes.fromhex(ref.digest)).decode()
+    return {"name": ref.name, "bucket": PAYLOAD_BUCKET_NAME, "nuid": nuid, "size": ref.size, "chunks": chunks,
+            "mtime": datetime.now(UTC).isoformat(), "digest": f"SHA-256={digest}",
+            "headers": {KEEP_UNTIL_HEADER: [f"{until:.3f}"]}, "options": {"max_chunk_size": CHUNK_BYTES}}
+
+
+async def _write_meta(conn: Connection, name: str, meta: dict[str, object]) -> None:
+    await publish(conn, _meta_subject(name), json.dumps(meta).encode(), headers={"Nats-Rollup": "sub"})
+
+
+async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: float) -> bool:
+    """Store `view` as `ref` unless it exists (then only its keep-until is extended); True if written.
+
+    On any failure (a full store is RefusedError) the chunks written so far are purged: no
+    partial object is left, and none is ever visible, since the meta is written last.
+    """
+    until = time.time() + keep_s
+    meta = await read_meta(conn, ref.name)
+    if meta is not None and meta.get("size") == ref.size:
+        if keep_until(meta) < until:
+            headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
+            await _write_meta(conn, ref.name, {**meta, "headers": {**headers, KEEP_UNTIL_HEADER: [f"{until:.3f}"]},
+                                               "mtime": datetime.now(UTC).isoformat()})
+        return False
+    nuid = os.urandom(11).hex()
+    subject = _chunk_subject(nuid)
+    chunks = [(subject, view[i:i + CHUNK_BYTES], None, None) for i in range(0, ref.size, CHUNK_BYTES)]
+    try:
+        await publish_many(conn, chunks)  # type: ignore[arg-type]  # memoryview slices: no copies
+        await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), until))
+    except BaseException:
+        await asyncio.shield(_purge_subject(conn, subject))
+        raise
+    logger.debug("stored payload %s (%d bytes)", ref.name, ref.size)
+    return True
+
+
+async def _purge_subject(conn: Connection, subject: str) -> None:
+    try:
+        async with nats_errors(conn.settings):
+            await conn.js.purge_stream(STREAM_NAME, subject=subject)
+    except Exception as e:  # the chunks stay unreachable (no meta points at them); the sweep drops them
+        logger.warning("payload chunks %s not purged: %s", subject, e)
+
+
+async def fetch(conn: Connection, ref: PayloadRef) -> bytearray:
+    """The object's bytes, read into one preallocated buffer; SerializationError if missing or corrupt."""
+    meta = await read_meta(conn, ref.name)
+    if meta is None:
+        raise SerializationError(f"payload {ref.name} ({ref.size:,} bytes) is missing from the store")
+    nuid, chunks = meta.get("nuid"), meta.get("chunks")
+    if meta.get("size") != ref.size or not isinstance(nuid, str) or not isinstance(chunks, int):
+        raise SerializationError(f"payload {ref.name}: stored size {meta.get('size')} is not {ref.size}")
+    buf = bytearray(ref.size)
+    if ref.size:
+        digest = await _read_chunks(conn, _chunk_subject(nuid), memoryview(buf), chunks)
+    else:
+        digest = hashlib.sha256().hexdigest()
+    if digest != ref.digest:
+        raise SerializationError(f"payload {ref.name} is corrupt: its content has digest sha256-{digest}")
+    return buf
+
+
+async def _read_chunks(conn: Connection, subject: str, view: memoryview, chunks: int) -> str:
+    """Copy the chunks on `subject` into `view` in order; the hex SHA-256 of what was read."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    sha = hashlib.sha256()
+    state = {"pos": 0, "count": 0}
+
+    async def on_chunk(msg: Msg) -> None:
+        if done.done():
+            return
+        data, pos = msg.data, state["pos"]
+        if pos + len(data) > len(view):
+            done.set_exception(SerializationError(f"payload chunks on {subject} exceed its size"))
+            return
+        view[pos:pos + len(data)] = data
+        sha.update(data)
+        state["pos"], state["count"] = pos + len(data), state["count"] + 1
+        if state["count"] == chunks or msg.metadata.num_pending == 0:
+            done.set_result(None)
+
+    async with nats_errors(conn.settings):
+        sub = await conn.js.subscribe(subject, cb=on_chunk, ordered_consumer=True,
+                                      pending_msgs_limit=-1, pending_bytes_limit=-1)
+    try:
+        await asyncio.wait_for(done, 10.0 + len(view) / _READ_MIN_RATE)
+    except TimeoutError:
+        raise NaqConnectionError(f"reading payload chunks {subject} timed out "
+                                 f"({state['pos']:,} of {len(view):,} bytes)") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if state["pos"] != len(view) or state["count"] != chunks:
+        raise SerializationError(f"payload chunks on {subject} are incomplete ({state['pos']:,} of "
+                                 f"{len(view):,} bytes)")
+    return sha.hexdigest()
+
+
+async def delete(conn: Connection, name: str) -> bool:
+    """Remove an object (meta tombstone, then its chunks); False if it was not there."""
+    meta = await read_meta(conn, name)
+    if meta is None:
+        return False
+    nuid = meta.get("nuid")
+    await _write_meta(conn, name, {**meta, "deleted": True, "size": 0, "chunks": 0, "digest": ""})
+    if isinstance(nuid, str):
+        await _purge_subject(conn, _chunk_subject(nuid))
+    logger.info("deleted payload %s", name)
+    return True
+
+
+async def list_objects(conn: Connection) -> dict[str, dict[str, object]]:
+    """Every live object's meta record, by name (one pass over the meta subjects)."""
+    await ensure_bucket(conn)
+    found: dict[str, dict[str, object]] = {}
+    async with nats_errors(conn.settings):
+        info = await conn.js.stream_info(STREAM_NAME, subjects_filter=f"$O.{PAYLOAD_BUCKET_NAME}.M.>")
+    subjects = info.state.subjects or {}
+    for subject in subjects:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            async with nats_errors(conn.settings):
+                msg = await conn.js.get_msg(STREAM_NAME, subject=subject)
+            with contextlib.suppress(ValueError):
+                meta = json.loads(msg.data or b"{}")
+                if isinstance(meta, dict) and not meta.get("deleted") and isinstance(meta.get("name"), str):
+                    found[str(meta["name"])] = meta
+    return found
+
+
+async def stored_bytes(conn: Connection) -> int:
+    """Bytes the payload bucket holds right now (0 if it does not exist yet)."""
+    try:
+        async with nats_errors(conn.settings):
+            info = await conn.js.stream_info(STREAM_NAME)
+    except nats.js.errors.NotFoundError:
+        return 0
+    return int(info.state.bytes or 0)
+
+
+class PayloadCache:
+    """Objects read by this process, by name, up to `max_bytes` in total (least recently used go first)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: OrderedDict[str, bytearray] = OrderedDict()
+
+    def get(self, name: str) -> bytearray | None:
+        found = self._items.get(name)
+        if found is not None:
+            self._items.move_to_end(name)
+        return found
+
+    def put(self, name: str, value: bytearray) -> None:
+        if len(value) > self.max_bytes or name in self._items:
+            return
+        self._items[name] = value
+        self.size += len(value)
+        while self.size > self.max_bytes:
+            self.size -= len(self._items.popitem(last=False)[1])
+
+
+_caches: dict[int, PayloadCache] = {}
+_reading: dict[tuple[int, str], asyncio.Future[bytearray]] = {}  # reads in flight, by (loop, name)
+
+
+async def fetch_cached(conn: Connection, ref: PayloadRef) -> bytearray:
+    """`fetch` through this process's cache (bounded by `payload_cache_bytes`); one read per object at a time.
+
+    Callers share the returned buffer: hand it out read-only.
+    """
+    limit = conn.settings.payload_cache_bytes
+    cache = _caches.setdefault(limit, PayloadCache(limit))
+    found = cache.get(ref.name)
+    if found is not None:
+        return found
+    key = (id(asyncio.get_running_loop()), ref.name)
+    pending = _reading.get(key)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future = asyncio.ensure_future(fetch(conn, ref))
+    _reading[key] = future
+    try:
+        value = await asyncio.shield(future)
+    finally:
+        if _reading.get(key) is future:
+            del _reading[key]
+    cache.put(ref.name, value)
+    return value
