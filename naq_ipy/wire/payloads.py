@@ -29,7 +29,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
-from naq_ipy.errors import NaqConnectionError, SerializationError
+from naq_ipy.errors import NaqConnectionError, RefusedError, SerializationError
 from naq_ipy.wire.connection import Connection, nats_errors, publish
 from naq_ipy.wire.publish import publish_many
 from naq_ipy.wire.settings import PAYLOAD_BUCKET_NAME
@@ -154,8 +154,11 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
     try:
         await publish_many(conn, chunks)  # type: ignore[arg-type]  # memoryview slices: no copies
         await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), until))
-    except BaseException:
+    except BaseException as e:
         await asyncio.shield(_purge_subject(conn, subject))
+        if isinstance(e, RefusedError):
+            raise RefusedError(f"the payload store {PAYLOAD_BUCKET_NAME} refused {ref.name} ({ref.size:,} bytes): "
+                               f"{e}") from None
         raise
     logger.debug("stored payload %s (%d bytes)", ref.name, ref.size)
     return True

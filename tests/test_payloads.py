@@ -1,0 +1,247 @@
+"""Data-sized jobs: arguments and results above the payload threshold go through the Object Store.
+
+Real server, real worker processes (or a Worker in the test's loop); the store is read back raw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import time
+from pathlib import Path
+
+import nats.js.errors
+import numpy as np
+import payload_jobs
+import pytest
+import test_worker
+from nats.js import JetStreamContext, api
+from polling import eventually
+from test_worker import Spawn, running_worker
+
+from naq_ipy import Queue, RefusedError, SerializationError
+from naq_ipy.client.job import read_header
+from naq_ipy.client.offload import Packer
+from naq_ipy.schedules.scheduler import run_now
+from naq_ipy.status import results
+from naq_ipy.status.payload_sweep import RECENT_UPLOAD_S, drop_payloads, queued_job_datas, sweep_payloads
+from naq_ipy.status.results import fetch_status
+from naq_ipy.wire import payloads
+from naq_ipy.wire.connection import get_connection
+from naq_ipy.wire.payloads import PayloadRef
+from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.wire.signing import BAD_SIGNATURE, refusal, signed_headers
+
+MB = 1_000_000
+HOUR = 3600.0
+
+url = test_worker.url  # fixtures shared with the worker tests: a clean server; worker processes
+spawn_worker = test_worker.spawn_worker
+
+
+async def objects(url: str) -> dict[str, dict[str, object]]:
+    """Live objects of the payload store, by name."""
+    return await payloads.list_objects(await get_connection(url))
+
+
+async def chunk_messages(raw_js: JetStreamContext) -> int:
+    """Messages in the payload bucket's stream (chunks and metas)."""
+    try:
+        return (await raw_js.stream_info(payloads.STREAM_NAME)).state.messages
+    except nats.js.errors.NotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["numpy", "pandas", "bytes"])
+async def test_a_50_mb_argument_and_result_round_trip_through_a_worker_process(
+    url: str, spawn_worker: Spawn, kind: str,
+) -> None:
+    if kind == "numpy":
+        value = np.random.default_rng(1).random(50 * MB // 8)
+    elif kind == "pandas":
+        pd = pytest.importorskip("pandas")
+        value = pd.DataFrame({"a": np.arange(25 * MB // 8, dtype="f8"), "b": np.ones(25 * MB // 8)})
+    else:
+        value = np.random.default_rng(2).bytes(50 * MB)
+    spawn_worker(url)
+    job = await Queue("default", url).enqueue(payload_jobs.doubled, value)
+    back = await job.result(timeout=60)
+    expected = value * 2
+    if kind == "pandas":
+        assert back.equals(expected)
+    elif kind == "numpy":
+        assert np.array_equal(back, expected)
+    else:
+        assert back == expected
+    status = await fetch_status(job.job_id, url)
+    assert status is not None and status.status == results.FINISHED
+    assert status.args_bytes is not None and status.args_bytes >= 50 * MB
+    assert status.result_bytes is not None and status.result_bytes >= 50 * MB
+
+
+async def test_below_the_threshold_nothing_changes(url: str, raw_js: JetStreamContext) -> None:
+    async with running_worker(url):
+        job = await Queue("default", url).enqueue(payload_jobs.total, np.ones(1000))
+        assert await job.result(timeout=10) == 1000.0
+    assert await chunk_messages(raw_js) == 0
+    status = await fetch_status(job.job_id, url)
+    assert status is not None and status.args_bytes is None and status.result_bytes is None
+
+
+async def test_a_fan_out_stores_the_shared_value_once_and_each_process_reads_it_once(
+    url: str, raw_js: JetStreamContext, tmp_path: Path,
+) -> None:
+    shared = np.random.default_rng(3).random(2 * MB)  # 16 MB
+    path = str(tmp_path / "readers")
+    queue = Queue("default", url)
+    fanned = await queue.enqueue_many([(payload_jobs.total, (shared, i)) for i in range(20)])
+    more = await queue.enqueue_many([(payload_jobs.reader_pid, (shared, path)) for _ in range(5)])
+    stored = await objects(url)
+    assert list(stored) == [payloads.NAME_PREFIX + sha(shared)]
+    assert (await raw_js.stream_info(payloads.STREAM_NAME)).state.bytes < shared.nbytes * 1.01
+    async with running_worker(url, concurrency=4):
+        totals = [await job.result(timeout=30) for job in fanned]
+        [await job.result(timeout=30) for job in more]
+    assert totals == pytest.approx([float(shared.sum()) + i for i in range(20)])
+    addresses = {line.split()[1] for line in Path(path).read_text().splitlines()}
+    assert len(addresses) == 1, "every job of the worker process should share the one cached copy"
+
+
+async def test_a_value_over_the_cap_is_refused_before_anything_is_written(
+    url: str, raw_js: JetStreamContext, stream_msgs,  # noqa: ANN001
+) -> None:
+    settings = ConnectionSettings.resolve(url, payload_max_bytes=10 * MB)
+    queue = Queue("default", settings)
+    with pytest.raises(SerializationError, match=r"^the call of job .* is 16 MB \(16,000,\d+ bytes\), over the "
+                                                 r"payload cap of 10 MB \(NAQ_PAYLOAD_MAX\)$"):
+        await queue.enqueue(payload_jobs.total, np.ones(2 * MB))
+    with pytest.raises(SerializationError, match="over the payload cap"):
+        await queue.enqueue_many([(payload_jobs.total, (np.ones(10),)), (payload_jobs.total, (np.ones(2 * MB),))])
+    assert await stream_msgs() == []
+    assert await chunk_messages(raw_js) == 0
+
+
+async def test_a_full_store_refuses_and_leaves_no_partial_object(
+    url: str, raw_js: JetStreamContext, stream_msgs,  # noqa: ANN001
+) -> None:
+    await raw_js.create_object_store("naq_payloads", config=api.ObjectStoreConfig(max_bytes=5 * MB))
+    with pytest.raises(RefusedError, match="payload"):
+        await Queue("default", url).enqueue(payload_jobs.total, np.ones(2 * MB))
+    assert await stream_msgs() == []
+    assert await chunk_messages(raw_js) == 0
+    assert await objects(url) == {}
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_while_reading_a_payload_leaves_the_job_to_another(
+    url: str, spawn_worker: Spawn, raw_js: JetStreamContext,
+) -> None:
+    value = np.random.default_rng(4).random(40 * MB)  # 320 MB: its read takes long enough to be caught
+    first = spawn_worker(url, "--ack-wait", "2")
+    await eventually(lambda: first.log_path.read_text().count("started") or first.poll() is not None,
+                     what="the first worker to start")
+    job = await Queue("default", url).enqueue(payload_jobs.total, value)
+
+    async def reading() -> bool:
+        return (await raw_js.stream_info(payloads.STREAM_NAME)).state.consumer_count > 0
+
+    deadline = time.monotonic() + 20
+    while not await reading():
+        assert time.monotonic() < deadline, "the worker never started reading the payload"
+        await asyncio.sleep(0.005)
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    assert await fetch_status(job.job_id, url) is None, "the job should not have run in the killed worker"
+    async with running_worker(url):
+        assert await job.result(timeout=60) == pytest.approx(float(value.sum()))
+    status = await fetch_status(job.job_id, url)
+    assert status is not None and status.status == results.FINISHED and status.attempts == 2
+
+
+async def test_a_corrupted_object_is_refused(url: str) -> None:
+    good, bad = np.ones(MB), np.zeros(MB)
+    conn = await get_connection(url)
+    name = payloads.NAME_PREFIX + sha(good)
+    await payloads.store(conn, PayloadRef(name, good.nbytes), memoryview(bad).cast("B"), HOUR)  # a wrong body
+    async with running_worker(url):
+        job = await Queue("default", url).enqueue(payload_jobs.total, good)
+        status = await eventually_ended(job.job_id, url)
+    assert status.status == results.REJECTED
+    assert status.error is not None and f"payload {name} is corrupt" in status.error
+
+
+async def eventually_ended(job_id: str, url: str) -> results.JobStatus:
+    """The job's status once it ended."""
+    return await results.wait_for_end(job_id, 30, url)
+
+
+def test_the_digest_is_signed_so_a_swapped_payload_is_refused() -> None:
+    settings = ConnectionSettings.resolve("nats://127.0.0.1:1", signing_key="k1")
+    packed_job = Queue("default", settings).job(payload_jobs.total, (np.ones(MB),))
+    data = packed_job.serialize(Packer(settings))
+    header, _ = read_header(data)
+    assert header["payload"]["buffers"][0][0].startswith("sha256-")
+    headers = signed_headers(settings, data)
+    assert refusal(data, headers, settings) is None
+    swapped = data.replace(header["payload"]["buffers"][0][0].encode(), b"sha256-" + b"0" * 64)
+    assert swapped != data and refusal(swapped, headers, settings) == BAD_SIGNATURE
+
+
+async def test_payloads_of_finished_jobs_are_gone_after_their_ttl(url: str) -> None:
+    async with running_worker(url):
+        job = await Queue("default", url).enqueue(payload_jobs.ones, MB, result_ttl=60)
+        argument = await Queue("default", url).enqueue(payload_jobs.total, np.full(MB, 2.0), result_ttl=60)
+        assert (await job.result(timeout=10)).shape == (MB,)
+        assert await argument.result(timeout=10) == 2 * MB
+    conn = await get_connection(url)
+    assert len(await objects(url)) == 2
+    assert await sweep_payloads(conn) == [], "nothing is past its keep-until yet"
+    gone = await sweep_payloads(conn, now=time.time() + 61)
+    assert len(gone) == 1, "the result's TTL has passed; the argument waits for its hour"
+    assert len(await sweep_payloads(conn, now=time.time() + HOUR + 1)) == 1
+    assert await objects(url) == {}
+
+
+@pytest.mark.slow
+async def test_a_schedule_with_a_large_captured_value_still_fires_after_a_day_of_sweeps(url: str) -> None:
+    value = np.random.default_rng(5).random(MB)
+    queue = Queue("default", url)
+    await queue.schedule(payload_jobs.total, value, interval=HOUR, name="daily-big")
+    waiting = await queue.enqueue_in(2 * HOUR, payload_jobs.total, value, 1)
+    conn = await get_connection(url)
+    start = time.time()
+    for hour in range(1, 25):
+        assert await sweep_payloads(conn, now=start + hour * HOUR) == []
+    assert len(await objects(url)) == 1
+    run_id = await run_now("daily-big", url)
+    async with running_worker(url):
+        assert await eventually_ended(run_id, url)
+        assert await fetch_status(run_id, url) is not None
+        assert await results.fetch_result(run_id, 10, url) == pytest.approx(float(value.sum()))
+    await queue.cancel_scheduled_job("daily-big")
+    await queue.cancel_scheduled_job(waiting.job_id)
+    assert await sweep_payloads(conn, now=start + 25 * HOUR) != []
+    assert await objects(url) == {}
+
+
+async def test_purge_drops_the_payloads_only_the_purged_jobs_used(url: str) -> None:
+    kept, dropped = np.ones(MB), np.zeros(MB)
+    await Queue("other", url).enqueue(payload_jobs.total, kept)
+    purged = Queue("default", url)
+    await purged.enqueue_many([(payload_jobs.total, (dropped, i)) for i in range(3)])
+    await purged.enqueue(payload_jobs.total, kept)
+    conn = await get_connection(url)
+    datas = await queued_job_datas(conn, purged.subject)
+    assert len(datas) == 4 and len(await objects(url)) == 2
+    assert await purged.purge() == 4
+    assert len(await objects(url)) == 2, "uploads this recent are spared: a new job may be on its way"
+    later = time.time() + RECENT_UPLOAD_S + 1
+    assert await drop_payloads(conn, datas, now=later) == [payloads.NAME_PREFIX + sha(dropped)]
+    assert list(await objects(url)) == [payloads.NAME_PREFIX + sha(kept)], "the other queue's job still needs it"
+
+
+def sha(array: np.ndarray) -> str:
+    """Hex SHA-256 of an array's memory."""
+    return hashlib.sha256(array.data).hexdigest()
