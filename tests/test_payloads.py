@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import signal
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 import payload_jobs
 import pytest
 import test_worker
+from IPython.core.error import UsageError
+from magic_shell import RaisingShell
 from nats.js import JetStreamContext, api
 from polling import eventually
 from test_worker import Spawn, running_worker
@@ -245,3 +248,32 @@ async def test_purge_drops_the_payloads_only_the_purged_jobs_used(url: str) -> N
 def sha(array: np.ndarray) -> str:
     """Hex SHA-256 of an array's memory."""
     return hashlib.sha256(array.data).hexdigest()
+
+
+@pytest.mark.slow
+async def test_a_process_pool_worker_reads_the_payload_in_its_child(url: str) -> None:
+    value = np.random.default_rng(6).random(MB)
+    async with running_worker(url, process_pool=True):
+        job = await Queue("default", url).enqueue(payload_jobs.doubled, value, max_retries=1)
+        assert np.array_equal(await job.result(timeout=60), value * 2)
+    status = await fetch_status(job.job_id, url)
+    assert status is not None and status.attempts == 1 and status.result_bytes == value.nbytes
+
+
+@pytest.fixture
+def capped_at_10_mb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Payloads above 10 MB are refused (set before the shell loads naq_ipy)."""
+    monkeypatch.setenv("NAQ_PAYLOAD_MAX", str(10 * MB))
+
+
+@pytest.mark.slow
+def test_the_magics_pass_a_large_value_and_refuse_one_over_the_cap(
+    capped_at_10_mb: None, ip: RaisingShell, nats_url: str, spawn_worker: Spawn,
+) -> None:
+    spawn_worker(nats_url)
+    ip.run_cell("import numpy as np, payload_jobs\nbig = np.random.default_rng(7).random(1_000_000)")
+    total = ip.run_line_magic("naq_enqueue", "--wait 30 payload_jobs.total(big)")
+    assert total == pytest.approx(float(ip.user_ns["big"].sum()))
+    assert re.search(r"payload store +8\.0 MB", repr(ip.run_line_magic("naq", "status")))
+    with pytest.raises(UsageError, match=r"is 16 MB \(16,000,\d+ bytes\), over the payload cap of 10 MB"):
+        ip.run_line_magic("naq_enqueue", "payload_jobs.total(np.ones(2_000_000))")

@@ -284,11 +284,12 @@ async def test_process_pool_kills_an_overrunning_child(url: str, tmp_path: Path)
 
 @pytest.mark.parametrize(("func", "args", "message"), [
     (jobs.unpicklable_result, (), "cannot be pickled"),
-    (jobs.big_result, (2_000_000,), "too large for the result store"),
+    (jobs.big_result, (2_000_000,), r"is 2.0 MB \(2,000,\d+ bytes\), over the payload cap of 1.0 MB"),
 ])
 async def test_a_result_that_cannot_be_stored_fails_the_job_saying_so(
-    url: str, func: Callable[..., Any], args: tuple[Any, ...], message: str,
+    url: str, func: Callable[..., Any], args: tuple[Any, ...], message: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("NAQ_PAYLOAD_MAX", "1000000")
     async with running_worker(url):
         job = await Queue("default", url).enqueue(func, *args, max_retries=3)
         with pytest.raises(JobExecutionError, match=message):

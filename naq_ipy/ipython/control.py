@@ -15,6 +15,7 @@ import nats.js.errors
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.job import Job
+from naq_ipy.client.offload import human_bytes
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython.livewait import wait_with_bar
 from naq_ipy.ipython.render import Table, every, schedules_table
@@ -23,6 +24,7 @@ from naq_ipy.rules.times import format_relative, from_timestamp
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.results import fetch_result, fetch_status
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
+from naq_ipy.wire.payloads import stored_bytes
 from naq_ipy.wire.server import is_reachable
 from naq_ipy.wire.settings import (
     FAILED_STREAM_NAME,
@@ -86,6 +88,7 @@ async def server_facts(url: str) -> list[tuple[str, str]]:
 
     conn = await get_connection(url)
     rows = [(label, await _stream_count(conn, stream)) for label, stream in _COUNTED_STREAMS]
+    rows.append(("payload store", human_bytes(await stored_bytes(conn))))
     workers = [f"{w.get('worker_id')} on {','.join(w.get('queues', []))}" for w in await list_workers(url)]
     schedulers = await _live_schedulers(conn)
     for label, names in (("workers alive", workers), ("schedulers alive", schedulers)):

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from naq_ipy.client.offload import human_bytes
 from naq_ipy.rules.times import format_duration, format_relative, from_timestamp
 from naq_ipy.status.results import FINISHED, QUEUED, RETRYING, RUNNING, SCHEDULED, JobStatus
 from naq_ipy.status.waiting import WaitResult, run_due_ms
@@ -69,6 +70,15 @@ def progress_text(status: JobStatus | None) -> str:
     return " · ".join(parts + ([status.message] if status.message else []))
 
 
+def payload_text(status: JobStatus | None) -> str:
+    """`args 152 MB · result 8.0 MB`: what the job keeps in the payload store ('' for small jobs)."""
+    if status is None:
+        return ""
+    parts = [f"{label} {human_bytes(size)}" for label, size in (("args", status.args_bytes),
+                                                               ("result", status.result_bytes)) if size]
+    return " · ".join(parts)
+
+
 def error_line(status: JobStatus | None) -> str:
     """The error of a failed (or retrying) job, its attempt counted when it will be retried."""
     if status is None or not status.error:
@@ -87,7 +97,8 @@ def job_text(job_id: str, func_name: str, status: JobStatus | None, scheduled: b
              result: str | None = None) -> str:
     """The one-line static form: `job 1a2b… add: finished · 100% · ran 4.2 s · → 3`."""
     parts = [f"job {' '.join(filter(None, (job_id, func_name)))}: {state_of(status, scheduled)}", progress_text(status),
-             duration_text(status), error_line(status), f"→ {result}" if result is not None else ""]
+             duration_text(status), payload_text(status), error_line(status),
+             f"→ {result}" if result is not None else ""]
     return " · ".join(part for part in parts if part)
 
 
@@ -105,7 +116,7 @@ def title_html(job_id: str, func_name: str = "", queue_name: str = "") -> str:
 
 def outcome_html(status: JobStatus | None, result: str | None) -> str:
     """Duration, then the result preview (finished) or the error line in red (failed, retrying)."""
-    parts = [html.escape(duration_text(status))] if duration_text(status) else []
+    parts = [html.escape(text) for text in (duration_text(status), payload_text(status)) if text]
     if error_line(status):
         parts.append(f"<span style='color:{_RED}'>{html.escape(error_line(status))}</span>")
     elif result is not None:
