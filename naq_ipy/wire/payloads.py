@@ -1,8 +1,8 @@
 """Large values in the JetStream Object Store `naq_payloads`: content-addressed, streamed, verified.
 
 An object is named by its content, `sha256-<hex>`, so a value stored by many jobs exists once.
-The layout is the NATS Object Store's own (chunks of 128 KiB on `$O.<bucket>.C.<nuid>`, a JSON
-meta message on `$O.<bucket>.M.<base64 name>`), so `nats object` tools read it, but both ways
+The layout is the NATS Object Store's own (chunks on `$O.<bucket>.C.<nuid>`, a JSON meta
+message on `$O.<bucket>.M.<base64 name>`), so `nats object` tools read it, but both ways
 are done here: a write pipelines its chunks straight from the caller's memory (no joined copy),
 a read takes them with one ordered consumer into a preallocated buffer (nats-py's `get` grows a
 bytes object and is quadratic). Every read checks size and digest before anything uses it.
@@ -36,7 +36,7 @@ from naq_ipy.wire.settings import PAYLOAD_BUCKET_NAME
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 128 * 1024
+CHUNK_BYTES = 512 * 1024  # nats-py writes 128 KiB; fewer, larger messages read faster (any size reads back)
 NAME_PREFIX = "sha256-"
 KEEP_UNTIL_HEADER = "Naq-Keep-Until"
 STREAM_NAME = f"OBJ_{PAYLOAD_BUCKET_NAME}"
@@ -123,11 +123,11 @@ def keep_until(meta: dict[str, object]) -> float:
         return 0.0
 
 
-def _meta(ref: PayloadRef, nuid: str, chunks: int, until: float) -> dict[str, object]:
+def _meta(ref: PayloadRef, nuid: str, chunks: int, chunk_bytes: int, until: float) -> dict[str, object]:
     digest = base64.urlsafe_b64encode(bytes.fromhex(ref.digest)).decode()
     return {"name": ref.name, "bucket": PAYLOAD_BUCKET_NAME, "nuid": nuid, "size": ref.size, "chunks": chunks,
             "mtime": datetime.now(UTC).isoformat(), "digest": f"SHA-256={digest}",
-            "headers": {KEEP_UNTIL_HEADER: [f"{until:.3f}"]}, "options": {"max_chunk_size": CHUNK_BYTES}}
+            "headers": {KEEP_UNTIL_HEADER: [f"{until:.3f}"]}, "options": {"max_chunk_size": chunk_bytes}}
 
 
 async def _write_meta(conn: Connection, name: str, meta: dict[str, object]) -> None:
@@ -150,10 +150,11 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
         return False
     nuid = os.urandom(11).hex()
     subject = _chunk_subject(nuid)
-    chunks = [(subject, view[i:i + CHUNK_BYTES], None, None) for i in range(0, ref.size, CHUNK_BYTES)]
+    step = min(CHUNK_BYTES, conn.max_payload // 2)
+    chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
     try:
         await publish_many(conn, chunks)  # type: ignore[arg-type]  # memoryview slices: no copies
-        await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), until))
+        await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until))
     except BaseException as e:
         await asyncio.shield(_purge_subject(conn, subject))
         if isinstance(e, RefusedError):
@@ -206,7 +207,7 @@ async def _read_chunks(conn: Connection, subject: str, view: memoryview, chunks:
         view[pos:pos + len(data)] = data
         sha.update(data)
         state["pos"], state["count"] = pos + len(data), state["count"] + 1
-        if state["count"] == chunks or msg.metadata.num_pending == 0:
+        if state["count"] == chunks:
             done.set_result(None)
 
     async with nats_errors(conn.settings):
