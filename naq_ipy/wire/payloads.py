@@ -40,7 +40,7 @@ CHUNK_BYTES = 512 * 1024  # nats-py writes 128 KiB; fewer, larger messages read 
 NAME_PREFIX = "sha256-"
 KEEP_UNTIL_HEADER = "Naq-Keep-Until"
 STREAM_NAME = f"OBJ_{PAYLOAD_BUCKET_NAME}"
-_READ_MIN_RATE = 20 * 2**20  # bytes/s a read may not fall below before it times out
+_MIN_RATE = 20 * 2**20  # bytes/s a transfer may not fall below before it times out
 _HASH_INLINE_MAX = 2**20  # hash larger buffers in a thread, off the event loop
 
 
@@ -73,6 +73,10 @@ async def digest_of(view: memoryview) -> str:
     if view.nbytes <= _HASH_INLINE_MAX:
         return hashlib.sha256(view).hexdigest()
     return await asyncio.to_thread(lambda: hashlib.sha256(view).hexdigest())
+
+
+def _transfer_timeout_s(size: int) -> float:
+    return 10.0 + size / _MIN_RATE
 
 
 def _meta_subject(name: str) -> str:
@@ -153,7 +157,7 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
     step = min(CHUNK_BYTES, conn.max_payload // 2)
     chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
     try:
-        await publish_many(conn, chunks)  # type: ignore[arg-type]  # memoryview slices: no copies
+        await publish_many(conn, chunks, _transfer_timeout_s(ref.size))  # type: ignore[arg-type]  # no copies
         await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until))
     except BaseException as e:
         await asyncio.shield(_purge_subject(conn, subject))
@@ -214,7 +218,7 @@ async def _read_chunks(conn: Connection, subject: str, view: memoryview, chunks:
         sub = await conn.js.subscribe(subject, cb=on_chunk, ordered_consumer=True,
                                       pending_msgs_limit=-1, pending_bytes_limit=-1)
     try:
-        await asyncio.wait_for(done, 10.0 + len(view) / _READ_MIN_RATE)
+        await asyncio.wait_for(done, _transfer_timeout_s(len(view)))
     except TimeoutError:
         raise NaqConnectionError(f"reading payload chunks {subject} timed out "
                                  f"({state['pos']:,} of {len(view):,} bytes)") from None

@@ -30,12 +30,13 @@ WINDOW = 4096  # publishes awaiting their ack at most (nats-py's publish_async a
 Message = tuple[str, bytes, str | None, dict[str, str] | None]
 
 
-async def publish_many(conn: Connection, messages: Iterable[Message]) -> None:
+async def publish_many(conn: Connection, messages: Iterable[Message], timeout_s: float | None = None) -> None:
     """Publish many (subject, data, msg_id, headers), pipelined; returns when every one is acked.
 
     Every payload is size-checked before the first is sent. A stream deleted under us is
     recreated once and the whole batch re-sent: message ids make the re-sent duplicates no-ops.
     Messages the server refused to store raise RefusedError with their indexes; the others are stored.
+    `timeout_s`: for the whole batch (default: 5 s plus 1 ms per message).
     """
     batch = [(subject, data, message_headers(msg_id, headers)) for subject, data, msg_id, headers in messages]
     for _, data, hdrs in batch:
@@ -44,19 +45,22 @@ async def publish_many(conn: Connection, messages: Iterable[Message]) -> None:
         return
     async with nats_errors(conn.settings):
         try:
-            await _AckedBatch(conn, batch).send()
+            await _AckedBatch(conn, batch, timeout_s).send()
         except nats.js.errors.NoStreamResponseError:
             if not await conn.recreate_stream_for(batch[0][0]):
                 raise
-            await _AckedBatch(conn, batch).send()
+            await _AckedBatch(conn, batch, timeout_s).send()
 
 
 class _AckedBatch:
     """One pipelined send: at most WINDOW messages in flight; refusals raised once all were answered."""
 
-    def __init__(self, conn: Connection, batch: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
+    def __init__(self, conn: Connection, batch: list[tuple[str, bytes, dict[str, str] | None]],
+                 timeout_s: float | None = None) -> None:
         self.conn = conn
         self.batch = batch
+        # the whole batch has one deadline, as long as its slowest part may need
+        self.timeout_s = PUBLISH_TIMEOUT_S + len(batch) / 1000 if timeout_s is None else timeout_s
         self.inbox = conn.nc.new_inbox()
         self.acked = 0
         self.refused: dict[int, str] = {}
@@ -68,8 +72,7 @@ class _AckedBatch:
         nc = self.conn.nc
         sub = await nc.subscribe(f"{self.inbox}.*", cb=self._on_ack)
         try:
-            # the whole batch has one deadline, as long as its slowest part may need
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S + len(self.batch) / 1000):
+            async with asyncio.timeout(self.timeout_s):
                 for index, (subject, data, hdrs) in enumerate(self.batch):
                     if index - self.acked >= WINDOW:
                         await self._acked_up_to(index - WINDOW // 2)
