@@ -277,3 +277,33 @@ def test_the_magics_pass_a_large_value_and_refuse_one_over_the_cap(
     assert re.search(r"payload store +8\.0 MB", repr(ip.run_line_magic("naq", "status")))
     with pytest.raises(UsageError, match=r"is 16 MB \(16,000,\d+ bytes\), over the payload cap of 10 MB"):
         ip.run_line_magic("naq_enqueue", "payload_jobs.total(np.ones(2_000_000))")
+
+
+async def test_a_result_the_full_store_refuses_fails_the_job_once(url: str, raw_js: JetStreamContext) -> None:
+    await raw_js.create_object_store("naq_payloads", config=api.ObjectStoreConfig(max_bytes=5 * MB))
+    async with running_worker(url):
+        job = await Queue("default", url).enqueue(payload_jobs.ones, MB, max_retries=2)
+        status = await eventually_ended(job.job_id, url)
+    assert status.status == results.FAILED and status.attempts == 1
+    assert status.error is not None and status.error.startswith("RefusedError: the payload store naq_payloads refused")
+    assert await chunk_messages(raw_js) == 0
+
+
+async def test_chunks_of_a_writer_that_died_are_invisible_and_swept_after_an_hour(
+    url: str, raw_js: JetStreamContext,
+) -> None:
+    conn = await get_connection(url)
+    await payloads.ensure_bucket(conn)
+    await raw_js.publish("$O.naq_payloads.C.deadwriter", b"x" * 1000)  # chunks, and no meta: the writer died
+    assert await objects(url) == {}
+    assert await sweep_payloads(conn) == [] and await chunk_messages(raw_js) == 1, "a writer may still be busy"
+    await sweep_payloads(conn, now=time.time() + HOUR + 1)
+    assert await chunk_messages(raw_js) == 0
+
+
+def test_the_job_display_shows_payload_sizes() -> None:
+    from naq_ipy.ipython.jobview import job_text
+
+    status = results.JobStatus(job_id="j1", status=results.FINISHED, args_bytes=152_000_000, result_bytes=8_000_139)
+    assert "args 152 MB · result 8.0 MB" in job_text("j1", "score", status)
+    assert "args" not in job_text("j1", "score", results.JobStatus(job_id="j1", status=results.FINISHED))

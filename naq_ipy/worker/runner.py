@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 
 from naq_ipy.client.job import Job, read_header
 from naq_ipy.client.offload import load_call
-from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, SerializationError
+from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, RefusedError, SerializationError
 from naq_ipy.rules.retry import retry_delay_s
 from naq_ipy.status import results
 from naq_ipy.status.progress import reporting
@@ -275,8 +275,12 @@ class JobRunner:
             return None
         await _settle(running_written, job.job_id)
         finished = progress.stamp(running).evolve(status=results.FINISHED, finished_at=time.time())
-        await self._durably(job.job_id, results.write_outcome, self.conn, finished, data,
-                            job.result_ttl or DEFAULT_RESULT_TTL_S)
+        try:
+            await self._durably(job.job_id, results.write_outcome, self.conn, finished, data,
+                                job.result_ttl or DEFAULT_RESULT_TTL_S)
+        except RefusedError as e:  # a full payload store: running the job again would not help
+            await self._fail(delivery, job, progress.stamp(running), describe_exception(e)[0], "", retry=False)
+            return None
         await self._ack(delivery)
         self.processed += 1
         logger.info("job %s finished in %.3fs", job.job_id, time.time() - (running.started_at or 0))
