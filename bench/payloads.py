@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import platform
@@ -67,7 +68,8 @@ class PeakRss:
     def _run(self) -> None:
         while not self._stop.wait(0.005):
             for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], rss_mib(pid))
+                with contextlib.suppress(OSError, RuntimeError):  # a process gone: the run fails on its own
+                    self.peak[pid] = max(self.peak[pid], rss_mib(pid))
 
     def reset(self) -> None:
         self.base = {pid: rss_mib(pid) for pid in self.pids}

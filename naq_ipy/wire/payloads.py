@@ -40,6 +40,7 @@ CHUNK_BYTES = 512 * 1024  # nats-py writes 128 KiB; fewer, larger messages read 
 NAME_PREFIX = "sha256-"
 KEEP_UNTIL_HEADER = "Naq-Keep-Until"
 STREAM_NAME = f"OBJ_{PAYLOAD_BUCKET_NAME}"
+IN_FLIGHT_BYTES = 32 * 2**20  # chunks sent ahead of their acks (the server refuses far more: "too many requests")
 _MIN_RATE = 20 * 2**20  # bytes/s a transfer may not fall below before it times out
 _HASH_INLINE_MAX = 2**20  # hash larger buffers in a thread, off the event loop
 
@@ -157,7 +158,8 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
     step = min(CHUNK_BYTES, conn.max_payload // 2)
     chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
     try:
-        await publish_many(conn, chunks, _transfer_timeout_s(ref.size))  # type: ignore[arg-type]  # no copies
+        await publish_many(conn, chunks, _transfer_timeout_s(ref.size),  # type: ignore[arg-type]  # no copies
+                           window=max(2, IN_FLIGHT_BYTES // step))
         await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until))
     except BaseException as e:
         await asyncio.shield(_purge_subject(conn, subject))

@@ -30,13 +30,14 @@ WINDOW = 4096  # publishes awaiting their ack at most (nats-py's publish_async a
 Message = tuple[str, bytes, str | None, dict[str, str] | None]
 
 
-async def publish_many(conn: Connection, messages: Iterable[Message], timeout_s: float | None = None) -> None:
+async def publish_many(conn: Connection, messages: Iterable[Message], timeout_s: float | None = None,
+                       window: int = WINDOW) -> None:
     """Publish many (subject, data, msg_id, headers), pipelined; returns when every one is acked.
 
     Every payload is size-checked before the first is sent. A stream deleted under us is
     recreated once and the whole batch re-sent: message ids make the re-sent duplicates no-ops.
     Messages the server refused to store raise RefusedError with their indexes; the others are stored.
-    `timeout_s`: for the whole batch (default: 5 s plus 1 ms per message).
+    `timeout_s`: for the whole batch (default: 5 s plus 1 ms per message); `window`: unacked messages at most.
     """
     batch = [(subject, data, message_headers(msg_id, headers)) for subject, data, msg_id, headers in messages]
     for _, data, hdrs in batch:
@@ -45,20 +46,21 @@ async def publish_many(conn: Connection, messages: Iterable[Message], timeout_s:
         return
     async with nats_errors(conn.settings):
         try:
-            await _AckedBatch(conn, batch, timeout_s).send()
+            await _AckedBatch(conn, batch, timeout_s, window).send()
         except nats.js.errors.NoStreamResponseError:
             if not await conn.recreate_stream_for(batch[0][0]):
                 raise
-            await _AckedBatch(conn, batch, timeout_s).send()
+            await _AckedBatch(conn, batch, timeout_s, window).send()
 
 
 class _AckedBatch:
-    """One pipelined send: at most WINDOW messages in flight; refusals raised once all were answered."""
+    """One pipelined send: at most `window` messages in flight; refusals raised once all were answered."""
 
     def __init__(self, conn: Connection, batch: list[tuple[str, bytes, dict[str, str] | None]],
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, window: int = WINDOW) -> None:
         self.conn = conn
         self.batch = batch
+        self.window = window
         # the whole batch has one deadline, as long as its slowest part may need
         self.timeout_s = PUBLISH_TIMEOUT_S + len(batch) / 1000 if timeout_s is None else timeout_s
         self.inbox = conn.nc.new_inbox()
@@ -74,8 +76,8 @@ class _AckedBatch:
         try:
             async with asyncio.timeout(self.timeout_s):
                 for index, (subject, data, hdrs) in enumerate(self.batch):
-                    if index - self.acked >= WINDOW:
-                        await self._acked_up_to(index - WINDOW // 2)
+                    if index - self.acked >= self.window:
+                        await self._acked_up_to(index - self.window // 2)
                     if self.no_stream:
                         break
                     await nc.publish(subject, data, reply=f"{self.inbox}.{index}", headers=hdrs)
