@@ -137,8 +137,12 @@ class Loaded:
 
 async def load(conn: Connection, spec: Mapping[str, Any], *, shared: bool) -> Loaded:
     """Read every object of `spec` (verified); `shared`: through the process cache, handed out read-only."""
-    body = spec.get("body")
     refs = spec_refs(spec)
+    total = sum(ref.size for ref in refs)
+    if total > conn.settings.payload_max_bytes:  # checked before allocating anything for it
+        raise SerializationError(f"payload of {total:,} bytes is over the payload cap of "
+                                 f"{conn.settings.payload_max_bytes:,} bytes (NAQ_PAYLOAD_MAX)")
+    body = spec.get("body")
 
     async def one(ref: PayloadRef) -> memoryview:
         if shared:

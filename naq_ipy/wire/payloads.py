@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import mmap
 import os
 import time
 from collections import OrderedDict
@@ -41,8 +42,8 @@ NAME_PREFIX = "sha256-"
 KEEP_UNTIL_HEADER = "Naq-Keep-Until"
 STREAM_NAME = f"OBJ_{PAYLOAD_BUCKET_NAME}"
 IN_FLIGHT_BYTES = 32 * 2**20  # chunks sent ahead of their acks (the server refuses far more: "too many requests")
+_MMAP_MIN_BYTES = 2**20
 _MIN_RATE = 20 * 2**20  # bytes/s a transfer may not fall below before it times out
-_HASH_INLINE_MAX = 2**20  # hash larger buffers in a thread, off the event loop
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,6 @@ class PayloadRef:
                 or not isinstance(value[1], int) or isinstance(value[1], bool) or value[1] < 0):
             raise SerializationError(f"invalid payload reference {value!r}")
         return cls(value[0], value[1])
-
-
-async def digest_of(view: memoryview) -> str:
-    """The hex SHA-256 of `view` (hashed in a thread when large: hashlib releases the GIL)."""
-    if view.nbytes <= _HASH_INLINE_MAX:
-        return hashlib.sha256(view).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(view).hexdigest())
 
 
 def _transfer_timeout_s(size: int) -> float:
@@ -179,7 +173,15 @@ async def _purge_subject(conn: Connection, subject: str) -> None:
         logger.warning("payload chunks %s not purged: %s", subject, e)
 
 
-async def fetch(conn: Connection, ref: PayloadRef) -> bytearray:
+Buffer = bytearray | mmap.mmap
+
+
+def _allocate(size: int) -> Buffer:
+    """A writable zeroed buffer; large ones are anonymous maps (no memset: the kernel maps zero pages lazily)."""
+    return mmap.mmap(-1, size) if size >= _MMAP_MIN_BYTES else bytearray(size)
+
+
+async def fetch(conn: Connection, ref: PayloadRef) -> Buffer:
     """The object's bytes, read into one preallocated buffer; SerializationError if missing or corrupt."""
     meta = await read_meta(conn, ref.name)
     if meta is None:
@@ -187,7 +189,7 @@ async def fetch(conn: Connection, ref: PayloadRef) -> bytearray:
     nuid, chunks = meta.get("nuid"), meta.get("chunks")
     if meta.get("size") != ref.size or not isinstance(nuid, str) or not isinstance(chunks, int):
         raise SerializationError(f"payload {ref.name}: stored size {meta.get('size')} is not {ref.size}")
-    buf = bytearray(ref.size)
+    buf = _allocate(ref.size)
     if ref.size:
         digest = await _read_chunks(conn, _chunk_subject(nuid), memoryview(buf), chunks)
     else:
@@ -280,15 +282,15 @@ class PayloadCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
-        self._items: OrderedDict[str, bytearray] = OrderedDict()
+        self._items: OrderedDict[str, Buffer] = OrderedDict()
 
-    def get(self, name: str) -> bytearray | None:
+    def get(self, name: str) -> Buffer | None:
         found = self._items.get(name)
         if found is not None:
             self._items.move_to_end(name)
         return found
 
-    def put(self, name: str, value: bytearray) -> None:
+    def put(self, name: str, value: Buffer) -> None:
         if len(value) > self.max_bytes or name in self._items:
             return
         self._items[name] = value
@@ -298,10 +300,10 @@ class PayloadCache:
 
 
 _caches: dict[int, PayloadCache] = {}
-_reading: dict[tuple[int, str], asyncio.Future[bytearray]] = {}  # reads in flight, by (loop, name)
+_reading: dict[tuple[int, str], asyncio.Future[Buffer]] = {}  # reads in flight, by (loop, name)
 
 
-async def fetch_cached(conn: Connection, ref: PayloadRef) -> bytearray:
+async def fetch_cached(conn: Connection, ref: PayloadRef) -> Buffer:
     """`fetch` through this process's cache (bounded by `payload_cache_bytes`); one read per object at a time.
 
     Callers share the returned buffer: hand it out read-only.
