@@ -28,7 +28,7 @@ from naq_ipy.client.job import read_header
 from naq_ipy.client.offload import Packer
 from naq_ipy.schedules.scheduler import run_now
 from naq_ipy.status import results
-from naq_ipy.status.payload_sweep import RECENT_UPLOAD_S, drop_payloads, queued_job_datas, sweep_payloads
+from naq_ipy.status.payload_sweep import RECENT_UPLOAD_S, drop_payloads, job_payload_names, sweep_payloads
 from naq_ipy.status.results import fetch_status
 from naq_ipy.wire import payloads
 from naq_ipy.wire.connection import get_connection
@@ -236,13 +236,25 @@ async def test_purge_drops_the_payloads_only_the_purged_jobs_used(url: str) -> N
     await purged.enqueue_many([(payload_jobs.total, (dropped, i)) for i in range(3)])
     await purged.enqueue(payload_jobs.total, kept)
     conn = await get_connection(url)
-    datas = await queued_job_datas(conn, purged.subject)
-    assert len(datas) == 4 and len(await objects(url)) == 2
+    assert len(await objects(url)) == 2
     assert await purged.purge() == 4
     assert len(await objects(url)) == 2, "uploads this recent are spared: a new job may be on its way"
     later = time.time() + RECENT_UPLOAD_S + 1
-    assert await drop_payloads(conn, datas, now=later) == [payloads.NAME_PREFIX + sha(dropped)]
+    assert await drop_payloads(conn, now=later) == [payloads.NAME_PREFIX + sha(dropped)]
     assert list(await objects(url)) == [payloads.NAME_PREFIX + sha(kept)], "the other queue's job still needs it"
+
+
+async def test_drop_payloads_of_cancelled_jobs_takes_only_theirs(url: str, stream_msgs) -> None:  # noqa: ANN001
+    first, second = np.ones(MB), np.zeros(MB)
+    for value in (first, second):
+        await Queue("default", url).enqueue(payload_jobs.total, value)
+    datas = [msg.data or b"" for msg in await stream_msgs()]
+    assert [job_payload_names(data) for data in datas] == [{payloads.NAME_PREFIX + sha(v)} for v in (first, second)]
+    await Queue("default", url).purge()
+    later = time.time() + RECENT_UPLOAD_S + 1
+    conn = await get_connection(url)
+    assert await drop_payloads(conn, datas[:1], now=later) == [payloads.NAME_PREFIX + sha(first)]
+    assert list(await objects(url)) == [payloads.NAME_PREFIX + sha(second)]
 
 
 def sha(array: np.ndarray) -> str:

@@ -24,7 +24,7 @@ from naq_ipy.rules.times import parse_duration, to_timestamp
 from naq_ipy.schedules.fires import next_regular_run
 from naq_ipy.schedules.record import ScheduledJob, first_run_utc, validate_timing
 from naq_ipy.schedules.store import ScheduledJobManager
-from naq_ipy.status.payload_sweep import drop_payloads, queued_job_datas
+from naq_ipy.status.payload_sweep import drop_payloads
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
 from naq_ipy.wire.payloads import stored_bytes
 from naq_ipy.wire.publish import publish_many
@@ -209,14 +209,14 @@ class Queue:
     async def purge(self) -> int:
         """Remove every waiting job of this queue (and payloads only they used); returns how many were removed."""
         conn = await self._connection()
-        with_payloads = await queued_job_datas(conn, self.subject) if await stored_bytes(conn) else []
         request = json.dumps({"filter": self.subject}).encode()
         async with nats_errors(self.settings):
             reply = await conn.nc.request(f"$JS.API.STREAM.PURGE.{self.stream_name}", request, timeout=5)
         answer = json.loads(reply.data)
         if "error" in answer:
             raise ConfigurationError(f"purge of {self.name!r} refused: {answer['error'].get('description')}")
-        await drop_payloads(conn, with_payloads)
+        if await stored_bytes(conn):
+            await drop_payloads(conn)
         return int(answer.get("purged", 0))
 
     async def get_scheduled_job(self, job_id: str) -> ScheduledJob:

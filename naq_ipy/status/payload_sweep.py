@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 600.0
 ORPHAN_CHUNKS_AGE_S = 3600.0  # chunks without meta this old belong to a writer that died
-RECENT_UPLOAD_S = 60.0  # `drop_payloads` spares objects uploaded again this recently (a new job is on its way)
+RECENT_UPLOAD_S = 600.0  # `drop_payloads` spares objects uploaded this recently (their job may still be uploading)
 
 
 async def _stream_datas(conn: Connection, stream: str, subject: str) -> AsyncIterator[bytes]:
@@ -116,16 +116,21 @@ async def _purge_orphan_chunks(conn: Connection, live_nuids: set[str], now: floa
             logger.info("payload sweep purged orphan chunks %s", subject)
 
 
-async def drop_payloads(conn: Connection, job_datas: Iterable[bytes], now: float | None = None) -> list[str]:
-    """Delete the objects of jobs just purged or cancelled (their bytes) that nothing else refers to.
+async def drop_payloads(conn: Connection, job_datas: Iterable[bytes] | None = None,
+                        now: float | None = None) -> list[str]:
+    """Delete, without waiting for the sweep, the objects no job or schedule refers to any more (after a purge).
 
-    An object uploaded again in the last `RECENT_UPLOAD_S` is spared: a new job sharing it may be
-    on its way; the sweep takes it later if not.
+    `job_datas`: only the objects of these jobs (a cancel). Spared: results within their TTL, and
+    objects uploaded again in the last `RECENT_UPLOAD_S` (a new job sharing them may be on its way;
+    the sweep takes them later if not).
     """
-    names = set().union(*map(job_payload_names, job_datas))
+    now = time.time() if now is None else now
+    if job_datas is None:
+        names = set(await payloads.list_objects(conn))
+    else:
+        names = set().union(*map(job_payload_names, job_datas))
     if not names:
         return []
-    now = time.time() if now is None else now
     removed = []
     for name in sorted(names - await referenced_payloads(conn)):
         meta = await payloads.read_meta(conn, name)
@@ -133,8 +138,3 @@ async def drop_payloads(conn: Connection, job_datas: Iterable[bytes], now: float
                 and await payloads.delete(conn, name):
             removed.append(name)
     return removed
-
-
-async def queued_job_datas(conn: Connection, subject: str) -> list[bytes]:
-    """The bytes of the jobs waiting on `subject` that carry a payload (read before a purge)."""
-    return [data async for data in _stream_datas(conn, JOB_STREAM_NAME, subject) if job_payload_names(data)]
