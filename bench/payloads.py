@@ -7,9 +7,11 @@ For each size (MB) a float64 numpy array of that size: `enqueue(doubled, a)` (cl
 out-of-band buffers, hash, upload) → one worker process reads it, returns `a * 2` (worker: read,
 run, upload the result) → `result()` (client: read back). Beside it, in the same run, on the same
 server: nats-py 2.16 `ObjectStore.put` of the same bytes, `get` (plain, quadratic: sizes up to
-100 MB only) and `get(writeinto=...)`. Peak RSS above the start of each phase is sampled every 5 ms
-for the client and the worker. Then the fan-out: `enqueue_many` of `--fanout-jobs` jobs sharing one
-`--fanout-mb` DataFrame (numpy array without pandas), against one job with that value.
+100 MB only) and `get(writeinto=...)`. Each size runs 5 / 3 / 1 rounds (up to 10 MB / 100 MB /
+above) with new content each time, the two sides taking turns; medians are reported. Peak RSS
+above the start of each phase is sampled every 5 ms for the client and the worker (the largest).
+Then the fan-out: `enqueue_many` of `--fanout-jobs` jobs sharing one `--fanout-mb` DataFrame (numpy
+array without pandas), against one job with a value of that size.
 Targets: put >= 1.0x nats-py put; get >= 3x nats-py get; fan-out <= 2x one job, value stored once.
 """
 
@@ -182,10 +184,11 @@ async def run(sizes: list[int], fan_mb: int, fan_jobs: int, workdir: Path) -> st
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         await queue.enqueue(doubled, np.ones(200_000))  # warm-up: connections, bucket, worker's first job
         for size in sizes:
-            array = np.random.default_rng(size).random(size * MB // 8)
             rounds = 5 if size <= 10 else 3 if size <= 100 else 1  # the sides take turns; medians reported
             naqs, raws = [], []
             for turn in range(rounds):  # the sides take turns: a slow spell of the machine hits both
+                # new content every round: an array stored before would only be looked up, not uploaded
+                array = np.random.default_rng([size, turn]).random(size * MB // 8)
                 naqs.append(await naq_side(server.url, queue, array, peaks, worker.proc.pid))
                 # nats-py's plain get is quadratic (100 MB take half a minute): once is enough
                 plain_get = size <= 10 or (size <= 100 and turn == 0)

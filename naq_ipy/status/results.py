@@ -3,8 +3,8 @@
 A small result (up to `INLINE_RESULT_MAX` bytes pickled) travels inside the `finished` status
 record itself, so a job's outcome is one KV write and one read; larger ones go to `naq_results`
 first; a data-sized one keeps its large parts in the payload store (`result_payload` names them,
-see naq_ipy.client.offload). A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
-in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
+see naq_ipy.client.offload). A job with no status record yet is `queued` (it is in the stream) or
+`scheduled` (it is in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
 """
 
 from __future__ import annotations
