@@ -28,3 +28,11 @@ def reader_pid(value: Any, path: str) -> int:
     with open(path, "a") as f:
         f.write(f"{os.getpid()} {value.__array_interface__['data'][0]}\n")
     return os.getpid()
+
+
+def fails_once(value: Any, path: str) -> float:
+    """Fail the first time (a marker file says so), then return the sum of `value`."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise RuntimeError("first attempt fails")
+    return float(np.sum(value))

@@ -18,7 +18,7 @@ import payload_jobs
 import pytest
 import test_worker
 from IPython.core.error import UsageError
-from magic_shell import RaisingShell
+from magic_shell import RaisingShell, schedules
 from nats.js import JetStreamContext, api
 from polling import eventually
 from test_worker import Spawn, running_worker
@@ -319,3 +319,25 @@ def test_the_job_display_shows_payload_sizes() -> None:
     status = results.JobStatus(job_id="j1", status=results.FINISHED, args_bytes=152_000_000, result_bytes=8_000_139)
     assert "args 152 MB · result 8.0 MB" in job_text("j1", "score", status)
     assert "args" not in job_text("j1", "score", results.JobStatus(job_id="j1", status=results.FINISHED))
+
+
+async def test_retries_and_dependencies_carry_large_values(url: str, tmp_path: Path) -> None:
+    value = np.random.default_rng(8).random(MB)
+    queue = Queue("default", url)
+    flaky = await queue.enqueue(payload_jobs.fails_once, value, str(tmp_path / "failed"), max_retries=1)
+    after = await queue.enqueue(payload_jobs.total, value, 1, depends_on=flaky)
+    async with running_worker(url, concurrency=2):
+        assert await after.result(timeout=30) == pytest.approx(float(value.sum()) + 1)
+        assert await flaky.result(timeout=30) == pytest.approx(float(value.sum()))
+    status = await fetch_status(flaky.job_id, url)
+    assert status is not None and status.attempts == 2 and status.args_bytes == value.nbytes
+    assert len(await objects(url)) == 1
+
+
+def test_a_cell_schedule_captures_a_large_value_through_the_store(ip: RaisingShell, nats_url: str) -> None:
+    ip.run_cell("import numpy as np\nbig = np.random.default_rng(9).random(1_000_000)")
+    ip.run_cell_magic("naq_schedule", "--interval 1h big_sum", "float(big.sum())")
+    [record] = schedules(nats_url)
+    assert len(record.job_data) < 100_000, "the captured array should live in the payload store"
+    header, _ = read_header(record.job_data)
+    assert [size for _, size in header["payload"]["buffers"]] == [8_000_000]

@@ -19,8 +19,7 @@ import types
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import cloudpickle
-
+from naq_ipy.client.pickling import dumps_value
 from naq_ipy.errors import ConfigurationError, SerializationError
 
 # The name IPython's transformer calls for magics (`%x`) and shell escapes (`!x`).
@@ -120,7 +119,7 @@ def rebound_names(tree: ast.AST) -> list[str]:
 
 def _picklable(value: Any) -> bool:
     try:
-        cloudpickle.dumps(value)
+        dumps_value(value, [])  # large buffers out of band: checked, never copied
     except Exception:
         return False
     return True
@@ -148,13 +147,13 @@ def _loaded_and_bound(tree: ast.AST) -> tuple[set[str], set[str]]:
 def check_picklable(captured: Mapping[str, Any]) -> None:
     """Raise SerializationError naming the first captured notebook variable that cannot be pickled."""
     try:
-        cloudpickle.dumps(dict(captured))
+        dumps_value(dict(captured), [])
         return
     except Exception:  # find which one below; any pickling failure counts
         pass
     for var, value in captured.items():
         try:
-            cloudpickle.dumps(value)
+            dumps_value(value, [])
         except Exception as e:
             raise SerializationError(
                 f"cannot pickle notebook variable {var!r} ({type(value).__name__}) used by the cell: {e}"
