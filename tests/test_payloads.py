@@ -28,7 +28,13 @@ from naq_ipy.client.job import read_header
 from naq_ipy.client.offload import Packer
 from naq_ipy.schedules.scheduler import run_now
 from naq_ipy.status import results
-from naq_ipy.status.payload_sweep import RECENT_UPLOAD_S, drop_payloads, job_payload_names, sweep_payloads
+from naq_ipy.status.payload_sweep import (
+    RECENT_UPLOAD_S,
+    drop_payloads,
+    job_payload_names,
+    sweep_forever,
+    sweep_payloads,
+)
 from naq_ipy.status.results import fetch_status
 from naq_ipy.wire import payloads
 from naq_ipy.wire.connection import get_connection
@@ -341,3 +347,17 @@ def test_a_cell_schedule_captures_a_large_value_through_the_store(ip: RaisingShe
     assert len(record.job_data) < 100_000, "the captured array should live in the payload store"
     header, _ = read_header(record.job_data)
     assert [size for _, size in header["payload"]["buffers"]] == [8_000_000]
+
+
+async def test_the_periodic_sweep_runs_with_its_clock(url: str) -> None:
+    conn = await get_connection(url)
+    value = memoryview(np.ones(MB)).cast("B")
+    await payloads.store(conn, PayloadRef(payloads.NAME_PREFIX + sha(np.ones(MB)), value.nbytes), value, keep_s=0)
+    sweeping = asyncio.create_task(sweep_forever(conn, clock=lambda: time.time() + 1, interval_s=0.05))
+    try:
+        deadline = time.monotonic() + 10
+        while await objects(url):
+            assert time.monotonic() < deadline, "the periodic sweep never removed the expired object"
+            await asyncio.sleep(0.05)
+    finally:
+        sweeping.cancel()

@@ -39,7 +39,7 @@ from naq_ipy.rules.times import from_timestamp
 from naq_ipy.schedules.fires import FirePlan, ScheduleView, advanced, fire_msg_id, plan_fires, run_id
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.schedules.store import ScheduledJobManager, is_wrong_last
-from naq_ipy.status.payload_sweep import SWEEP_INTERVAL_S, sweep_payloads
+from naq_ipy.status.payload_sweep import sweep_forever
 from naq_ipy.wire.connection import Connection, connect, get_connection, nats_errors, publish
 from naq_ipy.wire.settings import (
     SCHEDULED_JOBS_KV_NAME,
@@ -182,7 +182,7 @@ class Scheduler(StopRequests):
                 group.create_task(self._watch_loop())
                 group.create_task(self._clock_loop())
                 group.create_task(self._timer_loop())
-                group.create_task(self._sweep_loop())
+                group.create_task(sweep_forever(self._connection, self.clock))
         finally:
             await self._close()
 
@@ -235,15 +235,6 @@ class Scheduler(StopRequests):
                 logger.warning("clock sync with NATS failed: %s", e or type(e).__name__)
                 delay = RETRY_MAX_S if self.clock_offset_s is not None else RETRY_MIN_S
             await asyncio.sleep(delay)
-
-    async def _sweep_loop(self) -> None:
-        """Remove payloads nothing needs any more, every `SWEEP_INTERVAL_S` (see naq_ipy.status.payload_sweep)."""
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            try:
-                await sweep_payloads(self._connection, self.clock())
-            except Exception as e:  # the next sweep tries again; nothing is lost by waiting
-                logger.warning("payload sweep failed: %s", e or type(e).__name__)
 
     async def _watch_loop(self) -> None:
         backoff = RETRY_MIN_S

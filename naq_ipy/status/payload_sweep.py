@@ -7,15 +7,17 @@ An object is kept while anything may need it:
   dependencies, running: a message leaves the work-queue stream only when acked);
 - while a failed job kept in `naq_failed_jobs` (it can be requeued) or a schedule of
   `naq_scheduled_jobs` (active or paused, its captured values) refers to it.
-The sweep (`sweep_payloads`, run by the scheduler every `SWEEP_INTERVAL_S`) deletes every other
+The sweep (`sweep_payloads`, run by every scheduler and worker about every `SWEEP_INTERVAL_S`) deletes every other
 object, and chunks no meta points at (a writer that died mid-write) once they are an hour old.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import nats.js.errors
 
@@ -96,6 +98,18 @@ async def sweep_payloads(conn: Connection, now: float | None = None) -> list[str
     if removed:
         logger.info("payload sweep removed %d object(s)", len(removed))
     return removed
+
+
+async def sweep_forever(conn: Connection, clock: Callable[[], float] = time.time,
+                        interval_s: float = SWEEP_INTERVAL_S) -> None:
+    """`sweep_payloads` every `interval_s` (the first after a random part of it, so processes spread out)."""
+    await asyncio.sleep(random.uniform(0.5, 1.0) * interval_s)
+    while True:
+        try:
+            await sweep_payloads(conn, clock())
+        except Exception as e:  # the next sweep tries again; nothing is lost by waiting
+            logger.warning("payload sweep failed: %s", e or type(e).__name__)
+        await asyncio.sleep(interval_s)
 
 
 async def _purge_orphan_chunks(conn: Connection, live_nuids: set[str], now: float) -> None:

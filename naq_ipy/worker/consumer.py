@@ -30,6 +30,7 @@ from nats.js import JetStreamContext, api
 
 from naq_ipy.client.bridge import StopRequests
 from naq_ipy.errors import ConfigurationError, NaqException
+from naq_ipy.status.payload_sweep import sweep_forever
 from naq_ipy.wire import settings as names
 from naq_ipy.wire.connection import connect, get_connection, kv_put, nats_errors
 from naq_ipy.wire.settings import (
@@ -114,7 +115,7 @@ class Worker(JobRunner, StopRequests):
             self.started_at = time.time()
             fetchers = [asyncio.create_task(self._fetch_loop(sub)) for sub, _ in subs]
             tasks = [*fetchers, asyncio.create_task(self._heartbeat_loop()),
-                     asyncio.create_task(self._progress_loop())]
+                     asyncio.create_task(self._progress_loop()), asyncio.create_task(sweep_forever(self._conn))]
             logger.info("worker %s started on %s (concurrency %d, %s)", self.worker_id, ",".join(self.queues),
                         self.concurrency, "processes" if self.process_pool else "threads")
             await self._stopping.wait()
