@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,8 @@ Msgs = Callable[..., Awaitable[list[RawStreamMsg]]]
 Snapshot = Callable[..., Awaitable[dict[str, tuple[bytes, int]]]]
 Action = Callable[[Queue], Coroutine[Any, Any, Any]]
 
-BIG = b"x" * (2 * 1024 * 1024)  # over the server's default max payload of 1 MB
+BIG = b"x" * (2 * 1024 * 1024)  # over the payload cap these tests set (NAQ_PAYLOAD_MAX, below)
+CAP = 1_000_000
 
 
 def add(a: int = 0, b: int = 0) -> int:
@@ -84,12 +86,16 @@ CASES: dict[str, tuple[Action, type[NaqException], str]] = {
     "helper-queue-space": (lambda q: naq_ipy.schedule(add, interval=5, queue_name="a b", nats_url=q.settings),
                            ConfigurationError, "no dots or spaces"),
     # payload size
-    "big-enqueue": (lambda q: q.enqueue(add, BIG), SerializationError, "over the NATS server's max payload"),
+    "big-enqueue": (lambda q: q.enqueue(add, BIG), SerializationError,
+                    r"is 2.1 MB \(2,097,\d+ bytes\), over the payload cap of 1.0 MB"),
     "big-in-many": (lambda q: q.enqueue_many([(add, (1,)), (add, (BIG,)), (add, (2,))]), SerializationError,
-                    "max payload"),
-    "big-at": (lambda q: q.enqueue_at(2e9, add, BIG), SerializationError, "max payload"),
-    "big-schedule": (lambda q: q.schedule(add, BIG, interval=60, name="big"), SerializationError, "max payload"),
-    "big-after-base64": (lambda q: q.schedule(add, b"x" * 900_000, interval=60), SerializationError, "max payload"),
+                    "over the payload cap"),
+    "big-at": (lambda q: q.enqueue_at(2e9, add, BIG), SerializationError, "over the payload cap"),
+    "big-schedule": (lambda q: q.schedule(add, BIG, interval=60, name="big"), SerializationError,
+                     "over the payload cap"),
+    "big-after-base64": (  # a threshold set above what a schedule record can hold inline
+        lambda q: Queue(q.name, replace(q.settings, payload_threshold_bytes=CAP)).schedule(
+            add, b"x" * 900_000, interval=60), SerializationError, "max payload"),
     # options and times
     "max-retries": (lambda q: q.enqueue(add, max_retries=-1), ConfigurationError, "max_retries"),
     "timeout-zero": (lambda q: q.enqueue(add, timeout=0), ConfigurationError, "timeout"),
@@ -122,8 +128,15 @@ async def populated(nats_url: str, stream_msgs: Msgs, kv_snapshot: Snapshot) -> 
     return state
 
 
+@pytest.fixture
+def capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values over 1 MB are refused (larger ones would go to the payload store)."""
+    monkeypatch.setenv("NAQ_PAYLOAD_MAX", str(CAP))
+
+
 @pytest.mark.parametrize("case", list(CASES))
-async def test_bad_input_writes_nothing(nats_url: str, populated: Callable[[], Awaitable[Any]], case: str) -> None:
+async def test_bad_input_writes_nothing(capped: None, nats_url: str, populated: Callable[[], Awaitable[Any]],
+                                        case: str) -> None:
     action, error, message = CASES[case]
     before = await populated()
     with pytest.raises(error, match=message):
@@ -146,12 +159,12 @@ def test_valid_queue_names_match_the_stream_subjects(name: str) -> None:
     assert queue.subject == f"naq.queue.{name}" and queue.subject.count(".") == 2
 
 
-def test_sync_helpers_raise_the_same_errors_without_writing(nats_url: str) -> None:
+def test_sync_helpers_raise_the_same_errors_without_writing(capped: None, nats_url: str) -> None:
     with pytest.raises(ConfigurationError, match="invalid cron"):
         naq_ipy.schedule_sync(add, cron="nope", nats_url=nats_url)
     with pytest.raises(SerializationError, match=r"argument 0 \(lock\)"):
         naq_ipy.enqueue_sync(add, threading.Lock(), nats_url=nats_url)
-    with pytest.raises(SerializationError, match="max payload"):
+    with pytest.raises(SerializationError, match="over the payload cap"):
         naq_ipy.enqueue_sync(add, BIG, nats_url=nats_url)
     assert naq_ipy.list_scheduled_jobs_sync(nats_url=nats_url) == []
     assert naq_ipy.purge_queue_sync(nats_url=nats_url) == 0
