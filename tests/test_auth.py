@@ -20,7 +20,9 @@ from test_scheduler import running as running_scheduler
 from test_worker import running_worker
 
 from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
+from naq_ipy.status.payload_sweep import sweep_payloads
 from naq_ipy.status.results import fetch_result
+from naq_ipy.wire import payloads
 from naq_ipy.wire import settings as names
 from naq_ipy.wire.connection import close_all, connect, get_connection
 from naq_ipy.wire.server import NatsServer
@@ -48,6 +50,7 @@ async def server(nats_server_factory: Callable[..., NatsServer], monkeypatch: py
     await conn.ensure_stream(names.FAILED_STREAM_NAME)
     for bucket in BUCKETS:
         await conn.kv(bucket)
+    await payloads.ensure_bucket(conn)
     await conn.nc.close()
     yield started
     await close_all()
@@ -97,6 +100,13 @@ async def test_each_role_of_the_recommended_layout_does_its_work_without_a_viola
         assert len(await list_workers(notebook.settings)) == 1
         submitted = await Queue("reports", as_role(server.url, "enqueue")).enqueue(jobs.add, 1, 1)
         assert await fetch_result(submitted.job_id, timeout=10, url=notebook.settings) == 2
+        large = await Queue("reports", as_role(server.url, "enqueue")).enqueue(jobs.big_result, 2_000_000)
+        big = await notebook.enqueue(len, b"x" * 2_000_000)
+        assert await big.result(timeout=10) == 2_000_000
+        assert len(await fetch_result(large.job_id, timeout=10, url=notebook.settings)) == 2_000_000
+    for role in ("worker", "scheduler"):  # both sweep unused payloads
+        await sweep_payloads(await get_connection(as_role(server.url, role)), time.time() + 2 * 3600)
+    await notebook.purge()
     assert violations(server) == []
 
 

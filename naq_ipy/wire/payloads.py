@@ -219,8 +219,8 @@ async def _read_chunks(conn: Connection, subject: str, view: memoryview, chunks:
             done.set_result(None)
 
     async with nats_errors(conn.settings):
-        sub = await conn.js.subscribe(subject, cb=on_chunk, ordered_consumer=True,
-                                      pending_msgs_limit=-1, pending_bytes_limit=-1)
+        sub = await conn.js.subscribe(subject, stream=STREAM_NAME, cb=on_chunk, ordered_consumer=True,
+                                      pending_msgs_limit=-1, pending_bytes_limit=-1)  # stream named: no lookup
     try:
         await asyncio.wait_for(done, _transfer_timeout_s(len(view)))
     except TimeoutError:
