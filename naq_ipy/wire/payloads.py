@@ -55,9 +55,11 @@ class PayloadRef:
 
     @property
     def digest(self) -> str:
+        """The hex SHA-256 of the content."""
         return self.name.removeprefix(NAME_PREFIX)
 
     def to_json(self) -> list[object]:
+        """The form carried in job headers and status records: `[name, size]`."""
         return [self.name, self.size]
 
     @classmethod
@@ -285,12 +287,14 @@ class PayloadCache:
         self._items: OrderedDict[str, Buffer] = OrderedDict()
 
     def get(self, name: str) -> Buffer | None:
+        """The cached object, now the most recently used; None if not cached."""
         found = self._items.get(name)
         if found is not None:
             self._items.move_to_end(name)
         return found
 
     def put(self, name: str, value: Buffer) -> None:
+        """Keep `value` (unless larger than the whole cache), dropping the least recently used beyond the bound."""
         if len(value) > self.max_bytes or name in self._items:
             return
         self._items[name] = value
