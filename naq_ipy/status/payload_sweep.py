@@ -114,9 +114,7 @@ async def sweep_forever(conn: Connection, clock: Callable[[], float] = time.time
 
 async def _purge_orphan_chunks(conn: Connection, live_nuids: set[str], now: float) -> None:
     prefix = f"$O.{PAYLOAD_BUCKET_NAME}.C."
-    async with nats_errors(conn.settings):
-        info = await conn.js.stream_info(payloads.STREAM_NAME, subjects_filter=f"{prefix}>")
-    for subject in info.state.subjects or {}:
+    for subject in await payloads.stored_subjects(conn, "C"):
         if subject[len(prefix):] in live_nuids:
             continue
         try:

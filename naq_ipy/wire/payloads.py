@@ -100,8 +100,7 @@ async def ensure_bucket(conn: Connection) -> None:
 
 
 async def read_meta(conn: Connection, name: str) -> dict[str, object] | None:
-    """The object's meta record, None if there is none (or it was deleted)."""
-    await ensure_bucket(conn)
+    """The object's meta record, None if there is none (or it was deleted, or there is no bucket)."""
     try:
         async with nats_errors(conn.settings):
             msg = await conn.js.get_msg(STREAM_NAME, subject=_meta_subject(name))
@@ -142,6 +141,7 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
     partial object is left, and none is ever visible, since the meta is written last.
     """
     until = time.time() + keep_s
+    await ensure_bucket(conn)
     meta = await read_meta(conn, ref.name)
     if meta is not None and meta.get("size") == ref.size:
         if keep_until(meta) < until:
@@ -250,14 +250,20 @@ async def delete(conn: Connection, name: str) -> bool:
     return True
 
 
+async def stored_subjects(conn: Connection, kind: str) -> list[str]:
+    """The subjects holding messages in the bucket: `kind` "M" (metas) or "C" (chunks); none without a bucket."""
+    try:
+        async with nats_errors(conn.settings):
+            info = await conn.js.stream_info(STREAM_NAME, subjects_filter=f"$O.{PAYLOAD_BUCKET_NAME}.{kind}.>")
+    except nats.js.errors.NotFoundError:  # no bucket yet (it is made on first upload): nothing stored
+        return []
+    return list(info.state.subjects or {})
+
+
 async def list_objects(conn: Connection) -> dict[str, dict[str, object]]:
     """Every live object's meta record, by name (one pass over the meta subjects)."""
-    await ensure_bucket(conn)
     found: dict[str, dict[str, object]] = {}
-    async with nats_errors(conn.settings):
-        info = await conn.js.stream_info(STREAM_NAME, subjects_filter=f"$O.{PAYLOAD_BUCKET_NAME}.M.>")
-    subjects = info.state.subjects or {}
-    for subject in subjects:
+    for subject in await stored_subjects(conn, "M"):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             async with nats_errors(conn.settings):
                 msg = await conn.js.get_msg(STREAM_NAME, subject=subject)
