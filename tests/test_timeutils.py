@@ -269,7 +269,7 @@ def test_berlin_spring_forward_fires_missing_time_once() -> None:
     start, end = local(BERLIN, 2026, 3, 27), local(BERLIN, 2026, 4, 1, 23, 59)
     runs = runs_between("0 2 * * *", start, end, "Europe/Berlin")
     assert_one_run_per_local_day(runs, BERLIN, date(2026, 3, 27), date(2026, 4, 1))
-    # 02:00 does not exist on 2026-03-29: it fires at 03:00 CEST = 01:00 UTC.
+    # 02:00 does not exist on 2026-03-29: it fires right after the jump, at 03:00 CEST = 01:00 UTC.
     assert runs[1:4] == [utc(2026, 3, 28, 1), utc(2026, 3, 29, 1), utc(2026, 3, 30, 0)]
 
 
@@ -300,45 +300,49 @@ def test_berlin_day_by_day_from_local_midnight() -> None:
         ("America/New_York", utc(2026, 3, 7, 23), utc(2026, 3, 8, 12)),
     ],
 )
-def test_half_past_every_hour_never_goes_backwards(tz: str, start: datetime, end: datetime) -> None:
+def test_half_past_every_hour_keeps_real_hours(tz: str, start: datetime, end: datetime) -> None:
     runs = runs_between("30 * * * *", start, end, tz)
-    assert all(later > earlier for earlier, later in pairwise(runs))
-    walls = [run.astimezone(ZoneInfo(tz)).replace(tzinfo=None) for run in runs]
-    assert len(set(walls)) == len(walls)
-    assert all(wall.minute == 30 for wall in walls)
+    assert all(later - earlier == timedelta(hours=1) for earlier, later in pairwise(runs))
+    assert all(run.astimezone(ZoneInfo(tz)).minute == 30 for run in runs)
 
 
-def test_berlin_fall_back_hourly_skips_the_repeat() -> None:
+def test_berlin_fall_back_hourly_fires_in_the_repeat() -> None:
     runs = runs_between("30 * * * *", utc(2026, 10, 24, 23), utc(2026, 10, 25, 3), "Europe/Berlin")
-    # 02:30 CEST (00:30 UTC) fires; 02:30 CET (01:30 UTC) is the same wall time and does not.
-    assert runs == [utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 2, 30)]
+    # A wildcard job runs on real time: 02:30 CEST (00:30 UTC) and 02:30 CET (01:30 UTC) both fire.
+    assert runs == [utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30),
+                    utc(2026, 10, 25, 2, 30)]
 
 
-def test_after_in_repeated_hour_does_not_fire_again() -> None:
+def test_after_in_repeated_hour() -> None:
     second_pass = local(BERLIN, 2026, 10, 25, 2, 10, fold=1)
     assert next_cron_run("30 2 * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 26, 1, 30)
-    assert next_cron_run("*/20 * * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 25, 2)
+    # 02:20 CET, the second 02:20 of the night.
+    assert next_cron_run("*/20 * * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 25, 1, 20)
 
 
 def test_new_york_transitions() -> None:
     spring = runs_between("30 2 * * *", utc(2026, 3, 7), utc(2026, 3, 10), "America/New_York")
-    # 02:30 does not exist on 2026-03-08: it fires at 03:30 EDT = 07:30 UTC.
-    assert spring == [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7, 30), utc(2026, 3, 9, 6, 30)]
+    # 02:30 does not exist on 2026-03-08: it fires right after the jump, at 03:00 EDT = 07:00 UTC.
+    assert spring == [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7), utc(2026, 3, 9, 6, 30)]
     fall = runs_between("30 1 * * *", utc(2026, 10, 31), utc(2026, 11, 3), "America/New_York")
     # 01:30 happens twice on 2026-11-01: only the first (EDT) fires.
     assert fall == [utc(2026, 10, 31, 5, 30), utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)]
 
 
-def test_gap_times_merge_with_the_real_times_they_land_on() -> None:
-    runs = runs_between("*/20 2,3 * * *", utc(2026, 3, 28, 22), utc(2026, 3, 29, 6), "Europe/Berlin")
+@pytest.mark.parametrize("expr", ["*/20 2,3 * * *", "0,20,40 2,3 * * *"])
+def test_gap_times_merge_with_the_real_times_after_the_jump(expr: str) -> None:
+    # Wildcard: 02:xx does not exist and does not fire. Fixed: 02:00, 02:20, 02:40 fire once at 03:00 CEST,
+    # which is also the fire of 03:00.
+    runs = runs_between(expr, utc(2026, 3, 28, 22), utc(2026, 3, 29, 6), "Europe/Berlin")
     assert runs == [utc(2026, 3, 29, 1), utc(2026, 3, 29, 1, 20), utc(2026, 3, 29, 1, 40)]
 
 
-def test_gap_times_are_not_lost_when_later_than_real_times() -> None:
-    # Lord Howe springs forward 30 min at 02:00: 02:20 is in the gap (fires as 02:50), 02:40 is real.
+def test_gap_times_fire_right_after_a_30_minute_jump() -> None:
+    # Lord Howe springs forward 30 min at 02:00: 02:20 is in the gap (fires at 02:30 LHDT), 02:40 is real.
     runs = next_cron_runs("20,40 2 * * *", utc(2026, 10, 3, 12), "Australia/Lord_Howe", count=3)
-    assert runs == [utc(2026, 10, 3, 15, 40), utc(2026, 10, 3, 15, 50), utc(2026, 10, 4, 15, 20)]
-    assert next_cron_run("10,50 2 * * *", utc(2026, 3, 29, 1, 10), "Europe/Berlin") == utc(2026, 3, 29, 1, 50)
+    assert runs == [utc(2026, 10, 3, 15, 30), utc(2026, 10, 3, 15, 40), utc(2026, 10, 4, 15, 20)]
+    # Both gap times of Berlin fired at the jump (01:00 UTC), before 01:10 UTC: next is the day after.
+    assert next_cron_run("10,50 2 * * *", utc(2026, 3, 29, 1, 10), "Europe/Berlin") == utc(2026, 3, 30, 0, 10)
 
 
 # ---- labels -------------------------------------------------------------------------------------
