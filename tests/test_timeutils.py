@@ -15,6 +15,7 @@ from naq_ipy.timeutils import (
     format_duration,
     format_relative,
     from_timestamp,
+    is_wildcard_cron,
     next_cron_run,
     next_cron_runs,
     parse_duration,
@@ -343,6 +344,99 @@ def test_gap_times_fire_right_after_a_30_minute_jump() -> None:
     assert runs == [utc(2026, 10, 3, 15, 30), utc(2026, 10, 3, 15, 40), utc(2026, 10, 4, 15, 20)]
     # Both gap times of Berlin fired at the jump (01:00 UTC), before 01:10 UTC: next is the day after.
     assert next_cron_run("10,50 2 * * *", utc(2026, 3, 29, 1, 10), "Europe/Berlin") == utc(2026, 3, 30, 0, 10)
+
+
+# ---- cron(8) at DST changes: wildcard jobs on real time, fixed-time jobs once -------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "wildcard"),
+    [
+        ("* * * * *", True),
+        ("*/15 * * * *", True),
+        ("0 * * * *", True),
+        ("0 */2 * * *", True),
+        ("* 2 * * *", True),
+        ("1-5 * * * *", True),
+        ("*/5 2 * * * 30", True),
+        (" @HOURLY ", True),
+        ("0 2 * * *", False),
+        ("0,30 1-3 * * *", False),
+        ("0-59 2 * * *", False),
+        ("0-59/5 0-23 * * *", False),
+        ("30 2 * * * *", False),
+        ("@daily", False),
+        ("@weekly", False),
+    ],
+)
+def test_is_wildcard_cron_reads_minute_and_hour_like_cronie(expr: str, wildcard: bool) -> None:
+    assert is_wildcard_cron(expr) is wildcard
+
+
+def test_berlin_fall_back_hourly_fires_every_real_hour() -> None:
+    runs = runs_between("0 * * * *", utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 2, 30), "Europe/Berlin")
+    # 02:00 CEST, 02:00 CET, 03:00 CET: no two-hour gap.
+    assert runs == [utc(2026, 10, 25, 0), utc(2026, 10, 25, 1), utc(2026, 10, 25, 2)]
+
+
+def test_berlin_fall_back_half_hourly_covers_the_repeated_hour() -> None:
+    runs = runs_between("*/30 * * * *", utc(2026, 10, 24, 23, 45), utc(2026, 10, 25, 2, 45), "Europe/Berlin")
+    assert runs == [utc(2026, 10, 25, 0) + timedelta(minutes=30 * n) for n in range(6)]
+    walls = [f"{run.astimezone(BERLIN):%H:%M %Z}" for run in runs]
+    assert walls == ["02:00 CEST", "02:30 CEST", "02:00 CET", "02:30 CET", "03:00 CET", "03:30 CET"]
+
+
+def test_berlin_spring_forward_fixed_time_fires_once_right_after_the_jump() -> None:
+    runs = next_cron_runs("30 2 * * *", utc(2026, 3, 28, 12), "Europe/Berlin", count=2)
+    assert runs == [utc(2026, 3, 29, 1), utc(2026, 3, 30, 0, 30)]
+    assert f"{runs[0].astimezone(BERLIN):%H:%M %Z}" == "03:00 CEST"
+
+
+def test_berlin_spring_forward_hourly_goes_on_at_the_new_wall_time() -> None:
+    runs = runs_between("0 * * * *", utc(2026, 3, 28, 23, 30), utc(2026, 3, 29, 2, 30), "Europe/Berlin")
+    assert [f"{run.astimezone(BERLIN):%H:%M %Z}" for run in runs] == ["01:00 CET", "03:00 CEST", "04:00 CEST"]
+    assert all(later - earlier == timedelta(hours=1) for earlier, later in pairwise(runs))
+
+
+def test_minute_wildcard_in_a_fixed_hour_is_a_wildcard_job() -> None:
+    # '* 2 * * *' runs on real time: no 02:xx on the spring-forward day, both 02:xx hours at fall-back.
+    assert next_cron_run("* 2 * * *", utc(2026, 3, 28, 2), "Europe/Berlin") == utc(2026, 3, 30, 0)
+    fall = runs_between("* 2 * * *", utc(2026, 10, 24, 12), utc(2026, 10, 25, 12), "Europe/Berlin")
+    assert len(fall) == 120 and fall[0] == utc(2026, 10, 25, 0) and fall[-1] == utc(2026, 10, 25, 1, 59)
+    # '0-59 2 * * *' is the same set of wall times as a fixed-time job: once at the jump, the first hour only.
+    assert next_cron_runs("0-59 2 * * *", utc(2026, 3, 28, 2), "Europe/Berlin", 2) == [utc(2026, 3, 29, 1),
+                                                                                       utc(2026, 3, 30, 0)]
+    fall = runs_between("0-59 2 * * *", utc(2026, 10, 24, 12), utc(2026, 10, 25, 12), "Europe/Berlin")
+    assert len(fall) == 60 and fall[-1] == utc(2026, 10, 25, 0, 59)
+
+
+@pytest.mark.parametrize(
+    ("tz", "fall", "spring"),
+    [
+        ("Europe/Berlin", utc(2026, 10, 25, 1), utc(2026, 3, 29, 1)),
+        ("America/New_York", utc(2026, 11, 1, 6), utc(2026, 3, 8, 7)),
+        ("Australia/Sydney", utc(2026, 4, 4, 16), utc(2026, 10, 3, 16)),
+    ],
+)
+def test_hourly_and_fixed_jobs_in_both_hemispheres(tz: str, fall: datetime, spring: datetime) -> None:
+    zone, hour = ZoneInfo(tz), timedelta(hours=1)
+    for change in (fall, spring):  # hourly: every real hour, also across the change
+        assert runs_between("0 * * * *", change - 2 * hour, change + 2 * hour, tz) == [
+            change + n * hour for n in range(-1, 3)
+        ]
+    # A wall time of the repeated hour fires once, the first time; one of the skipped hour once, at the change.
+    repeated = f"{(fall - hour / 2).astimezone(zone):%M %H} * * *"
+    assert runs_between(repeated, fall - 2 * hour, fall + 2 * hour, tz) == [fall - hour / 2]
+    skipped = f"{(spring - hour / 2).astimezone(zone) + hour:%M %H} * * *"
+    assert runs_between(skipped, spring - 2 * hour, spring + 2 * hour, tz) == [spring]
+
+
+def test_lord_howe_hourly_follows_the_wall_clock_through_a_30_minute_shift() -> None:
+    # 02:00 LHST jumps to 02:30 LHDT (15:30 UTC): minute 0 comes again at 03:00 LHDT, 1.5 h after 01:00 LHST.
+    runs = runs_between("0 * * * *", utc(2026, 10, 3, 14), utc(2026, 10, 3, 17), "Australia/Lord_Howe")
+    assert runs == [utc(2026, 10, 3, 14, 30), utc(2026, 10, 3, 16), utc(2026, 10, 3, 17)]
+    half_hourly = runs_between("*/30 * * * *", utc(2026, 10, 3, 14), utc(2026, 10, 3, 16), "Australia/Lord_Howe")
+    assert half_hourly == [utc(2026, 10, 3, 14) + timedelta(minutes=30 * n) for n in range(1, 5)]
 
 
 # ---- labels -------------------------------------------------------------------------------------
