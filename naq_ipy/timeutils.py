@@ -157,7 +157,8 @@ def next_cron_run(expr: str, after: datetime, tz: str | None = None) -> datetime
       after the jump, when its wall time is skipped ('30 2 * * *' in Europe/Berlin on 2026-03-29 fires
       at 03:00 CEST = 01:00 UTC); several skipped wall times of one jump give that one fire.
     The fires are one set of instants whatever `after` is, so iterating (`after` = the previous fire)
-    gives strictly increasing fires, the same as starting anywhere in between.
+    gives strictly increasing fires, the same as starting anywhere in between. Wall times come from
+    croniter on naive local datetimes (its own zone handling is wrong around DST).
     """
     return next(_fires(validate_cron(expr), to_utc(after), resolve_zone(tz)))
 
@@ -185,8 +186,10 @@ def is_wildcard_cron(expr: str) -> bool:
 def _fires(expr: str, after_utc: datetime, zone: ZoneInfo) -> Iterator[datetime]:
     """Distinct UTC fires of `expr` after `after_utc`, ascending, from naive wall times in `zone`.
 
-    Wall order and UTC order differ only around a fall-back (the repeated wall times come twice); the
-    scan starts early enough for those, and a candidate is held until no later wall time can map before it.
+    Wall order and UTC order differ around a fall-back (a repeated wall time's second instant comes
+    after later wall times' first ones): the scan starts early enough for those, and a candidate is held
+    until the scan reaches a wall time whose earlier mapping is not before it; no wall time from there
+    on has a fire before that mapping (a gap's fire is the jump, after its wall times' fold-1 mappings).
     """
     wildcard = is_wildcard_cron(expr)
     start = min(_wall(after_utc, zone), _wall(after_utc + _DST_LOOKAHEAD, zone) - _DST_LOOKAHEAD)
