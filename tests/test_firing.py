@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from naq_ipy.client.job import Job
-from naq_ipy.rules.times import next_cron_run
+from naq_ipy.rules.times import next_cron_run, next_cron_runs
 from naq_ipy.schedules.fires import (
     ScheduleView,
     advanced,
@@ -183,6 +183,39 @@ def test_cron_catch_up_across_dst_matches_day_by_day() -> None:
     rec = record("cron", next_run_utc=day_by_day[0], cron="0 2 * * *", tz="Europe/Berlin", misfire="all")
     plan = plan_fires(rec, day_by_day[-1] + 60)
     assert list(plan.due_times) == day_by_day
+
+
+def _fired_step_by_step(cron: str, start: datetime, count: int, lag_s: float) -> list[float]:
+    """The due times a scheduler waking `lag_s` after each next run fires for `cron` in Berlin, `count` times."""
+    rec = record("cron", next_run_utc=next_cron_run(cron, start, "Europe/Berlin").timestamp(), cron=cron,
+                 tz="Europe/Berlin")
+    fired: list[float] = []
+    while len(fired) < count:
+        now = rec.next_run_utc + lag_s
+        plan = plan_fires(rec, now)
+        fired.extend(plan.due_times)
+        rec = advanced(rec, plan, now)
+    return fired[:count]
+
+
+@pytest.mark.parametrize(
+    ("cron", "start"),
+    [
+        ("0 * * * *", datetime(2026, 10, 24, 22, tzinfo=UTC)),  # fall-back: 02:00 CEST and 02:00 CET both fire
+        ("*/30 * * * *", datetime(2026, 10, 24, 23, tzinfo=UTC)),
+        ("30 2 * * *", datetime(2026, 10, 23, tzinfo=UTC)),  # fall-back: once, at 02:30 CEST
+        ("0 * * * *", datetime(2026, 3, 28, 22, tzinfo=UTC)),  # spring-forward: 01:00 CET, then 03:00 CEST
+        ("30 2 * * *", datetime(2026, 3, 27, tzinfo=UTC)),  # spring-forward: once, at 03:00 CEST
+        ("10,50 2 * * *", datetime(2026, 3, 27, tzinfo=UTC)),  # two skipped wall times, one fire at the jump
+    ],
+)
+@pytest.mark.parametrize("lag_s", [0.05, 45.0])
+def test_scheduler_advances_across_dst_without_double_fire_or_skip(cron: str, start: datetime, lag_s: float) -> None:
+    expected = [run.timestamp() for run in next_cron_runs(cron, start, "Europe/Berlin", count=8)]
+    assert _fired_step_by_step(cron, start, 8, lag_s) == expected
+    # A scheduler down over the change catches up on the same due times (misfire 'all').
+    rec = record("cron", next_run_utc=expected[0], cron=cron, tz="Europe/Berlin", misfire="all")
+    assert list(plan_fires(rec, expected[-1] + 1).due_times) == expected
 
 
 def test_view_ignores_stale_revisions_and_tracks_deletes() -> None:

@@ -178,7 +178,7 @@ def test_quickstart(stack: LocalStack, jupyter_env: Path) -> None:
 @pytest.mark.slow
 def test_scheduling(stack: LocalStack, jupyter_env: Path) -> None:
     nb = run("02-scheduling.ipynb", stack.url)
-    assert "Sun 29 Mar 03:30 CEST = 01:30 UTC" in cell_text(output_of(nb, "next_cron_runs("))
+    assert "Sun 29 Mar 03:00 CEST = 01:00 UTC" in cell_text(output_of(nb, "next_cron_runs("))
     assert cell_text(output_of(nb, "interval=\"1s\", repeat=3")).count("digest for sre") == 3
     assert "('paused', 'cron 0 9 * * mon-fri (Europe/Berlin)', 20)" in cell_text(output_of(nb, "pause_scheduled"))
     assert "digest for new york, hourly" in cell_text(output_of(nb, "%naq run ny_sync"))

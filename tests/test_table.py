@@ -139,6 +139,14 @@ def test_check_edit_valid_cron_previews_the_next_three_runs_in_its_zone() -> Non
     assert [p[:16] for p in check.preview] == ["2026-03-02 02:30", "2026-03-03 02:30", "2026-03-04 02:30"]
 
 
+def test_check_edit_previews_the_repeated_hour_of_an_hourly_cron() -> None:
+    form = table.EditForm(mode="cron", cron="0 * * * *", tz="Europe/Berlin")
+    now = datetime(2026, 10, 24, 23, 30, tzinfo=UTC).timestamp()
+    check = table.check_edit(record(), form, now, BERLIN)
+    assert [p.split(" (")[0] for p in check.preview] == [
+        "2026-10-25 02:00:00 CEST", "2026-10-25 02:00:00 CET", "2026-10-25 03:00:00 CET"]
+
+
 def test_check_edit_bad_zone_interval_repeat_and_time() -> None:
     bad = [
         (table.EditForm(mode="cron", cron="0 6 * * *", tz="Mars/Olympus"), "unknown time zone"),
