@@ -15,6 +15,7 @@ from typing import Any
 from nats.js import api
 
 import naq_ipy.schedules.scheduler as scheduler
+from naq_ipy.cli.main import main
 
 _publish_run = scheduler.publish_run
 _published = 0
@@ -33,4 +34,4 @@ async def publish_run_then_crash(*args: Any, **kwargs: Any) -> api.PubAck:
 
 if __name__ == "__main__":
     scheduler.publish_run = publish_run_then_crash
-    sys.exit(scheduler.main(sys.argv[1:]))
+    sys.exit(main(["scheduler", *sys.argv[1:]]))
