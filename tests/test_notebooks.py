@@ -15,10 +15,11 @@ from typing import Any
 import nbformat
 import pytest
 from pids import alive, wait_gone
+from squatter import default_port_state, squat_default_port
 
 from naq_ipy.lab import execute_notebook
 from naq_ipy.scheduled import ScheduledJobManager
-from naq_ipy.server import is_reachable
+from naq_ipy.server import Answer, is_reachable
 from naq_ipy.stack import LocalStack, local_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,7 +150,7 @@ def schedules_left(url: str) -> list[str]:
     return asyncio.run(keys())
 
 
-def run(name: str, url: str, *, server_stays: bool = True) -> Any:
+def run(name: str, url: str | None, *, server_stays: bool = True) -> Any:
     started = time.monotonic()
     nb = execute_notebook(NOTEBOOKS / name, url, cell_timeout_s=CELL_TIMEOUT_S)
     elapsed = time.monotonic() - started
@@ -158,7 +159,7 @@ def run(name: str, url: str, *, server_stays: bool = True) -> Any:
         if cell.cell_type == "code":
             tagged = "raises-exception" in cell.metadata.get("tags", [])
             assert raised(cell) == tagged, f"{name}: {cell.source[:80]!r}\n{cell_text(cell)}"
-    if server_stays:
+    if server_stays and url is not None:
         assert schedules_left(url) == [], f"{name} left schedules behind"
     return nb
 
@@ -218,3 +219,44 @@ def test_quickstart_on_a_fresh_machine_starts_and_stops_everything(jupyter_env: 
     pids.append(int(server_pid.group(1)))
     assert wait_gone(pids) == [], f"left running: {[p for p in pids if alive(p)]}"
     assert not is_reachable(url)
+
+
+# --- zero config: no NAQ_URL, the default port 4222 ---------------------------------------------
+
+STAND_IN = re.compile(r"started a local NATS server at (nats://127\.0\.0\.1:\d+) for nats://127\.0\.0\.1:4222")
+
+
+def stand_in_url(nb: Any) -> str:
+    """The URL of the server the notebook's `%naq server start` started."""
+    found = STAND_IN.search(cell_text(output_of(nb, "%naq server start")))
+    assert found is not None, cell_text(output_of(nb, "%naq server start"))
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_notebooks_when_a_listener_that_is_not_nats_holds_port_4222(jupyter_env: Path) -> None:
+    """No NAQ_URL and port 4222 taken: the stand-in elsewhere is the URL of the magics and the Python API alike."""
+    squatter = squat_default_port()
+    try:
+        for name in NAMES:
+            nb = run(name, None, server_stays=False)
+            started = cell_text(output_of(nb, "%naq server start"))
+            assert stand_in_url(nb) != "nats://127.0.0.1:4222", started
+            assert "port 4222 there is held by something that is not a NATS server, so every call of this kernel " \
+                   f"without a URL now goes to {stand_in_url(nb)}" in started
+    finally:
+        if squatter is not None:
+            squatter.close()
+
+
+@pytest.mark.slow
+def test_notebooks_back_to_back_without_naq_url(jupyter_env: Path) -> None:
+    """Three rounds of the three notebooks, each in a fresh kernel: each gets port 4222 again when nothing holds it."""
+    state = default_port_state()
+    if state is Answer.NATS:
+        pytest.skip("a NATS server of someone else answers on 127.0.0.1:4222: the notebooks would use it")
+    for _ in range(3):
+        for name in NAMES:
+            nb = run(name, None, server_stays=False)
+            if state is None:  # 4222 was free: every notebook's own server must get it back
+                assert stand_in_url(nb) == "nats://127.0.0.1:4222", f"{name}: {stand_in_url(nb)}"
