@@ -15,7 +15,7 @@ from typing import Any
 import nbformat
 import pytest
 from pids import alive, wait_gone
-from squatter import default_port_state, squat_default_port
+from squatter import Squatter, default_port_state, squat_default_port
 
 from naq_ipy.lab import execute_notebook
 from naq_ipy.scheduled import ScheduledJobManager
@@ -260,3 +260,36 @@ def test_notebooks_back_to_back_without_naq_url(jupyter_env: Path) -> None:
             nb = run(name, None, server_stays=False)
             if state is None:  # 4222 was free: every notebook's own server must get it back
                 assert stand_in_url(nb) == "nats://127.0.0.1:4222", f"{name}: {stand_in_url(nb)}"
+
+
+@pytest.mark.slow
+def test_in_a_kernel_an_explicit_url_wins_and_a_port_that_is_not_nats_is_named(
+        jupyter_env: Path, nats_url: str, tmp_path: Path) -> None:
+    """NAQ_URL at a port a foreign listener holds: the stand-in elsewhere is the default, explicit URLs still win."""
+    with Squatter() as held, Squatter() as other:
+        cells = [
+            "%load_ext naq_ipy\n%naq server start",
+            "import naq_ipy\nfrom naq_ipy import Queue\n\ndef f():\n    return 1\n\n"
+            f"print('default', Queue().settings.url)\nprint('explicit', Queue(nats_url={nats_url!r}).settings.url)\n"
+            f"print('enqueued at', naq_ipy.enqueue_sync(f, nats_url={nats_url!r}).url.url)",
+            f"%config NaqMagics.url = {nats_url!r}\nprint('configured', Queue().settings.url)",
+            f"naq_ipy.enqueue_sync(f, nats_url={other.url!r})",
+            f"%config NaqMagics.auto_start = False\n%config NaqMagics.url = {other.url!r}\n%naq_enqueue f()",
+        ]
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+        for cell in nb.cells[3:]:
+            cell.metadata["tags"] = ["raises-exception"]
+        path = tmp_path / "urls.ipynb"
+        nbformat.write(nb, path)
+        ran = execute_notebook(path, held.url, cell_timeout_s=CELL_TIMEOUT_S)
+    code = [cell_text(cell) for cell in ran.cells]
+    stand_in = re.search(rf"started a local NATS server at (\S+) for {held.url}: port {held.port} there is held",
+                         code[0])
+    assert stand_in is not None and stand_in.group(1) != held.url, code[0]
+    assert f"default {stand_in.group(1)}\nexplicit {nats_url}\nenqueued at {nats_url}" in code[1]
+    assert f"configured {nats_url}" in code[2]
+    not_nats = f"127.0.0.1:{other.port} is not a NATS server: it accepts connections but sends no NATS INFO line"
+    assert f"NaqConnectionError: {not_nats}" in code[3]
+    assert f"UsageError: {not_nats}" in code[4]
