@@ -225,9 +225,11 @@ class _StopOnSignal:
                 loop.add_signal_handler(sig, stop)
 
 
-def execute_notebook(path: Path, url: str, *, cell_timeout_s: float = CELL_TIMEOUT_S,
+def execute_notebook(path: Path, url: str | None, *, cell_timeout_s: float = CELL_TIMEOUT_S,
                      env: Mapping[str, str] | None = None) -> Any:
     """Run the notebook at `path` top to bottom in a fresh kernel of this Python with `NAQ_URL=url`.
+
+    `url=None`: the kernel gets no `NAQ_URL` at all (zero config, as a newcomer runs it).
 
     The kernel's working directory is the notebook's folder. Only cells tagged
     `raises-exception` may fail; any other error raises (nbclient's CellExecutionError).
@@ -249,7 +251,8 @@ def execute_notebook(path: Path, url: str, *, cell_timeout_s: float = CELL_TIMEO
         client = Client(nb, kernel_name=kernel_name, timeout=cell_timeout_s,
                         resources={"metadata": {"path": str(path.parent.resolve())}})
         try:
-            client.execute(env={**os.environ, **(env or {}), "NAQ_URL": url})
+            kernel_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "NAQ_URL"}
+            client.execute(env=kernel_env | ({"NAQ_URL": url} if url else {}))
         except BaseException:
             if stop.requested:  # nbclient reports the cancelled run as a dead kernel
                 raise KeyboardInterrupt from None

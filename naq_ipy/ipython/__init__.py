@@ -61,6 +61,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     from naq_ipy.ipython.livejob import unregister_formatter
     from naq_ipy.ipython.magics import NaqMagics
     from naq_ipy.local.processes import PROCESSES
+    from naq_ipy.wire.settings import clear_default_url
 
     unregister_formatter(ipython)
     magics = ipython.magics_manager.registry.pop(NaqMagics.__name__, None)
@@ -71,4 +72,5 @@ def unload_ipython_extension(ipython: Any) -> None:
         ipython.configurables.remove(magics)
     close_registered()
     PROCESSES.stop_all()
+    clear_default_url()
     stop_bridge()

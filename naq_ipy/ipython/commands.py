@@ -34,7 +34,7 @@ from naq_ipy.local.processes import PROCESSES, loopback_port
 from naq_ipy.rules.retry import NormalRetryDelay, parse_retry_delay
 from naq_ipy.rules.times import parse_duration, resolve_zone, to_timestamp, validate_cron
 from naq_ipy.wire.server import is_reachable
-from naq_ipy.wire.settings import redact_url, validate_key, validate_queue_name
+from naq_ipy.wire.settings import clear_default_url, redact_url, set_default_url, validate_key, validate_queue_name
 
 _OPEN, _CLOSE, _QUOTES = "([{", ")]}", "'\""
 _COLLECT = "__naq_collect__"
@@ -231,6 +231,7 @@ class EngineConfig(Protocol):
     """The settings the engine reads (NaqMagics' traits)."""
 
     url: str
+    url_given: bool  # set by the user (`%config NaqMagics.url`, profile config), not the default
     default_queue: str
     timezone: str
     auto_start: bool
@@ -292,8 +293,11 @@ class NaqEngine:
         """
         configured = self.config.url
         server = PROCESSES.server
-        if server is not None and server.running and PROCESSES.served_url == configured:
-            return server.url
+        if server is not None and PROCESSES.served_url == configured:
+            if server.running:
+                return server.url
+            PROCESSES.stop_server()  # it died: calls without a URL must not keep going to it
+            self.publish_url()
         if configured in self._checked_urls or not start:
             return configured
         if self.config.auto_start and loopback_port(configured) is not None and not is_reachable(configured):
@@ -302,11 +306,31 @@ class NaqEngine:
         return configured
 
     def start_server(self, configured: str) -> Any:
-        """Start the embedded nats-server standing in for `configured`, and say so."""
+        """Start the embedded nats-server standing in for `configured`, and say which URL the kernel now uses."""
         server = PROCESSES.start_server(configured)
-        self.say(f"started a local NATS server at {server.url} for {redact_url(configured)} "
+        self.publish_url()
+        elsewhere = "" if server.url == configured else (
+            f": port {loopback_port(configured)} there is held by something that is not a NATS server, "
+            f"so every call of this kernel without a URL now goes to {server.url}")
+        self.say(f"started a local NATS server at {server.url} for {redact_url(configured)}{elsewhere} "
                  f"(pid {server.pid}, data in {server.store_dir}, log {server.log_file})")
         return server
+
+    def publish_url(self) -> None:
+        """Make the kernel's URL the default of calls given none (`Queue()`, the helpers, panels, `Job`s).
+
+        A URL the user configured applies always (it ranks above `$NAQ_URL`); the local server
+        standing in for the configured URL applies in place of that URL only, while it runs.
+        """
+        server, stand_in = PROCESSES.server, None
+        if server is not None and server.running and PROCESSES.served_url == self.config.url:
+            stand_in = server.url
+        if self.config.url_given:
+            set_default_url(stand_in or self.config.url)
+        elif stand_in is not None:
+            set_default_url(stand_in, instead_of=self.config.url)
+        else:
+            clear_default_url()
 
     def queue(self, name: str | None) -> Queue:
         """The Queue `name` (default queue if None) at the current URL, cached."""

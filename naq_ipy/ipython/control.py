@@ -31,6 +31,7 @@ from naq_ipy.wire.settings import (
     RESULTS_KV_NAME,
     SCHEDULED_JOBS_KV_NAME,
     SCHEDULER_CLOCK_KV_NAME,
+    default_url,
     redact_url,
     validate_queue_name,
 )
@@ -146,8 +147,13 @@ class Control:
     def server_stop(self, args: argparse.Namespace) -> None:
         """Stop the nats-server this kernel started (never someone else's)."""
         server = PROCESSES.stop_server()
-        self.engine.say(f"stopped the NATS server at {server.url} (pid {server.pid})" if server
-                        else "this kernel runs no NATS server")
+        self.engine.publish_url()
+        if server is None:
+            self.engine.say("this kernel runs no NATS server")
+            return
+        now = default_url()
+        again = "" if now == server.url else f"; calls without a URL go to {redact_url(now)} again"
+        self.engine.say(f"stopped the NATS server at {server.url} (pid {server.pid}){again}")
 
     def server_status(self, args: argparse.Namespace) -> Table:
         """URL, reachability, and the embedded server's pid, data dir and log."""

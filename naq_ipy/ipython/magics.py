@@ -77,8 +77,8 @@ def user_errors() -> Iterator[None]:
 class NaqMagics(Magics):
     """Send notebook work to naq queues and schedule cells; `%config NaqMagics` lists the settings."""
 
-    url = Unicode(help="NATS URL of the naq server (default: $NAQ_URL, else nats://127.0.0.1:4222)").tag(
-        config=True)
+    url = Unicode(help="NATS URL of the naq server (default: $NAQ_URL, else nats://127.0.0.1:4222); "
+                       "set, it is also the URL of every call without one").tag(config=True)
     default_queue = Unicode(DEFAULT_QUEUE_NAME, help="queue used when a magic gets no -q/--queue").tag(config=True)
     timezone = Unicode("UTC", help="IANA zone in which naive --at times are read and times are shown").tag(
         config=True)
@@ -86,13 +86,23 @@ class NaqMagics(Magics):
     loop_mode = Enum(LOOP_MODES, help="how blocking calls run: 'thread' (a bridge thread) or 'nest' "
                                       "(nest_asyncio on the kernel's loop)").tag(config=True)
 
+    # True once the user set `url` (`%config`, profile config): it then wins over $NAQ_URL everywhere
+    url_given = False
+
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
-        super().__init__(shell=shell, **kwargs)
+        super().__init__(shell=shell, **kwargs)  # config values set here already call _url_set
         self.engine = NaqEngine(shell, self)
+        self.engine.publish_url()
 
     @default("url")
     def _default_url(self) -> str:
         return os.environ.get("NAQ_URL") or DEFAULT_URL
+
+    @observe("url")
+    def _url_set(self, change: dict[str, Any]) -> None:
+        self.url_given = True
+        if hasattr(self, "engine"):
+            self.engine.publish_url()
 
     @default("loop_mode")
     def _default_loop_mode(self) -> str:

@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException
-from naq_ipy.local.processes import Child, Processes, loopback_port, port_free, tail
+from naq_ipy.local.processes import Child, Processes, loopback_port, tail, wait_port_free
 from naq_ipy.wire.connection import connect
 from naq_ipy.wire.server import NatsServer, default_store_dir, free_port, is_reachable
 from naq_ipy.wire.settings import (
@@ -101,7 +101,7 @@ class LocalStack:
         port = loopback_port(self.url)
         if port is None:
             raise NaqConnectionError(f"no NATS server answers at {redact_url(self.url)}")
-        if not port_free(port):
+        if not wait_port_free(port):
             raise ConfigurationError(f"port {port} is taken by something that is not a NATS server: "
                                      "pick another port")
         server = NatsServer(port=port, store_dir=self.data_dir, log_file=self.log_dir / "nats-server.log")

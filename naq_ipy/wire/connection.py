@@ -24,11 +24,13 @@ from nats.js.kv import KeyValue
 
 from naq_ipy.errors import NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
 from naq_ipy.wire import settings as names
+from naq_ipy.wire.server import Answer, first_address, probe
 from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0
+NOT_NATS_PROBE_S = 0.25
 
 _BUCKETS: dict[str, dict[str, Any]] = {
     names.SCHEDULED_JOBS_KV_NAME: {"history": 1, "description": "naq scheduled jobs"},
@@ -221,13 +223,26 @@ async def connect(settings: ConnectionSettings, *, name: str = "naq_ipy", retry_
             if loop.time() < deadline:
                 await asyncio.sleep(0.25)
                 continue
-            reason = "authorization failed" if any(map(_is_auth_error, [e, *first_errors])) else "not reachable"
-            raise NaqConnectionError(f"NATS server at {settings.safe_url} {reason}") from None
+            if any(map(_is_auth_error, [e, *first_errors])):
+                raise NaqConnectionError(f"NATS server at {settings.safe_url} authorization failed") from None
+            await _raise_if_not_nats(settings)
+            raise NaqConnectionError(f"NATS server at {settings.safe_url} not reachable") from None
     # the first connect tries each server once; after a success, reconnect forever
     # (nats-py reads this option at reconnect time)
     nc.options["max_reconnect_attempts"] = -1
     clients.append(nc)
     return Connection(settings=settings, nc=nc, js=nc.jetstream())
+
+
+async def _raise_if_not_nats(settings: ConnectionSettings) -> None:
+    """After a failed connect to one server: NaqConnectionError if what answers there is not NATS."""
+    if len(settings.servers) != 1:
+        return
+    # nats-py already waited connect_timeout_s for an INFO line: a short look is enough here
+    if await asyncio.to_thread(probe, settings.url, NOT_NATS_PROBE_S) is Answer.OTHER:
+        host, port = first_address(settings.url)
+        raise NaqConnectionError(f"{host}:{port} is not a NATS server: it accepts connections "
+                                 "but sends no NATS INFO line") from None
 
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ConnectionSettings, Connection]] = (

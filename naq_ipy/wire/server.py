@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import enum
 import logging
 import os
 import shutil
@@ -73,20 +74,45 @@ def default_store_dir() -> Path:
     return Path(base) / "naq_ipy" / "nats"
 
 
-def is_reachable(url: str, timeout_s: float = 0.5) -> bool:
-    """Return True if the first server of `url` answers a TCP connect with a NATS `INFO` line."""
+class Answer(enum.Enum):
+    """What a TCP connect to a NATS address finds."""
+
+    NATS = "a NATS server"  # sent its INFO line
+    OTHER = "something that is not a NATS server"  # accepted, then silence or other bytes
+    CLOSED = "a connection closed at once"  # what a nats-server that is shutting down does
+    NOTHING = "nothing"  # refused, unreachable
+
+
+def first_address(url: str) -> tuple[str, int]:
+    """(host, port) of the first server of `url`; port 4222 when none is given."""
     first = url.split(",")[0].strip()
     parts = urlsplit(first if "://" in first else f"nats://{first}")
-    address = (parts.hostname or "127.0.0.1", parts.port or 4222)
+    return parts.hostname or "127.0.0.1", parts.port or 4222
+
+
+def probe(url: str, timeout_s: float = 0.5) -> Answer:
+    """Connect to the first server of `url` and read the start of what it sends."""
     try:
-        with socket.create_connection(address, timeout=timeout_s) as sock:
-            sock.settimeout(timeout_s)
-            head = b""
+        sock = socket.create_connection(first_address(url), timeout=timeout_s)
+    except OSError:
+        return Answer.NOTHING
+    head = b""
+    with sock:
+        try:
             while len(head) < 4 and (chunk := sock.recv(4096)):
                 head += chunk
-            return head.startswith(b"INFO")
-    except OSError:
-        return False
+        except TimeoutError:  # accepted, then silence
+            return Answer.OTHER
+        except OSError:  # reset
+            return Answer.CLOSED
+    if head.startswith(b"INFO"):
+        return Answer.NATS
+    return Answer.OTHER if head else Answer.CLOSED
+
+
+def is_reachable(url: str, timeout_s: float = 0.5) -> bool:
+    """Return True if the first server of `url` answers a TCP connect with a NATS `INFO` line."""
+    return probe(url, timeout_s) is Answer.NATS
 
 
 def _loopback(host: str) -> str:

@@ -74,6 +74,43 @@ def redact_url(url: str) -> str:
     return ",".join(parts)
 
 
+@dataclass(frozen=True)
+class UrlOverride:
+    """The URL of calls given none, set for the whole process (by the IPython extension).
+
+    `instead_of=None`: always (a URL the user configured, e.g. `%config NaqMagics.url`); else only
+    while the URL they would use otherwise (`$NAQ_URL`, else `DEFAULT_URL`) is `instead_of` — a
+    local server standing in for that address.
+    """
+
+    url: str
+    instead_of: str | None = None
+
+
+_url_override: UrlOverride | None = None
+
+
+def set_default_url(url: str, *, instead_of: str | None = None) -> None:
+    """Make calls given no URL use `url`: always, or with `instead_of` only in place of that URL."""
+    global _url_override
+    _url_override = UrlOverride(url, instead_of)
+
+
+def clear_default_url() -> None:
+    """Forget the process's URL override: calls given no URL use `$NAQ_URL`, else `DEFAULT_URL`."""
+    global _url_override
+    _url_override = None
+
+
+def default_url() -> str:
+    """The URL of a call given none: configured override > `$NAQ_URL` > stand-in > `DEFAULT_URL`."""
+    override = _url_override
+    fallback = os.environ.get("NAQ_URL") or DEFAULT_URL
+    if override is not None and override.instead_of in (None, fallback):
+        return override.url
+    return fallback
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if not raw:
@@ -113,7 +150,7 @@ class ConnectionSettings:
 
     @classmethod
     def resolve(cls, url: str | ConnectionSettings | None = None, **overrides: Any) -> ConnectionSettings:
-        """Settings from an explicit URL, else env `NAQ_URL`, else the local default.
+        """Settings from an explicit URL, else `default_url()` (`$NAQ_URL`, the kernel's, the local default).
 
         Auth comes from keyword overrides or env (`NAQ_USER`, `NAQ_PASSWORD`, `NAQ_TOKEN`,
         `NAQ_CREDS`, `NAQ_TLS_CA`, `NAQ_TLS_CERT`, `NAQ_TLS_KEY`, `NAQ_REPLICAS`,
@@ -124,7 +161,7 @@ class ConnectionSettings:
             return url
         env = os.environ
         values: dict[str, Any] = {
-            "url": url or env.get("NAQ_URL") or DEFAULT_URL,
+            "url": url or default_url(),
             "user": env.get("NAQ_USER") or None,
             "password": env.get("NAQ_PASSWORD") or None,
             "token": env.get("NAQ_TOKEN") or None,
