@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("naq_ipy.demo", "add_arguments", "run", "run an end-to-end demo on an embedded server"),
     "lab": ("naq_ipy.lab", "add_arguments", "run",
             "start a server, a worker and a scheduler, then JupyterLab on the demo notebooks"),
+    "dashboard": ("naq_ipy.dashboard", "add_arguments", "run",
+                  "serve the scheduled-jobs panel and the queue monitor as one web page (Voilà)"),
 }
 
 
