@@ -39,9 +39,10 @@ print("LATER", queue.enqueue_in_sync(0.5, double, 5).result_sync(30), flush=True
 def test_requirements_install_the_repo_with_the_notebook_deps() -> None:
     lines = [line.strip() for line in (BINDER / "requirements.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
-    assert lines == ["-e .[lab]"]
+    assert lines == ["-e .[lab,dashboard]"]
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("jupyterlab") for dep in extras["lab"]) and "naq_ipy[notebooks]" in extras["lab"]
+    assert any(dep.startswith("voila") for dep in extras["dashboard"])
     assert any(dep.startswith("matplotlib") for dep in extras["notebooks"])
 
 
