@@ -102,7 +102,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _missing_modules(names: tuple[str, ...]) -> list[str]:
-    return [name for name in names if importlib.util.find_spec(name) is None]
+    return [name for name in names if not _importable(name)]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # an import hook that refuses it, or a broken parent package
+        return False
 
 
 def _interrupt(signum: int, frame: Any) -> None:
