@@ -278,7 +278,8 @@ class QueueMonitor(Panel):
 
     def _make_failed_slot(self, widgets: Any, i: int) -> tuple[Any, Any, Any]:
         line = self.make(widgets.HTML, layout=widgets.Layout(flex="1 1 auto"))
-        button = self.make(widgets.Button, description="Requeue", layout=widgets.Layout(width="auto"))
+        button = self.make(widgets.Button, description="Requeue",
+                           layout=widgets.Layout(width="auto", flex="0 0 auto"))
         button.on_click(self.guarded("requeue", lambda _b: self.requeue(i)))
         children = [line] if self.read_only else [button, line]
         box = self.make(widgets.HBox, children, layout=widgets.Layout(display="none"))
