@@ -11,10 +11,12 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from pids import alive, outlived
 
+from naq_ipy import dashboard
 from naq_ipy.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +46,15 @@ def test_requirements_install_the_repo_with_the_notebook_deps() -> None:
     assert any(dep.startswith("jupyterlab") for dep in extras["lab"]) and "naq_ipy[notebooks]" in extras["lab"]
     assert any(dep.startswith("voila") for dep in extras["dashboard"])
     assert any(dep.startswith("matplotlib") for dep in extras["notebooks"])
+
+
+def test_readme_binder_link_opens_the_packaged_dashboard() -> None:
+    links = re.findall(r"https://mybinder\.org/v2/gh/[^)\s]+", (ROOT / "README.md").read_text())
+    urlpaths = [parse_qs(urlsplit(link).query).get("urlpath", [""])[0] for link in links]
+    dashboards = [path for path in urlpaths if path.startswith("voila/render/")]
+    assert dashboards, links
+    assert all((ROOT / path.removeprefix("voila/render/")).is_file() for path in dashboards), dashboards
+    assert (ROOT / dashboards[0].removeprefix("voila/render/")).resolve() == dashboard.NOTEBOOK
 
 
 def test_start_is_an_executable_bash_script_ending_in_exec() -> None:
