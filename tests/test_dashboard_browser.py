@@ -66,9 +66,9 @@ class Dashboard:
         """{pid: command} of Voilà and its kernels."""
         return descendants(self.process.pid)
 
-    def terminate(self) -> str:
-        """SIGTERM, as a service manager would; the rest of the output."""
-        self.process.send_signal(signal.SIGTERM)
+    def terminate(self, signum: int = signal.SIGTERM) -> str:
+        """SIGTERM as a service manager would (or SIGINT, a Ctrl-C); all the output."""
+        self.process.send_signal(signum)
         rest, _ = self.process.communicate(timeout=60)
         return "".join(self.output) + rest
 
@@ -185,5 +185,5 @@ def test_read_only_dashboard_shows_no_action_and_only_its_queue(nats_url: str,
         assert "Recent runs" in labels
         assert panel.locator(".naq-slot:visible").count() == 1 and "newsletter" not in page.inner_text("body")
         below = dashboard.below()
-    assert dashboard.terminate().rstrip().endswith("naq dashboard: stopped")
-    assert outlived(list(below)) == []
+    assert dashboard.terminate(signal.SIGINT).rstrip().endswith("naq dashboard: stopped")  # as Ctrl-C does
+    assert dashboard.process.returncode == 0 and outlived(list(below)) == []
