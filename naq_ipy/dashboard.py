@@ -120,15 +120,18 @@ class DashboardServer:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> DashboardServer:
         """Start Voilà and wait until it listens; raise (after stopping it) if it exits or does not listen in time."""
         # its own session: a terminal Ctrl-C reaches only the owner, which stops Voilà and its kernels in order
-        self.process = subprocess.Popen(self.command(), env=self.environment(), start_new_session=True)
+        process = self.process = subprocess.Popen(self.command(), env=self.environment(), start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        while not _listening(self.port):
-            if self.process.poll() is not None:
-                raise NaqException(f"Voilà exited with {self.process.returncode} before serving the dashboard")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise NaqException(f"Voilà did not listen on port {self.port} within {timeout_s:.0f} s")
-            time.sleep(0.1)
+        try:
+            while not _listening(self.port):
+                if process.poll() is not None:
+                    raise NaqException(f"Voilà exited with {process.returncode} before serving the dashboard")
+                if time.monotonic() > deadline:
+                    raise NaqException(f"Voilà did not listen on port {self.port} within {timeout_s:.0f} s")
+                time.sleep(0.1)
+        except BaseException:  # a Ctrl-C while waiting too: no Voilà is left behind
+            self.stop()
+            raise
         return self
 
     def wait(self) -> int:

@@ -25,11 +25,14 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from naq_ipy.errors import NaqException
 from naq_ipy.server import default_store_dir
 from naq_ipy.stack import LocalStack, local_url
+
+if TYPE_CHECKING:
+    from naq_ipy.dashboard import DashboardServer
 
 QUICKSTART = "01-quickstart.ipynb"
 KERNEL_NAME = "naq-lab"
@@ -154,7 +157,7 @@ def run_jupyterlab(notebooks: Path, url: str, *, port: int | None, browser: bool
                                                   app_settings_dir=settings_dir),
                                env={**os.environ, "NAQ_URL": url}, start_new_session=True)
         print(f"naq lab: JupyterLab pid {lab.pid} on {notebooks}; Ctrl-C stops everything", flush=True)
-        dashboard = None
+        dashboard: DashboardServer | None = None
         try:
             dashboard = start_dashboard(url)
             return lab.wait()
@@ -164,7 +167,7 @@ def run_jupyterlab(notebooks: Path, url: str, *, port: int | None, browser: bool
                 dashboard.stop()
 
 
-def start_dashboard(url: str) -> Any:
+def start_dashboard(url: str) -> DashboardServer | None:
     """The dashboard's Voilà on `url` if Voilà is installed (its address printed), else None."""
     if _missing_modules(("voila", "ipykernel")):
         print("naq lab: no dashboard (pip install 'naq_ipy[dashboard]' adds it)", flush=True)
