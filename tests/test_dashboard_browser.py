@@ -147,6 +147,11 @@ def test_dashboard_lists_shows_changes_pauses_and_stops_cleanly(nats_url: str, w
                                 capture_output=True, text=True, timeout=30)
         assert listed.returncode == 0 and "hourly-sync" in listed.stdout, listed.stdout + listed.stderr
         assert "daily-report" not in listed.stdout and "heartbeat" not in listed.stdout
+        panel.get_by_role("button", name="Cancel…", exact=True).click()  # asks first; "Keep them" keeps them
+        panel.get_by_text("Cancel 1 scheduled job(s)?").wait_for(timeout=5_000)
+        panel.get_by_role("button", name="Keep them").click()
+        panel.get_by_text("Cancel 1 scheduled job(s)?").wait_for(state="hidden", timeout=5_000)
+        assert panel.locator(".naq-slot:visible").count() == 3
 
         text = page.inner_text("body")
         for bad in BAD_TEXTS:
