@@ -133,6 +133,38 @@ def test_pause_button_pauses_the_selected_row(nats_url: str, open_panel: Callabl
     wait_until(lambda: not naq_ipy.run_sync(manager.get("job001")).paused, what="resumed in KV")
 
 
+def shown_buttons(widget: Any) -> list[str]:
+    """The labels of every button in `widget`'s displayed tree."""
+    if type(widget).__name__ == "Button":
+        return [widget.description]
+    return [label for child in getattr(widget, "children", ()) for label in shown_buttons(child)]
+
+
+ACTIONS = {"Pause", "Resume", "Run now", "Edit", "Cancel…", "Save", "Yes, cancel them", "Purge…", "Yes, purge",
+           "Requeue"}
+
+
+def test_read_only_panels_show_no_action_and_refuse_one(nats_url: str,
+                                                         open_panel: Callable[..., ScheduledJobsPanel]) -> None:
+    schedule_jobs(nats_url, 2)
+    assert {"Pause", "Edit", "Cancel…", "Save"} <= set(shown_buttons(open_panel().widget))
+    panel = open_panel(read_only=True)
+    assert set(shown_buttons(panel.widget)) == {"◀", "▶", "Recent runs"}
+    wait_until(lambda: "job001" in panel.slot_keys, what="rows")
+    check_row(panel, "job001")
+    panel.pause()
+    assert panel.status_text == "pause: this panel is read-only" and panel.status_error
+    assert not naq_ipy.run_sync(ScheduledJobManager(nats_url).get("job001")).paused
+    monitor = QueueMonitor(url=nats_url, refresh_s=0.2, read_only=True)
+    try:
+        assert monitor.wait_loaded(5)
+        assert not ACTIONS & set(shown_buttons(monitor.widget))
+        monitor.ask_purge()
+        assert monitor.status_text == "purge: this panel is read-only"
+    finally:
+        monitor.close()
+
+
 def test_cancel_asks_to_confirm_first(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]) -> None:
     schedule_jobs(nats_url, 2)
     panel = open_panel()

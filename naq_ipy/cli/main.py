@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("naq_ipy.cli.demo", "add_arguments", "run", "run an end-to-end demo on an embedded server"),
     "lab": ("naq_ipy.cli.lab", "add_arguments", "run",
             "start a server, a worker and a scheduler, then JupyterLab on the demo notebooks"),
+    "dashboard": ("naq_ipy.cli.dashboard", "add_arguments", "run",
+                  "serve the scheduled-jobs panel and the queue monitor as one web page (Voilà)"),
 }
 
 

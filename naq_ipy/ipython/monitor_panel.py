@@ -53,11 +53,14 @@ class Poll:
 
 
 class QueueMonitor(Panel):
-    """A live view of queues and workers: `queues` limits it to those names; polled every `refresh_s` seconds."""
+    """A live view of queues and workers: `queues` limits it to those names; polled every `refresh_s` seconds.
+
+    `read_only` hides purge and requeue.
+    """
 
     def __init__(self, url: str | ConnectionSettings | None = None, queues: Sequence[str] | None = None,
-                 refresh_s: float = 2.0, *, zone: tzinfo | None = None) -> None:
-        super().__init__(url)
+                 refresh_s: float = 2.0, *, zone: tzinfo | None = None, read_only: bool = False) -> None:
+        super().__init__(url, read_only=read_only)
         self.queues = list(queues) if queues else None
         self.refresh_s = refresh_s
         self.zone = zone
@@ -217,13 +220,15 @@ class QueueMonitor(Panel):
     def requeue(self, slot: int) -> None:
         """Put the failed job shown in row `slot` back on its queue."""
         job_id = self._failed_keys[slot]
-        if job_id is None:
+        if job_id is None or self.refused("requeue"):
             return
         self.run_action(f"requeue {job_id}", requeue_failed(job_id, self.settings),
                         lambda _header: self._after(f"requeued {job_id}"))
 
     def ask_purge(self) -> None:
         """Show the confirm step for purging the chosen queue."""
+        if self.refused("purge"):
+            return
         queue = self._w["purge_queue"].value
         if not queue:
             self.set_status("no queue to purge", error=True)
@@ -235,6 +240,8 @@ class QueueMonitor(Panel):
     def purge(self) -> None:
         """Purge the chosen queue (after the confirm step)."""
         self._w["purge_confirm"].layout.display = "none"
+        if self.refused("purge"):
+            return
         queue = self._w["purge_queue"].value
         self.run_action(f"purge {queue}", purge_queue(queue, nats_url=self.settings),
                         lambda count: self._after(f"purged {count:,} job(s) from {queue}"))
@@ -261,18 +268,21 @@ class QueueMonitor(Panel):
                                                                         "none")))
         self._failed_slots = [self._make_failed_slot(widgets, i) for i in range(FAILED_ROWS)]
         assert self._status is not None
+        purge = [] if self.read_only else [make(widgets.HBox, [w["purge_queue"], w["purge"]]), w["purge_confirm"]]
         return make(widgets.VBox, [
-            make(widgets.HTML, "<b>Queues</b>"), w["queues"], make(widgets.HBox, [w["purge_queue"], w["purge"]]),
-            w["purge_confirm"], self._status, make(widgets.HTML, "<b>Workers</b>"), w["workers"],
+            make(widgets.HTML, "<b>Queues</b>"), w["queues"], *purge,
+            self._status, make(widgets.HTML, "<b>Workers</b>"), w["workers"],
             make(widgets.HTML, "<b>Latest jobs</b>"), w["recent"], w["failed_title"],
             make(widgets.VBox, [slot[0] for slot in self._failed_slots]),
         ])
 
     def _make_failed_slot(self, widgets: Any, i: int) -> tuple[Any, Any, Any]:
         line = self.make(widgets.HTML, layout=widgets.Layout(flex="1 1 auto"))
-        button = self.make(widgets.Button, description="Requeue", layout=widgets.Layout(width="auto"))
+        button = self.make(widgets.Button, description="Requeue",
+                           layout=widgets.Layout(width="auto", flex="0 0 auto"))
         button.on_click(self.guarded("requeue", lambda _b: self.requeue(i)))
-        box = self.make(widgets.HBox, [button, line], layout=widgets.Layout(display="none"))
+        children = [line] if self.read_only else [button, line]
+        box = self.make(widgets.HBox, children, layout=widgets.Layout(display="none"))
         return box, line, button
 
     # -- static fallback -----------------------------------------------------------------------

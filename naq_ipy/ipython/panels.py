@@ -56,10 +56,15 @@ def in_kernel() -> bool:
 
 
 class Panel(ABC):
-    """Base of the panels: a cached widget, a status line, actions run on the bridge, close on every exit."""
+    """Base of the panels: a cached widget, a status line, actions run on the bridge, close on every exit.
 
-    def __init__(self, url: str | ConnectionSettings | None = None) -> None:
+    `read_only`: the panel shows no action (no button that changes anything), and its action
+    methods refuse with a message in the status line.
+    """
+
+    def __init__(self, url: str | ConnectionSettings | None = None, *, read_only: bool = False) -> None:
         self.settings = ConnectionSettings.resolve(url)
+        self.read_only = read_only
         self.marshal = Marshal.capture()
         self.closed = False
         self.problem: str | None = None
@@ -124,6 +129,12 @@ class Panel(ABC):
             style = _ERROR_STYLE if self.status_error else _INFO_STYLE
             parts.append(f"<span style='{style}'>{html.escape(self.status_text)}</span>")
         self._status.value = "<br>".join(parts)
+
+    def refused(self, what: str) -> bool:
+        """True (and a message in the status line) if this panel is read-only, so `what` must not run."""
+        if self.read_only:
+            self.set_status(f"{what}: this panel is read-only", error=True)
+        return self.read_only
 
     def run_action(self, what: str, coro: Awaitable[Any], done: Callable[[Any], None] | None = None) -> None:
         """Run `coro` on the bridge loop; `done(result)` (or the error in the status line) on the widgets' thread."""

@@ -38,18 +38,20 @@ from naq_ipy.wire.settings import (
 TICK_S = 15.0
 RUNS_SHOWN = 10
 ALL = "(all)"
+READ_ONLY_BUTTONS = ("runs",)  # the buttons a read-only panel keeps: they change nothing
 
 
 class ScheduledJobsPanel(Panel):
     """A live table of the scheduled jobs in `naq_scheduled_jobs`, with pause/resume/cancel/run now/edit.
 
     `queue` pre-selects one queue; `page_size` rows are shown per page; times are shown in
-    `zone` (default: this machine's local zone).
+    `zone` (default: this machine's local zone); `read_only` leaves only the table, its filters
+    and "Recent runs" (no pause, resume, run now, edit or cancel).
     """
 
     def __init__(self, queue: str | None = None, url: str | ConnectionSettings | None = None, *,
-                 page_size: int = table.PAGE_SIZE, zone: tzinfo | None = None) -> None:
-        super().__init__(url)
+                 page_size: int = table.PAGE_SIZE, zone: tzinfo | None = None, read_only: bool = False) -> None:
+        super().__init__(url, read_only=read_only)
         self.model = JobsModel()
         self.manager = ScheduledJobManager(self.settings)
         self.filter = table.Filter(queue=queue)
@@ -188,6 +190,8 @@ class ScheduledJobsPanel(Panel):
     def _on_each(self, verb: str, done_label: str, action: Callable[[str], Awaitable[Any]],
                  after: Callable[[list[str]], None] | None = None) -> None:
         """Run `action` on every selected entry at once; report which failed, if any."""
+        if self.refused(verb):
+            return
         keys = self._targets()
         if not keys:
             self.set_status(f"select the jobs to {verb} first", error=True)
@@ -222,6 +226,8 @@ class ScheduledJobsPanel(Panel):
 
     def ask_cancel(self) -> None:
         """Show the confirm step for cancelling the selected entries."""
+        if self.refused("cancel"):
+            return
         keys = self._targets()
         if not keys:
             self.set_status("select the jobs to cancel first", error=True)
@@ -253,6 +259,8 @@ class ScheduledJobsPanel(Panel):
 
     def edit(self) -> None:
         """Open the edit form for the one selected entry."""
+        if self.refused("edit"):
+            return
         keys = self._targets()
         if len(keys) != 1:
             self.set_status("select exactly one job to edit", error=True)
@@ -284,6 +292,7 @@ class ScheduledJobsPanel(Panel):
                    for name, label in (("pause", "Pause"), ("resume", "Resume"), ("run_now", "Run now"),
                                        ("runs", "Recent runs"), ("edit", "Edit"), ("cancel", "Cancel…"))}
         w.update(buttons)
+        shown = [button for name, button in buttons.items() if name in READ_ONLY_BUTTONS or not self.read_only]
         w["confirm_text"] = make(widgets.HTML)
         w["confirm_yes"] = make(widgets.Button, description="Yes, cancel them", button_style="danger")
         w["confirm_no"] = make(widgets.Button, description="Keep them")
@@ -303,8 +312,8 @@ class ScheduledJobsPanel(Panel):
         return make(widgets.VBox, [
             make(widgets.HTML, "<b>Scheduled jobs</b>"),
             make(widgets.HBox, [w["text"], w["queue"], w["state"], w["prev"], w["pager"], w["next"]]),
-            make(widgets.HBox, [*buttons.values(), w["selection"]]),
-            w["confirm"], self.editor.box, w["runs_table"], self._status, header,
+            make(widgets.HBox, [*shown, w["selection"]]),
+            *([] if self.read_only else [w["confirm"], self.editor.box]), w["runs_table"], self._status, header,
             make(widgets.VBox, [slot[0] for slot in self._slots]),
         ])
 
