@@ -234,6 +234,7 @@ def stand_in_url(nb: Any) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # three notebook runs in fresh kernels
 def test_notebooks_when_a_listener_that_is_not_nats_holds_port_4222(jupyter_env: Path) -> None:
     """No NAQ_URL and port 4222 taken: the stand-in elsewhere is the URL of the magics and the Python API alike."""
     squatter = squat_default_port()
@@ -250,6 +251,7 @@ def test_notebooks_when_a_listener_that_is_not_nats_holds_port_4222(jupyter_env:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # nine notebook runs in fresh kernels: ~80 s on a quiet machine
 def test_notebooks_back_to_back_without_naq_url(jupyter_env: Path) -> None:
     """Three rounds of the three notebooks, each in a fresh kernel: each gets port 4222 again when nothing holds it."""
     state = default_port_state()
