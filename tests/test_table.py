@@ -36,7 +36,7 @@ def test_format_row_has_every_column_in_local_time() -> None:
     row = table.format_row(record(repeat=5, run_count=2, last_run_id="report.1"), NOW, "finished", BERLIN)
     assert row.key == "report"
     assert row.cells == ("report", "default", f"{__name__}.work", "cron 0 6 * * *",
-                         "2026-03-01 13:03:00 (in 3 min)", "3", "2", "finished", "active")
+                         "2026-03-01 13:03:00 (in 3 min)", "5", "2", "finished", "active")
     assert len(row.cells) == len(table.COLUMNS)
 
 
@@ -45,9 +45,9 @@ def test_notebook_functions_are_shown_without_main() -> None:
     assert table.short_function("app.jobs.build") == "app.jobs.build"
 
 
-def test_repeat_left_forever_and_never_negative() -> None:
+def test_repeat_left_is_the_stored_runs_left_not_minus_the_runs_again() -> None:
     assert table.repeat_left(record()) == "∞"
-    assert table.repeat_left(record(repeat=2, run_count=5)) == "0"
+    assert table.repeat_left(record(repeat=2, run_count=5)) == "2"
 
 
 def test_last_run_column_before_any_run_while_loading_and_after() -> None:

@@ -22,7 +22,7 @@ def scheduled_rows(records: Iterable[ScheduledJob]) -> list[list[Any]]:
     return [
         [r.key, r.queue_name, r.func_name, r.describe(),
          f"{r.next_run:%Y-%m-%d %H:%M:%S} UTC ({format_relative(r.next_run, now)})",
-         "forever" if r.repeat is None else r.repeat, r.run_count, r.status]
+         "forever" if r.runs_left is None else r.runs_left, r.run_count, r.status]
         for r in records
     ]
 

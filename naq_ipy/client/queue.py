@@ -239,8 +239,8 @@ class Queue:
         return True
 
     async def modify_scheduled_job(self, job_id: str, **updates: Any) -> bool:
-        """Change a scheduled job: cron, interval, repeat, next_run, tz, misfire, queue, max_retries,
-        retry_delay, timeout. Validated before anything is written."""
+        """Change a scheduled job: cron, interval, repeat (runs left from now), next_run, tz, misfire, queue,
+        max_retries, retry_delay, timeout. Validated before anything is written."""
         return await self._scheduled_job_manager.modify_job(job_id, **updates)
 
     enqueue_sync = sync_twin(enqueue)

@@ -81,7 +81,7 @@ def timing(record: ScheduledJob) -> str:
         text = f"every {every(record.interval_s)}"
     else:
         text = record.describe()
-    return text + (f", {record.repeat} runs" if record.repeat else "")
+    return text + (f", {record.runs_total} runs" if record.runs_total is not None else "")
 
 
 def schedule_line(record: ScheduledJob, created: bool, tz: str | None = None) -> Note:
@@ -98,7 +98,7 @@ def schedules_table(records: Sequence[ScheduledJob], tz: str | None = None) -> T
         (
             r.key, r.queue_name, r.func_name, timing(r), r.status,
             when(r.next_run_utc, tz, now) if r.status == "active" else "-",
-            f"{r.run_count}/{r.repeat}" if r.repeat else str(r.run_count),
+            f"{r.run_count}/{r.runs_total}" if r.runs_total is not None else str(r.run_count),
             r.last_run_id or "-",
         )
         for r in records

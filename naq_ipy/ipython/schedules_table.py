@@ -57,10 +57,8 @@ def short_function(name: str) -> str:
 
 
 def repeat_left(record: ScheduledJob) -> str:
-    """Runs still to come: `∞` for forever, else repeat minus runs so far (never below 0)."""
-    if record.repeat is None:
-        return "∞"
-    return str(max(record.repeat - record.run_count, 0))
+    """Runs still to come: `∞` for forever."""
+    return "∞" if record.runs_left is None else str(record.runs_left)
 
 
 def outcome_text(status: str | None, error: str | None = None) -> str:

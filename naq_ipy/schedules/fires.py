@@ -97,7 +97,7 @@ def check_plannable(record: ScheduledJob, key: str) -> None:
 def plan_fires(record: ScheduledJob, now_utc: float, grace_s: float = 60.0, max_catch_up: int = 100) -> FirePlan:
     """Plan the fires of `record` at server time `now_utc` by its misfire policy and repeat count."""
     if record.paused or record.next_run_utc > now_utc:
-        return FirePlan((), record.next_run_utc, record.repeat, False)
+        return FirePlan((), record.next_run_utc, record.runs_left, False)
     missed = record.next_run_utc < now_utc - grace_s
     policy = record.misfire if missed else "all"
     if policy == "skip":
@@ -107,9 +107,9 @@ def plan_fires(record: ScheduledJob, now_utc: float, grace_s: float = 60.0, max_
     else:
         dues = tuple(_while_due(due_grid(record), now_utc, max(1, max_catch_up)))
     repeat_left = None
-    if record.repeat is not None:
-        dues = dues[: max(record.repeat, 0)]
-        repeat_left = max(record.repeat, 0) - len(dues)
+    if record.runs_left is not None:
+        dues = dues[: max(record.runs_left, 0)]
+        repeat_left = max(record.runs_left, 0) - len(dues)
     next_run = next_regular_run(record, now_utc)
     done = next_run is None or repeat_left == 0
     return FirePlan(dues, None if done else next_run, repeat_left, done)
@@ -124,7 +124,7 @@ def _while_due(grid: Iterator[float], now_utc: float, limit: int) -> Iterator[fl
 
 
 def advanced(record: ScheduledJob, plan: FirePlan, now_utc: float) -> ScheduledJob:
-    """`record` after the fires of `plan` (not done): counts, last run, repeat left, next run."""
+    """`record` after the fires of `plan` (not done): run count up, runs left (stored `repeat`) down, next run."""
     assert plan.next_run_utc is not None
     changes: dict[str, Any] = {
         "next_run_utc": plan.next_run_utc, "repeat": plan.repeat_left,

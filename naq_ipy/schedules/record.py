@@ -47,7 +47,7 @@ def validate_timing(
 
 
 def validate_repeat(repeat: int | None) -> int | None:
-    """`repeat` is runs in total: None (forever) or an integer >= 1."""
+    """`repeat` is runs still to come (at creation: runs in total): None (forever) or an integer >= 1."""
     if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1):
         raise ConfigurationError(f"repeat must be an integer >= 1 or None (forever), got {repeat!r}")
     return repeat
@@ -62,7 +62,12 @@ def validate_misfire(misfire: str) -> str:
 
 @dataclass(frozen=True)
 class ScheduledJob:
-    """One entry of `naq_scheduled_jobs`: a job and when it runs. Times are UTC unix seconds."""
+    """One entry of `naq_scheduled_jobs`: a job and when it runs. Times are UTC unix seconds.
+
+    `repeat` is stored as the runs still to come (None: forever): the scheduler counts it down as
+    `run_count` goes up, so records written by earlier releases read the same. Read it through
+    `runs_left` and `runs_total`, never by hand.
+    """
 
     key: str
     job_id: str
@@ -88,6 +93,16 @@ class ScheduledJob:
     def next_run(self) -> datetime:
         """The next run as an aware UTC datetime."""
         return from_timestamp(self.next_run_utc)
+
+    @property
+    def runs_left(self) -> int | None:
+        """Runs still to come; None for forever."""
+        return self.repeat
+
+    @property
+    def runs_total(self) -> int | None:
+        """Runs in total: those done plus those to come; None for forever."""
+        return None if self.repeat is None else self.run_count + self.repeat
 
     @property
     def paused(self) -> bool:
