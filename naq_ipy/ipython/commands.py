@@ -28,11 +28,13 @@ from naq_ipy.client.cells import free_names, make_cell_function
 from naq_ipy.client.job import Job
 from naq_ipy.client.queue import Queue, interval_seconds
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.ipython import render
 from naq_ipy.ipython.livejob import result_live
 from naq_ipy.local.processes import PROCESSES, loopback_port
 from naq_ipy.rules.retry import NormalRetryDelay, parse_retry_delay
-from naq_ipy.rules.times import parse_duration, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.rules.times import parse_duration, parse_iso_time, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.views.schedules import schedule_line
+from naq_ipy.views.schedules import when as time_text
+from naq_ipy.views.tables import Note
 from naq_ipy.wire.server import is_reachable
 from naq_ipy.wire.settings import redact_url, validate_key, validate_queue_name
 
@@ -99,16 +101,6 @@ def wait_seconds(value: float | None) -> float | None:
     return value
 
 
-def parse_when(text: str) -> datetime:
-    """An ISO 8601 time (naive or with an offset)."""
-    try:
-        return datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigurationError(
-            f"invalid time {text!r}: use ISO 8601, e.g. 2026-11-28T09:00 or 2026-11-28T09:00+01:00"
-        ) from None
-
-
 def _optional(convert: Callable[[str], Any], text: str | None) -> Any:
     return None if text is None else convert(text)
 
@@ -148,7 +140,7 @@ class EnqueueCommand:
         return cls(
             call=line[words[len(words) - len(rest)][0]:].strip(),
             queue=_optional(validate_queue_name, ns.queue),
-            at=_optional(parse_when, ns.at),
+            at=_optional(parse_iso_time, ns.at),
             delay_s=_optional(parse_duration, ns.delay),
             retries=ns.retries,
             retry_delay=_optional(parse_retry_delay, ns.retry_delay) or 0.0,
@@ -197,7 +189,7 @@ class ScheduleCommand:
             name=validate_key(ns.name), body=body,
             cron=_optional(validate_cron, ns.cron), tz=ns.tz,
             interval_s=_optional(interval_seconds, ns.interval),
-            at=_optional(parse_when, ns.at), delay_s=_optional(parse_duration, ns.delay),
+            at=_optional(parse_iso_time, ns.at), delay_s=_optional(parse_duration, ns.delay),
             repeat=ns.repeat, queue=_optional(validate_queue_name, ns.queue), retries=ns.retries,
             retry_delay=_optional(parse_retry_delay, ns.retry_delay) or 0.0,
             timeout_s=_optional(parse_duration, ns.timeout), misfire=ns.misfire,
@@ -280,9 +272,9 @@ class NaqEngine:
         self._checked_urls: set[str] = set()
         self._handlers = Control(self).handlers()
 
-    def say(self, text: str | render.Note, level: str = "info") -> None:
+    def say(self, text: str | Note, level: str = "info") -> None:
         """Show one line (text and HTML)."""
-        display(text if isinstance(text, render.Note) else render.Note(text, level))
+        display(text if isinstance(text, Note) else Note(text, level))
 
     def url(self, *, start: bool = True) -> str:
         """The URL to talk to: the configured one, or the local server this kernel started in its place.
@@ -358,7 +350,7 @@ class NaqEngine:
             queue.enqueue_job_sync(job)
         else:
             queue.schedule_job_sync(job, at=when)
-            self.say(f"job {job.job_id} will run at {render.when(when, self.config.timezone)}")
+            self.say(f"job {job.job_id} will run at {time_text(when, self.config.timezone)}")
         if cmd.out:
             self.shell.user_ns[cmd.out] = job
         if not cmd.wait:
@@ -389,7 +381,7 @@ class NaqEngine:
             job, cron=cmd.cron, interval=cmd.interval_s, repeat=cmd.repeat, tz=zone if cmd.cron else None,
             name=cmd.name, misfire=cmd.misfire, paused=cmd.paused, at=at,
         )
-        self.say(render.schedule_line(record, created, self.config.timezone))
+        self.say(schedule_line(record, created, self.config.timezone))
         if cmd.run_now:
             self._handlers["run"](argparse.Namespace(key=record.key))
 

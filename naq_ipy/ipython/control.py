@@ -17,11 +17,12 @@ from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.job import Job
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython.livewait import wait_with_bar
-from naq_ipy.ipython.render import Table, every, schedules_table
 from naq_ipy.local.processes import PROCESSES
-from naq_ipy.rules.times import format_relative, from_timestamp
+from naq_ipy.rules.times import format_relative, from_timestamp, resolve_zone
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.results import fetch_result, fetch_status
+from naq_ipy.views.schedules import every, schedules_table
+from naq_ipy.views.tables import Table
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
 from naq_ipy.wire.server import is_reachable
 from naq_ipy.wire.settings import (
@@ -196,7 +197,7 @@ class Control:
     def list_schedules(self, args: argparse.Namespace) -> Table:
         """Every scheduled job as a table."""
         records = run_sync(ScheduledJobManager(self.engine.url()).list())
-        return schedules_table(records, self.engine.config.timezone)
+        return schedules_table(records, resolve_zone(self.engine.config.timezone))
 
     def pause(self, args: argparse.Namespace) -> None:
         """Pause a scheduled job by name or id."""

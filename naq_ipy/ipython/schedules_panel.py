@@ -18,7 +18,6 @@ from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.shortcuts import cancel_scheduled_job, pause_scheduled_job, resume_scheduled_job
 from naq_ipy.errors import NaqException
 from naq_ipy.ipython import schedules_table as table
-from naq_ipy.ipython.jobview import render_runs
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel
 from naq_ipy.ipython.schedules_form import EditBox
@@ -28,6 +27,8 @@ from naq_ipy.schedules.scheduler import run_now
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.results import TERMINAL, JobStatus, fetch_status
 from naq_ipy.status.waiting import recent_runs
+from naq_ipy.views import schedules as view
+from naq_ipy.views.jobs import render_runs
 from naq_ipy.wire.settings import (
     SCHEDULED_JOB_STATUS_ACTIVE,
     SCHEDULED_JOB_STATUS_PAUSED,
@@ -58,7 +59,7 @@ class ScheduledJobsPanel(Panel):
         self.page = 0
         self.selected: set[str] = set()
         self.slot_keys: list[str | None] = [None] * page_size
-        self._shown: list[table.Row | None] = [None] * page_size
+        self._shown: list[view.Row | None] = [None] * page_size
         self._fetching: set[str] = set()
         self._syncing = False
         self._lock = threading.RLock()
@@ -99,11 +100,11 @@ class ScheduledJobsPanel(Panel):
         """The page shown now (clamped), of the entries that pass the filter."""
         return table.paginate(self.model.view(self.filter), self.page, self.page_size)
 
-    def _page_rows(self) -> tuple[table.Page, list[table.Row]]:
+    def _page_rows(self) -> tuple[table.Page, list[view.Row]]:
         now = time.time()
         with self.model.lock:
             page = self.current_page()
-            rows = [table.format_row(r, now, self.model.outcome(r.last_run_id), self.zone) for r in page.items]
+            rows = [view.format_row(r, now, self.model.outcome(r.last_run_id), self.zone) for r in page.items]
         return page, rows
 
     def _render(self) -> None:
@@ -120,12 +121,12 @@ class ScheduledJobsPanel(Panel):
             self._sync_controls(page)
         self._fetch_outcomes(page.items)
 
-    def _draw_slot(self, i: int, row: table.Row | None) -> None:
+    def _draw_slot(self, i: int, row: view.Row | None) -> None:
         box, _check, line = self._slots[i]
         if row is None:
             box.layout.display = "none"
             return
-        line.value = table.row_html(row)
+        line.value = view.row_html(row)
         box.layout.display = None
 
     def _sync_controls(self, page: table.Page) -> None:
@@ -165,9 +166,9 @@ class ScheduledJobsPanel(Panel):
                 if isinstance(status, BaseException):
                     self.model.outcomes[job_id] = (f"? {describe_error(status)}", False)
                 elif status is None:
-                    self.model.outcomes[job_id] = (table.outcome_text(None), True)
+                    self.model.outcomes[job_id] = (view.outcome_text(None), True)
                 else:
-                    self.model.outcomes[job_id] = (table.outcome_text(status.status, status.error),
+                    self.model.outcomes[job_id] = (view.outcome_text(status.status, status.error),
                                                    status.status in TERMINAL)
         self._render_soon.request()
 
@@ -293,7 +294,7 @@ class ScheduledJobsPanel(Panel):
         w["runs_table"] = make(widgets.HTML)
         w["all"] = make(widgets.Checkbox, value=False, indent=False, layout=widgets.Layout(width="28px"),
                         tooltip="select all on this page")
-        header = make(widgets.HBox, [w["all"], make(widgets.HTML, table.header_html(),
+        header = make(widgets.HBox, [w["all"], make(widgets.HTML, view.header_html(),
                                                     layout=widgets.Layout(flex="1 1 0%", min_width="0"))])
         self._slots = []
         for i in range(self.page_size):
@@ -365,15 +366,15 @@ class ScheduledJobsPanel(Panel):
             self.select_keys([k for k in self.slot_keys if k], value)
 
     # -- static fallback -----------------------------------------------------------------------
-    def _static_rows(self) -> tuple[list[table.Row], str]:
+    def _static_rows(self) -> tuple[list[view.Row], str]:
         with self.model.lock:
             page, rows = self._page_rows()
             return rows, table.caption(page, len(self.model.records))
 
     def _static_html(self) -> str:
         rows, caption = self._static_rows()
-        return table.table_html(rows, caption)
+        return view.rows_table(rows, caption)._repr_html_()
 
     def _static_text(self) -> str:
         rows, caption = self._static_rows()
-        return table.table_text(rows, caption) if rows else f"{caption} (no scheduled jobs)"
+        return repr(view.rows_table(rows, caption)) if rows else f"{caption} (no scheduled jobs)"
