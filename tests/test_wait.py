@@ -14,9 +14,10 @@ from test_worker import running_worker
 import naq_ipy
 from naq_ipy import ConfigurationError, JobExecutionError, Queue, WaitResult
 from naq_ipy.status.results import FAILED, FINISHED, RUNNING, JobStatus, write_status
-from naq_ipy.status.waiting import recent_runs, run_due_ms, wait
+from naq_ipy.status.waiting import recent_runs, wait
 from naq_ipy.views.jobs import render_runs, wait_text
 from naq_ipy.wire.connection import close_all, get_connection
+from naq_ipy.wire.names import run_due_ms
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from datetime import UTC
 from naq_ipy.client.queue import Queue
 from naq_ipy.views.schedules import schedules_table
 from naq_ipy.wire.connection import get_connection
+from naq_ipy.wire.names import JOB_STREAM_NAME
 from naq_ipy.wire.server import NatsServer
-from naq_ipy.wire.settings import JOB_STREAM_NAME
 
 
 def build_report(month: str) -> str:
@@ -66,7 +66,7 @@ async def _demo(url: str, seconds: float) -> None:
 async def _show_runs(url: str, key: str, runs: int, timeout_s: float) -> None:
     """Print each run of schedule `key` as it finishes (a KV watch on `naq_job_status`)."""
     from naq_ipy.status.results import JobStatus, fetch_result
-    from naq_ipy.wire.settings import JOB_STATUS_KV_NAME
+    from naq_ipy.wire.names import JOB_STATUS_KV_NAME
 
     kv = await (await get_connection(url)).kv(JOB_STATUS_KV_NAME)
     watcher = await kv.watch(f"{key}.>")

@@ -50,6 +50,13 @@ def function_name(func: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
+def validate_max_retries(retries: Any) -> int:
+    """Return `retries` if it is an integer >= 0, else raise ConfigurationError."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(f"max_retries must be an integer >= 0, got {retries!r}")
+    return retries
+
+
 def dependency_ids(depends_on: Any) -> tuple[str, ...]:
     """Job ids from an id, a Job, or a list of either."""
     if depends_on is None:
@@ -99,8 +106,7 @@ class Job:
             raise ConfigurationError(f"a job needs a callable, got {self.function!r}")
         validate_queue_name(self.queue_name)
         validate_key(self.job_id, "job id")
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ConfigurationError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        validate_max_retries(self.max_retries)
         self.args = tuple(self.args)
         self.kwargs = dict(self.kwargs)
         self.retry_delay = validate_retry_delay(self.retry_delay)
@@ -225,7 +231,7 @@ class Job:
     def _repr_html_(self) -> str:
         from naq_ipy.views.jobs import job_html
 
-        return job_html(self)
+        return job_html(self.job_id, self.func_name, self.queue_name, None)
 
     async def status(self) -> Any:
         """This job's current status record (see `naq_ipy.status.results.JobStatus`)."""

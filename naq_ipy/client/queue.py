@@ -24,17 +24,9 @@ from naq_ipy.schedules.fires import next_regular_run
 from naq_ipy.schedules.record import ScheduledJob, first_run_utc, validate_timing
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
+from naq_ipy.wire.names import JOB_STREAM_NAME, SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED, queue_subject
 from naq_ipy.wire.publish import publish_many
-from naq_ipy.wire.settings import (
-    DEFAULT_QUEUE_NAME,
-    JOB_STREAM_NAME,
-    SCHEDULED_JOB_STATUS_ACTIVE,
-    SCHEDULED_JOB_STATUS_PAUSED,
-    ConnectionSettings,
-    queue_subject,
-    validate_key,
-    validate_queue_name,
-)
+from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
 from naq_ipy.wire.signing import signed_headers
 
 logger = logging.getLogger(__name__)

@@ -24,17 +24,17 @@ from naq_ipy.status.results import fetch_result, fetch_status
 from naq_ipy.views.schedules import every, schedules_table
 from naq_ipy.views.tables import Table
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
-from naq_ipy.wire.server import is_reachable
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
     FAILED_STREAM_NAME,
     JOB_STATUS_KV_NAME,
     JOB_STREAM_NAME,
     RESULTS_KV_NAME,
     SCHEDULED_JOBS_KV_NAME,
     SCHEDULER_CLOCK_KV_NAME,
-    redact_url,
-    validate_queue_name,
+    kv_stream,
 )
+from naq_ipy.wire.server import is_reachable
+from naq_ipy.wire.settings import redact_url, validate_queue_name
 
 if TYPE_CHECKING:
     from naq_ipy.ipython.commands import NaqEngine
@@ -47,9 +47,9 @@ SCHEDULER_FRESH_S = 150.0
 _COUNTED_STREAMS = (
     ("jobs waiting", JOB_STREAM_NAME),
     ("failed jobs", FAILED_STREAM_NAME),
-    ("scheduled jobs", f"KV_{SCHEDULED_JOBS_KV_NAME}"),
-    ("job statuses", f"KV_{JOB_STATUS_KV_NAME}"),
-    ("results", f"KV_{RESULTS_KV_NAME}"),
+    ("scheduled jobs", kv_stream(SCHEDULED_JOBS_KV_NAME)),
+    ("job statuses", kv_stream(JOB_STATUS_KV_NAME)),
+    ("results", kv_stream(RESULTS_KV_NAME)),
 )
 
 

@@ -23,7 +23,8 @@ from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel, in_kernel
 from naq_ipy.status.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
 from naq_ipy.views import jobs as jobview
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME
+from naq_ipy.wire.settings import ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 

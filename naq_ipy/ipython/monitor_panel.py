@@ -25,14 +25,14 @@ from naq_ipy.ipython.panels import Panel
 from naq_ipy.status.results import JobStatus, fetch_status
 from naq_ipy.views.tables import format_table
 from naq_ipy.wire.connection import get_connection, nats_errors
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
     FAILED_STREAM_NAME,
     JOB_STATUS_KV_NAME,
     JOB_STREAM_NAME,
     QUEUE_SUBJECT_PREFIX,
-    WORKER_DURABLE_PREFIX,
-    ConnectionSettings,
+    durable_queue,
 )
+from naq_ipy.wire.settings import ConnectionSettings
 from naq_ipy.worker.consumer import list_workers
 from naq_ipy.worker.failed_store import FailedJob, list_failed, requeue_failed
 
@@ -151,8 +151,8 @@ class QueueMonitor(Panel):
         poll.pending = {s[len(prefix):]: n for s, n in (info.state.subjects or {}).items() if s.startswith(prefix)}
         for consumer in consumers:
             name = consumer.name or ""
-            if name.startswith(WORKER_DURABLE_PREFIX):
-                queue = name[len(WORKER_DURABLE_PREFIX):]
+            queue = durable_queue(name)
+            if queue is not None:
                 poll.pending[queue] = consumer.num_pending or 0
                 poll.in_flight[queue] = consumer.num_ack_pending or 0
         poll.workers = await list_workers(self.settings)

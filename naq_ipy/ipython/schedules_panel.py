@@ -29,12 +29,8 @@ from naq_ipy.status.results import TERMINAL, JobStatus, fetch_status
 from naq_ipy.status.waiting import recent_runs
 from naq_ipy.views import schedules as view
 from naq_ipy.views.jobs import render_runs
-from naq_ipy.wire.settings import (
-    SCHEDULED_JOB_STATUS_ACTIVE,
-    SCHEDULED_JOB_STATUS_PAUSED,
-    SCHEDULED_JOBS_KV_NAME,
-    ConnectionSettings,
-)
+from naq_ipy.wire.names import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.settings import ConnectionSettings
 
 TICK_S = 15.0
 RUNS_SHOWN = 10

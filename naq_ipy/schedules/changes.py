@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from naq_ipy.client.job import rewrite_header
+from naq_ipy.client.job import rewrite_header, validate_max_retries
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.rules.retry import retry_delay_to_json, validate_retry_delay
 from naq_ipy.rules.times import parse_duration, to_timestamp
@@ -43,10 +43,7 @@ def _job_header(record: ScheduledJob, updates: dict[str, Any]) -> dict[str, Any]
     if "queue" in updates:
         header["queue_name"] = validate_queue_name(updates["queue"])
     if "max_retries" in updates:
-        retries = updates["max_retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"max_retries must be an integer >= 0, got {retries!r}")
-        header["max_retries"] = retries
+        header["max_retries"] = validate_max_retries(updates["max_retries"])
     if "retry_delay" in updates:
         header["retry_delay"] = retry_delay_to_json(validate_retry_delay(updates["retry_delay"]))
     if "timeout" in updates:

@@ -24,11 +24,10 @@ from typing import Any
 
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.schedules.record import ScheduledJob, validate_misfire, validate_timing
+from naq_ipy.wire import names
+from naq_ipy.wire.names import KV_DELETE_OPERATIONS
 
 logger = logging.getLogger(__name__)
-
-_DELETED = ("DEL", "PURGE")
-
 
 @dataclass(frozen=True)
 class FirePlan:
@@ -44,12 +43,7 @@ def run_id(record: ScheduledJob, due_utc: float) -> str:
     """The job id of the run of `record` due at `due_utc`: `<key>.<due ms>`, or a one-off's own id."""
     if record.schedule_type == "once":
         return record.job_id
-    return f"{record.key}.{int(due_utc * 1000)}"
-
-
-def fire_msg_id(key: str, due_utc: float) -> str:
-    """The `Nats-Msg-Id` of the fire of `key` due at `due_utc`; JetStream drops a second publish of it."""
-    return f"{key}:{int(due_utc * 1000)}"
+    return names.run_id(record.key, due_utc)
 
 
 def due_grid(record: ScheduledJob) -> Iterator[float]:
@@ -159,7 +153,7 @@ class ScheduleView:
         """Take one watch entry; False if it is older than what is known (our own write came first)."""
         if self._stale(key, revision):
             return False
-        if operation in _DELETED:
+        if operation in KV_DELETE_OPERATIONS:
             self.entries.pop(key, None)
             self._gone.pop(key, None)
             self.corrupt_keys.discard(key)

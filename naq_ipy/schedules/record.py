@@ -18,7 +18,7 @@ from typing import Any
 from naq_ipy.client.job import Job, read_header
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.rules.times import from_timestamp, next_cron_run, resolve_zone, validate_cron
-from naq_ipy.wire.settings import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED
+from naq_ipy.wire.names import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED
 
 RECORD_VERSION = 1
 SCHEDULE_TYPES = ("cron", "interval", "once")

@@ -22,14 +22,8 @@ from nats.js.kv import KeyValue
 
 from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError
 from naq_ipy.wire.connection import Connection, get_connection, kv_put, nats_errors
-from naq_ipy.wire.settings import (
-    DEFAULT_RESULT_TTL_S,
-    JOB_STATUS_KV_NAME,
-    RESULTS_KV_NAME,
-    SCHEDULED_JOBS_KV_NAME,
-    ConnectionSettings,
-    validate_key,
-)
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, RESULTS_KV_NAME, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, ConnectionSettings, validate_key
 
 QUEUED = "queued"
 SCHEDULED = "scheduled"

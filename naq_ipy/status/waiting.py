@@ -22,7 +22,8 @@ from naq_ipy.client.job import Job
 from naq_ipy.errors import ConfigurationError, JobExecutionError, SerializationError
 from naq_ipy.status.results import FINISHED, RETRYING, RUNNING, TERMINAL, JobStatus
 from naq_ipy.wire.connection import get_connection, nats_errors
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, run_due_ms
+from naq_ipy.wire.settings import ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +179,6 @@ def wait_sync(jobs: Jobs, timeout: float | None = None, raise_on_failure: bool =
               url: str | ConnectionSettings | None = None) -> WaitResult:
     """Blocking `wait` through the sync bridge (`naq_ipy.wait` adds a live progress bar in a kernel)."""
     return run_sync(wait(jobs, timeout, raise_on_failure, url=url))
-
-
-def run_due_ms(job_id: str, key: str) -> int | None:
-    """The due time (unix ms) in a run id of schedule `key` (`<key>.<ms>` or `<key>.now-<ms>`), else None."""
-    rest = job_id.removeprefix(f"{key}.")
-    digits = rest.removeprefix("now-")
-    return int(digits) if rest != job_id and digits.isdigit() else None
 
 
 async def recent_runs(key: str, limit: int = 10, url: str | ConnectionSettings | None = None) -> list[JobStatus]:

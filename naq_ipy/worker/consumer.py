@@ -30,15 +30,10 @@ from nats.js import JetStreamContext, api
 
 from naq_ipy.client.bridge import StopRequests
 from naq_ipy.errors import ConfigurationError, NaqException
-from naq_ipy.wire import settings as names
+from naq_ipy.wire import names
 from naq_ipy.wire.connection import connect, get_connection, kv_put, nats_errors
-from naq_ipy.wire.settings import (
-    DEFAULT_QUEUE_NAME,
-    JOB_STREAM_NAME,
-    ConnectionSettings,
-    validate_key,
-    validate_queue_name,
-)
+from naq_ipy.wire.names import JOB_STREAM_NAME
+from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
 from naq_ipy.worker.executor import Executor
 from naq_ipy.worker.runner import JobRunner, Stopping
 
@@ -186,7 +181,7 @@ class Worker(JobRunner, StopRequests):
 
     async def _subscribe(self, queue: str) -> tuple[JetStreamContext.PullSubscription, float]:
         """Bind to the queue's durable consumer (created if missing, else kept as it is); also its ack wait."""
-        durable, js = names.WORKER_DURABLE_PREFIX + queue, self.conn.js
+        durable, js = names.worker_durable(queue), self.conn.js
         config = api.ConsumerConfig(
             durable_name=durable, name=durable, filter_subject=names.queue_subject(queue),
             ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s, max_deliver=-1,

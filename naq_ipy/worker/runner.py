@@ -30,13 +30,8 @@ from naq_ipy.status import results
 from naq_ipy.status.progress import reporting
 from naq_ipy.status.results import JobStatus, watch_until_ended, write_status
 from naq_ipy.wire.connection import Connection, nats_errors
-from naq_ipy.wire.settings import (
-    DEFAULT_RESULT_TTL_S,
-    JOB_STATUS_KV_NAME,
-    QUEUE_SUBJECT_PREFIX,
-    SIGNATURE_HEADER,
-    validate_key,
-)
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, QUEUE_SUBJECT_PREFIX, SIGNATURE_HEADER
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, validate_key
 from naq_ipy.wire.signing import refusal
 from naq_ipy.worker.executor import Executor, JobFailure, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
