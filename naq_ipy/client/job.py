@@ -57,18 +57,24 @@ def validate_max_retries(retries: Any) -> int:
     return retries
 
 
-def dependency_ids(depends_on: Any) -> tuple[str, ...]:
-    """Job ids from an id, a Job, or a list of either."""
-    if depends_on is None:
-        return ()
-    items = [depends_on] if isinstance(depends_on, str | Job) else list(depends_on)
+def job_ids(jobs: Any, what: str) -> tuple[str, ...]:
+    """The ids of an id, a Job, or an iterable of either (each checked); ConfigurationError `what, got x`."""
+    if isinstance(jobs, str | Job):
+        jobs = [jobs]
+    elif not isinstance(jobs, Iterable):
+        raise ConfigurationError(f"{what}, got {jobs!r}")
     ids = []
-    for item in items:
+    for item in jobs:
         job_id = item.job_id if isinstance(item, Job) else item
         if not isinstance(job_id, str) or not job_id:
-            raise ConfigurationError(f"depends_on takes job ids or Jobs, got {item!r}")
+            raise ConfigurationError(f"{what}, got {item!r}")
         ids.append(validate_key(job_id, "job id"))
     return tuple(ids)
+
+
+def dependency_ids(depends_on: Any) -> tuple[str, ...]:
+    """Job ids from an id, a Job, or a list of either (None: no dependencies)."""
+    return () if depends_on is None else job_ids(depends_on, "depends_on takes job ids or Jobs")
 
 
 def _positive_or_none(name: str, value: Any) -> float | None:

@@ -21,7 +21,7 @@ from naq_ipy.client.job import JOB_OPTIONS, Job, serialize_many
 from naq_ipy.errors import ConfigurationError, RefusedError
 from naq_ipy.rules.times import parse_duration, to_timestamp
 from naq_ipy.schedules.fires import next_regular_run
-from naq_ipy.schedules.record import ScheduledJob, first_run_utc, validate_timing
+from naq_ipy.schedules.record import ScheduledJob, first_run_utc, validate_interval, validate_timing
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
 from naq_ipy.wire.names import JOB_STREAM_NAME, SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED, queue_subject
@@ -40,14 +40,6 @@ def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
         return {}, {}
     options = {k: kwargs[k] for k in JOB_OPTIONS if k in kwargs}
     return options, {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS}
-
-
-def interval_seconds(interval: timedelta | float | int | str) -> float:
-    """An interval (seconds, timedelta or duration text) in seconds, > 0."""
-    seconds = parse_duration(interval)
-    if seconds <= 0:
-        raise ConfigurationError(f"interval must be > 0, got {interval!r}")
-    return seconds
 
 
 class Queue:
@@ -175,7 +167,7 @@ class Queue:
     ) -> tuple[ScheduledJob, bool]:
         """Store a schedule for a prepared job; returns (record, created). `at` alone makes a one-off."""
         key = validate_key(name) if name is not None else job.job_id
-        interval_s = interval_seconds(interval) if interval is not None else None
+        interval_s = validate_interval(interval) if interval is not None else None
         if at is not None:
             if cron is not None or interval_s is not None:
                 raise ConfigurationError("a one-off run (at) cannot also have cron or interval")

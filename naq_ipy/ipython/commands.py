@@ -25,13 +25,14 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
 from naq_ipy.client.cells import free_names, make_cell_function
-from naq_ipy.client.job import Job
-from naq_ipy.client.queue import Queue, interval_seconds
+from naq_ipy.client.job import job_ids
+from naq_ipy.client.queue import Queue
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.ipython.livejob import result_live
 from naq_ipy.local.processes import PROCESSES, loopback_port
 from naq_ipy.rules.retry import NormalRetryDelay, parse_retry_delay
 from naq_ipy.rules.times import parse_duration, parse_iso_time, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.schedules.record import validate_interval
 from naq_ipy.views.schedules import schedule_line
 from naq_ipy.views.schedules import when as time_text
 from naq_ipy.views.tables import Note
@@ -188,7 +189,7 @@ class ScheduleCommand:
         return cls(
             name=validate_key(ns.name), body=body,
             cron=_optional(validate_cron, ns.cron), tz=ns.tz,
-            interval_s=_optional(interval_seconds, ns.interval),
+            interval_s=_optional(validate_interval, ns.interval),
             at=_optional(parse_iso_time, ns.at), delay_s=_optional(parse_duration, ns.delay),
             repeat=ns.repeat, queue=_optional(validate_queue_name, ns.queue), retries=ns.retries,
             retry_delay=_optional(parse_retry_delay, ns.retry_delay) or 0.0,
@@ -326,10 +327,7 @@ class NaqEngine:
         for item in items:
             value = self.shell.user_ns.get(item, item) if item.isidentifier() else item
             values = value if isinstance(value, list | tuple) else [value]
-            for one in values:
-                if not isinstance(one, Job | str):
-                    raise ConfigurationError(f"--depends-on {item}: expected job ids or Jobs, got {one!r}")
-                ids.append(one.job_id if isinstance(one, Job) else validate_key(one, "job id"))
+            ids += job_ids(values, f"--depends-on {item}: expected job ids or Jobs")
         return tuple(ids)
 
     def run_at(self, at: datetime | None, delay_s: float | None, tz: str | None) -> float | None:

@@ -9,7 +9,7 @@ from naq_ipy.client.job import rewrite_header, validate_max_retries
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.rules.retry import retry_delay_to_json, validate_retry_delay
 from naq_ipy.rules.times import parse_duration, to_timestamp
-from naq_ipy.schedules.record import ScheduledJob, validate_misfire, validate_repeat, validate_timing
+from naq_ipy.schedules.record import ScheduledJob, validate_interval, validate_misfire, validate_repeat, validate_timing
 from naq_ipy.wire.settings import validate_queue_name
 
 MODIFIABLE = frozenset(
@@ -24,7 +24,7 @@ def _timing(record: ScheduledJob, updates: dict[str, Any]) -> dict[str, Any]:
     if updates.get("cron"):
         cron, interval_s, tz = updates["cron"], None, updates.get("tz", record.tz)
     elif updates.get("interval") is not None:
-        cron, interval_s, tz = None, parse_duration(updates["interval"]), None
+        cron, interval_s, tz = None, validate_interval(updates["interval"]), None
         if "tz" in updates and updates["tz"]:
             raise ConfigurationError("tz applies to cron schedules only")
     else:

@@ -9,15 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from naq_ipy.client.job import Job, read_header
 from naq_ipy.errors import ConfigurationError, SerializationError
-from naq_ipy.rules.times import from_timestamp, next_cron_run, resolve_zone, validate_cron
+from naq_ipy.rules.times import from_timestamp, next_cron_run, parse_duration, resolve_zone, validate_cron
 from naq_ipy.wire.names import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED
 
 RECORD_VERSION = 1
@@ -34,9 +33,10 @@ def validate_timing(
         raise ConfigurationError("give exactly one of cron or interval")
     if cron is not None:
         validate_cron(cron)
-    elif isinstance(interval_s, bool) or not isinstance(interval_s, int | float) or not math.isfinite(interval_s) \
-            or interval_s <= 0:
-        raise ConfigurationError(f"interval must be a positive duration, got {interval_s!r}")
+    elif not isinstance(interval_s, int | float):  # a stored record's field: seconds, never text
+        raise ConfigurationError(f"interval must be a number of seconds, got {interval_s!r}")
+    else:
+        validate_interval(interval_s)
     if tz is not None:
         if cron is None:
             raise ConfigurationError("tz applies to cron schedules only")
@@ -44,6 +44,14 @@ def validate_timing(
     validate_repeat(repeat)
     validate_misfire(misfire)
     return "cron" if cron is not None else "interval"
+
+
+def validate_interval(interval: timedelta | float | str) -> float:
+    """An interval (seconds, timedelta or duration text such as '5m') in seconds, > 0."""
+    seconds = parse_duration(interval)
+    if seconds <= 0:
+        raise ConfigurationError(f"interval must be > 0, got {interval!r}")
+    return seconds
 
 
 def validate_repeat(repeat: int | None) -> int | None:

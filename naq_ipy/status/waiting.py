@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from nats.js.kv import KeyValue
 
 from naq_ipy.client.bridge import run_sync
-from naq_ipy.client.job import Job
+from naq_ipy.client.job import Job, job_ids
 from naq_ipy.errors import ConfigurationError, JobExecutionError, SerializationError
 from naq_ipy.status.results import FINISHED, RETRYING, RUNNING, TERMINAL, JobStatus
 from naq_ipy.wire.connection import get_connection, nats_errors
@@ -120,16 +120,8 @@ class _Tally:
 def job_ids_and_url(jobs: Jobs) -> tuple[list[str], str | ConnectionSettings | None]:
     """The distinct job ids (in order) of Jobs or ids, and the server of the first Job that knows it."""
     items = [jobs] if isinstance(jobs, Job | str) else list(jobs)
-    ids: dict[str, None] = {}
-    url = None
-    for item in items:
-        if isinstance(item, Job):
-            ids[item.job_id] = None
-            url = url or item.url
-        elif isinstance(item, str):
-            ids[validate_key(item, "job id")] = None
-        else:
-            raise ConfigurationError(f"wait takes Jobs or job ids, got {item!r}")
+    ids = dict.fromkeys(job_ids(items, "wait takes Jobs or job ids"))
+    url = next((item.url for item in items if isinstance(item, Job) and item.url), None)
     return list(ids), url
 
 

@@ -88,25 +88,18 @@ class Connection:
         return False
 
 
+_STREAM_SHAPES: dict[str, dict[str, Any]] = {
+    names.JOB_STREAM_NAME: {"subjects": [f"{names.QUEUE_SUBJECT_PREFIX}.*"],
+                            "retention": api.RetentionPolicy.WORK_QUEUE, "duplicate_window": names.DUPLICATE_WINDOW_S},
+    names.FAILED_STREAM_NAME: {"subjects": [f"{names.FAILED_SUBJECT_PREFIX}.>"],
+                               "retention": api.RetentionPolicy.LIMITS},
+}
+
+
 def _stream_config(name: str, replicas: int) -> api.StreamConfig:
-    if name == names.JOB_STREAM_NAME:
-        return api.StreamConfig(
-            name=name,
-            subjects=[f"{names.QUEUE_SUBJECT_PREFIX}.*"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=names.DUPLICATE_WINDOW_S,
-            num_replicas=replicas,
-        )
-    if name == names.FAILED_STREAM_NAME:
-        return api.StreamConfig(
-            name=name,
-            subjects=[f"{names.FAILED_SUBJECT_PREFIX}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            num_replicas=replicas,
-        )
-    raise NaqException(f"unknown naq stream {name!r}")
+    if name not in _STREAM_SHAPES:
+        raise NaqException(f"unknown naq stream {name!r}")
+    return api.StreamConfig(name=name, storage=api.StorageType.FILE, num_replicas=replicas, **_STREAM_SHAPES[name])
 
 
 async def _add_stream(js: JetStreamContext, name: str, replicas: int) -> None:
