@@ -9,6 +9,7 @@ from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.queue import Queue
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.rules.times import from_timestamp, parse_duration, parse_iso_time
+from naq_ipy.schedules.record import ScheduleState
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.views.schedules import schedules_table
 from naq_ipy.views.tables import format_table
@@ -21,7 +22,7 @@ def add_url_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_list_scheduled_arguments(parser: argparse.ArgumentParser) -> None:
     add_url_argument(parser)
-    parser.add_argument("--status", choices=("active", "paused"), help="only entries in this state")
+    parser.add_argument("--status", choices=[state.value for state in ScheduleState], help="only entries in this state")
     parser.add_argument("--queue", help="only entries of this queue")
 
 

@@ -21,10 +21,10 @@ from naq_ipy.client.job import JOB_OPTIONS, Job, serialize_many
 from naq_ipy.errors import ConfigurationError, RefusedError
 from naq_ipy.rules.times import parse_duration, to_timestamp
 from naq_ipy.schedules.fires import next_regular_run
-from naq_ipy.schedules.record import ScheduledJob, first_run_utc, validate_interval, validate_timing
+from naq_ipy.schedules.record import ScheduledJob, ScheduleState, first_run_utc, validate_interval, validate_timing
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
-from naq_ipy.wire.names import JOB_STREAM_NAME, SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED, queue_subject
+from naq_ipy.wire.names import JOB_STREAM_NAME, queue_subject
 from naq_ipy.wire.publish import publish_many
 from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
 from naq_ipy.wire.signing import signed_headers
@@ -207,7 +207,7 @@ class Queue:
 
     async def pause_scheduled_job(self, job_id: str) -> bool:
         """Stop a scheduled job from firing until resumed."""
-        return await self._scheduled_job_manager.update_job_status(job_id, SCHEDULED_JOB_STATUS_PAUSED)
+        return await self._scheduled_job_manager.update_job_status(job_id, ScheduleState.PAUSED)
 
     async def resume_scheduled_job(self, job_id: str, catch_up: bool = False) -> bool:
         """Let a paused job fire again; runs missed while paused are skipped unless `catch_up`."""
@@ -217,7 +217,7 @@ class Queue:
             now = time.time()
             if not catch_up and next_run < now and record.schedule_type != "once":
                 next_run = next_regular_run(record, now) or next_run
-            return record.evolve(status=SCHEDULED_JOB_STATUS_ACTIVE, next_run_utc=next_run)
+            return record.evolve(status=ScheduleState.ACTIVE, next_run_utc=next_run)
 
         await self._scheduled_job_manager.update(job_id, resume)
         return True

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
+from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.cells import free_names, make_cell_function
 from naq_ipy.client.job import job_ids
 from naq_ipy.client.queue import Queue
@@ -33,6 +34,7 @@ from naq_ipy.local.processes import PROCESSES, loopback_port
 from naq_ipy.rules.retry import NormalRetryDelay, parse_retry_delay
 from naq_ipy.rules.times import parse_duration, parse_iso_time, resolve_zone, to_timestamp, validate_cron
 from naq_ipy.schedules.record import validate_interval
+from naq_ipy.schedules.scheduler import run_now
 from naq_ipy.views.schedules import schedule_line
 from naq_ipy.views.schedules import when as time_text
 from naq_ipy.views.tables import Note
@@ -265,13 +267,10 @@ class NaqEngine:
     """What the magics do: evaluate calls, build jobs and schedules, send them, run `%naq` subcommands."""
 
     def __init__(self, shell: Any, config: EngineConfig) -> None:
-        from naq_ipy.ipython.control import Control
-
         self.shell = shell
         self.config = config
         self._queues: dict[tuple[str, str], Queue] = {}
         self._checked_urls: set[str] = set()
-        self._handlers = Control(self).handlers()
 
     def say(self, text: str | Note, level: str = "info") -> None:
         """Show one line (text and HTML)."""
@@ -381,8 +380,10 @@ class NaqEngine:
         )
         self.say(schedule_line(record, created, self.config.timezone))
         if cmd.run_now:
-            self._handlers["run"](argparse.Namespace(key=record.key))
+            self.fire_now(record.key)
 
-    def run(self, cmd: NaqCommand) -> Any:
-        """`%naq SUBCOMMAND`: call the handler for `cmd.key` from the table."""
-        return self._handlers[cmd.key](cmd.args)
+    def fire_now(self, key: str) -> str:
+        """Fire the scheduled job `key` once now, leaving its timing alone; returns the run id."""
+        run_id = run_sync(run_now(key, self.url()))
+        self.say(f"fired {key!r} now as job {run_id}")
+        return run_id

@@ -1,6 +1,7 @@
 """The `%naq` subcommands: status, the kernel's processes, schedules, results and panels.
 
-`Control.handlers()` is the dispatch table `NaqEngine.run` looks commands up in.
+`Control(engine).handlers()` is the dispatch table the `%naq` magic looks commands up in; the control
+uses the engine, never the reverse.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ import argparse
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.js.errors
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.job import Job
 from naq_ipy.errors import ConfigurationError
+from naq_ipy.ipython.commands import NaqEngine, wait_seconds
 from naq_ipy.ipython.livewait import wait_with_bar
 from naq_ipy.local.processes import PROCESSES
 from naq_ipy.rules.times import format_relative, from_timestamp, resolve_zone
@@ -35,9 +37,6 @@ from naq_ipy.wire.names import (
 )
 from naq_ipy.wire.server import is_reachable
 from naq_ipy.wire.settings import redact_url, validate_queue_name
-
-if TYPE_CHECKING:
-    from naq_ipy.ipython.commands import NaqEngine
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -216,10 +215,7 @@ class Control:
 
     def run_schedule(self, args: argparse.Namespace) -> None:
         """Fire a scheduled job once now, leaving its timing alone."""
-        from naq_ipy.schedules.scheduler import run_now
-
-        run_id = run_sync(run_now(args.key, self.engine.url()))
-        self.engine.say(f"fired {args.key!r} now as job {run_id}")
+        self.engine.fire_now(args.key)
 
     def result(self, args: argparse.Namespace) -> Any:
         """The job's value once it ended (a failure re-raises); its state while it has not."""
@@ -227,8 +223,6 @@ class Control:
         job_id = value.job_id if isinstance(value, Job) else args.job
         url = self.engine.url()
         if args.wait is not None:
-            from naq_ipy.ipython.commands import wait_seconds
-
             with self.engine.waiting(f"job {job_id}", f"%naq result {job_id} --wait"):
                 return run_sync(fetch_result(job_id, wait_seconds(args.wait), url))
             return None

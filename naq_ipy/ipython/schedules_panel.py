@@ -22,14 +22,14 @@ from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel
 from naq_ipy.ipython.schedules_form import EditBox
 from naq_ipy.ipython.schedules_model import JobsModel
-from naq_ipy.schedules.record import ScheduledJob
+from naq_ipy.schedules.record import ScheduledJob, ScheduleState
 from naq_ipy.schedules.scheduler import run_now
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.results import TERMINAL, JobStatus, fetch_status
 from naq_ipy.status.waiting import recent_runs
 from naq_ipy.views import schedules as view
 from naq_ipy.views.jobs import render_runs
-from naq_ipy.wire.names import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.names import SCHEDULED_JOBS_KV_NAME
 from naq_ipy.wire.settings import ConnectionSettings
 
 TICK_S = 15.0
@@ -271,7 +271,7 @@ class ScheduledJobsPanel(Panel):
                          continuous_update=True, layout=widgets.Layout(width="22em"))
         w["queue"] = make(widgets.Dropdown, options=[ALL], value=ALL, description="queue",
                           layout=widgets.Layout(width="14em"))
-        w["state"] = make(widgets.Dropdown, options=[ALL, SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED],
+        w["state"] = make(widgets.Dropdown, options=[ALL, *(state.value for state in ScheduleState)],
                           value=ALL, description="state", layout=widgets.Layout(width="12em"))
         w["prev"] = make(widgets.Button, description="◀", layout=widgets.Layout(width="3em"), tooltip="previous page")
         w["next"] = make(widgets.Button, description="▶", layout=widgets.Layout(width="3em"), tooltip="next page")

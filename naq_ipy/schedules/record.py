@@ -12,17 +12,26 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from naq_ipy.client.job import Job, read_header
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.rules.times import from_timestamp, next_cron_run, parse_duration, resolve_zone, validate_cron
-from naq_ipy.wire.names import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED
 
 RECORD_VERSION = 1
 SCHEDULE_TYPES = ("cron", "interval", "once")
 MISFIRE_POLICIES = ("once", "skip", "all")
-STATUSES = (SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED)
+
+
+class ScheduleState(StrEnum):
+    """A scheduled job's state (str-valued: the stored JSON is the plain name)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+STATUSES = tuple(ScheduleState)
 
 
 def validate_timing(
@@ -91,7 +100,7 @@ class ScheduledJob:
     run_count: int = 0
     last_run_utc: float | None = None
     last_run_id: str | None = None
-    status: str = SCHEDULED_JOB_STATUS_ACTIVE
+    status: str = ScheduleState.ACTIVE
     misfire: str = "once"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -114,7 +123,7 @@ class ScheduledJob:
 
     @property
     def paused(self) -> bool:
-        return self.status == SCHEDULED_JOB_STATUS_PAUSED
+        return self.status == ScheduleState.PAUSED
 
     def job(self) -> Job:
         """The stored job, unpickled (only where the code is trusted: workers, the owner)."""
@@ -189,5 +198,5 @@ def new_record(
         key=key, job_id=job.job_id, queue_name=job.queue_name, func_name=job.func_name,
         job_data=job.serialize(), schedule_type=schedule_type, next_run_utc=next_run_utc, cron=cron, tz=tz,
         interval_s=interval_s, repeat=repeat, misfire=misfire,
-        status=SCHEDULED_JOB_STATUS_PAUSED if paused else SCHEDULED_JOB_STATUS_ACTIVE,
+        status=ScheduleState.PAUSED if paused else ScheduleState.ACTIVE,
     )

@@ -35,8 +35,6 @@ HEADER_REASON = "Naq-Reason"  # failed store: why it failed or was rejected (one
 HEADER_FAILED_AT = "Naq-Failed-At"  # failed store: unix seconds
 
 # -- stored values --------------------------------------------------------------------------------
-SCHEDULED_JOB_STATUS_ACTIVE = "active"
-SCHEDULED_JOB_STATUS_PAUSED = "paused"
 JOB_SERIALIZER = "cloudpickle"
 
 # -- NATS error codes -----------------------------------------------------------------------------
