@@ -115,15 +115,18 @@ class Panel(ABC):
         self.status_text, self.status_error = text or "", error
         self._show_status()
 
-    def _show_status(self) -> None:
-        """Draw the status line: a watch problem (server gone) first, then the last action's message."""
-        if self._status is None:
-            return
+    @property
+    def status_html(self) -> str:
+        """The status line: a watch problem (server gone) first, then the last action's message."""
         parts = [f"<span style='{_ERROR_STYLE}'>{html.escape(self.problem)}</span>"] if self.problem else []
         if self.status_text:
             style = _ERROR_STYLE if self.status_error else _INFO_STYLE
             parts.append(f"<span style='{style}'>{html.escape(self.status_text)}</span>")
-        self._status.value = "<br>".join(parts)
+        return "<br>".join(parts)
+
+    def _show_status(self) -> None:
+        if self._status is not None:
+            self._status.value = self.status_html
 
     def run_action(self, what: str, coro: Awaitable[Any], done: Callable[[Any], None] | None = None) -> None:
         """Run `coro` on the bridge loop; `done(result)` (or the error in the status line) on the widgets' thread."""
@@ -161,7 +164,7 @@ class Panel(ABC):
         if self.closed:
             return
         self.closed = True
-        self._stop()
+        self.stop_watching()
         for widget in [*reversed(self._widgets), self._status, self._root]:
             if widget is None:
                 continue
@@ -175,9 +178,9 @@ class Panel(ABC):
         if self.closed:
             return
         if change["new"] == 0 and (change["old"] or 0) > 0:
-            self._stop()
+            self.stop_watching()
         elif (change["new"] or 0) > 0 and not (change["old"] or 0):
-            self._start()
+            self.start_watching()
 
     def _on_comm(self, change: dict[str, Any]) -> None:
         if change["new"] is None:
@@ -196,12 +199,17 @@ class Panel(ABC):
     def _render(self) -> None:
         """Update the widgets in place from the current data."""
 
+    @property
     @abstractmethod
-    def _start(self) -> None:
+    def watching(self) -> bool:
+        """True while the live watch runs."""
+
+    @abstractmethod
+    def start_watching(self) -> None:
         """Start the live watch."""
 
     @abstractmethod
-    def _stop(self) -> None:
+    def stop_watching(self) -> None:
         """Stop the live watch."""
 
     @abstractmethod
