@@ -21,7 +21,7 @@ from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.job import Job
 from naq_ipy.ipython.livewait import run_redrawing
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
-from naq_ipy.ipython.panels import Panel, in_kernel
+from naq_ipy.ipython.panel_base import Panel, in_kernel
 from naq_ipy.status.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
 from naq_ipy.views import jobs as jobview
 from naq_ipy.wire.names import JOB_STATUS_KV_NAME

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from naq_ipy.client.bridge import bridge_loop, get_loop_mode, run_sync, wait_polling
-from naq_ipy.ipython.panels import in_kernel
+from naq_ipy.ipython.panel_base import in_kernel
 from naq_ipy.status.waiting import Jobs, WaitResult, job_ids_and_url, wait
 from naq_ipy.views import jobs as jobview
 from naq_ipy.wire.settings import ConnectionSettings

@@ -21,7 +21,7 @@ from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.shortcuts import purge_queue
 from naq_ipy.ipython import monitor_table as mt
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
-from naq_ipy.ipython.panels import Panel
+from naq_ipy.ipython.panel_base import Panel
 from naq_ipy.status.results import JobStatus, fetch_status
 from naq_ipy.views.tables import format_table
 from naq_ipy.wire.connection import get_connection, nats_errors

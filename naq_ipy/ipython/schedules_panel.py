@@ -19,7 +19,7 @@ from naq_ipy.client.shortcuts import cancel_scheduled_job, pause_scheduled_job, 
 from naq_ipy.errors import NaqException
 from naq_ipy.ipython import schedules_table as table
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
-from naq_ipy.ipython.panels import Panel
+from naq_ipy.ipython.panel_base import Panel
 from naq_ipy.ipython.schedules_form import EditBox
 from naq_ipy.ipython.schedules_model import JobsModel
 from naq_ipy.ipython.schedules_widgets import ALL, ScheduleControls, build_controls

@@ -10,12 +10,14 @@ import html
 import reprlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from naq_ipy.rules.times import format_duration, format_relative, from_timestamp
 from naq_ipy.status.results import FINISHED, QUEUED, RETRYING, RUNNING, SCHEDULED, JobStatus
-from naq_ipy.status.waiting import WaitResult
 from naq_ipy.wire.names import run_due_ms
+
+if TYPE_CHECKING:
+    from naq_ipy.status.waiting import WaitResult
 
 PREVIEW_MAX = 200
 _GREY, _BLUE, _AMBER, _GREEN, _RED = "#757575", "#1565c0", "#b26b00", "#2e7d32", "#c62828"
