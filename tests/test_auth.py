@@ -21,7 +21,7 @@ from test_worker import running_worker
 
 from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
 from naq_ipy.status.results import fetch_result
-from naq_ipy.wire import settings as names
+from naq_ipy.wire import names
 from naq_ipy.wire.connection import close_all, connect, get_connection
 from naq_ipy.wire.server import NatsServer
 from naq_ipy.worker.consumer import list_workers

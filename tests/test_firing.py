@@ -15,12 +15,12 @@ from naq_ipy.rules.times import next_cron_run, next_cron_runs
 from naq_ipy.schedules.fires import (
     ScheduleView,
     advanced,
-    fire_msg_id,
     next_regular_run,
     plan_fires,
     run_id,
 )
 from naq_ipy.schedules.record import ScheduledJob, new_record
+from naq_ipy.wire.names import fire_msg_id
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
 BERLIN = ZoneInfo("Europe/Berlin")

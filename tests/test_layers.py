@@ -44,3 +44,51 @@ def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, line:
 def test_the_package_root_holds_few_modules() -> None:
     modules = sorted(path.name for path in (ROOT / "naq_ipy").glob("*.py"))
     assert len(modules) <= 15, modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """naq_ipy's import graph (grimp), with imports inside functions; `if TYPE_CHECKING:` ones left out."""
+    import grimp
+
+    graph = grimp.build_graph("naq_ipy", exclude_type_checking_imports=True)
+    return {module: set(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in edges.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_not_even_through_imports_inside_functions() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -61,18 +61,18 @@ def test_a_failed_job_shows_its_error_line_and_the_traceback_on_demand(
 ) -> None:
     view = live(Queue("default", nats_url).enqueue_sync(jobs.boom, "kaput").job_id)
     parts = view.parts
-    wait_until(lambda: "RuntimeError: kaput" in parts["outcome"].value, what="the error line")
-    assert "jobs.boom</b> on default" in parts["title"].value  # known from the status record
-    assert "failed" in parts["state"].value
-    assert parts["bar"].bar_style == "danger"
-    assert parts["toggle"].layout.display is None and parts["toggle"].description == SHOW
-    assert parts["traceback"].layout.display == "none"
-    assert "Traceback (most recent call last)" in parts["traceback"].value and "kaput" in parts["traceback"].value
-    parts["toggle"].click()
-    assert parts["traceback"].layout.display is None and parts["toggle"].description == HIDE
-    parts["toggle"].click()
-    assert parts["traceback"].layout.display == "none"
-    wait_until(lambda: not view._watch.running, what="the watch to stop")
+    wait_until(lambda: "RuntimeError: kaput" in parts.outcome.value, what="the error line")
+    assert "jobs.boom</b> on default" in parts.title.value  # known from the status record
+    assert "failed" in parts.state.value
+    assert parts.bar.bar_style == "danger"
+    assert parts.toggle.layout.display is None and parts.toggle.description == SHOW
+    assert parts.traceback.layout.display == "none"
+    assert "Traceback (most recent call last)" in parts.traceback.value and "kaput" in parts.traceback.value
+    parts.toggle.click()
+    assert parts.traceback.layout.display is None and parts.toggle.description == HIDE
+    parts.toggle.click()
+    assert parts.traceback.layout.display == "none"
+    wait_until(lambda: not view.watching, what="the watch to stop")
 
 
 def test_a_running_job_fills_its_bar_then_shows_its_result(
@@ -81,17 +81,17 @@ def test_a_running_job_fills_its_bar_then_shows_its_result(
     queue = Queue("default", nats_url)
     job = queue.job(jobs.report_steps, ([0.25, 0.5, 1.0], 0.4))
     view = live(job)
-    assert "queued" in view.parts["state"].value
+    assert "queued" in view.parts.state.value
     shown: list[float] = []
-    view.parts["bar"].observe(lambda change: shown.append(change["new"]), "value")
+    view.parts.bar.observe(lambda change: shown.append(change["new"]), "value")
     queue.enqueue_job_sync(job)
-    wait_until(lambda: view.parts["outcome"].value.count("reported"), what="the result preview")
+    wait_until(lambda: view.parts.outcome.value.count("reported"), what="the result preview")
     assert shown[:3] == [0.25, 0.5, 1.0]
-    assert "finished" in view.parts["state"].value and view.parts["bar"].bar_style == "success"
-    assert "100% · step 3 of 3" in view.parts["message"].value
-    assert "ran " in view.parts["outcome"].value
-    assert view.parts["toggle"].layout.display == "none"
-    wait_until(lambda: not view._watch.running, what="the watch to stop")
+    assert "finished" in view.parts.state.value and view.parts.bar.bar_style == "success"
+    assert "100% · step 3 of 3" in view.parts.message.value
+    assert "ran " in view.parts.outcome.value
+    assert view.parts.toggle.layout.display == "none"
+    wait_until(lambda: not view.watching, what="the watch to stop")
     assert "finished · 100% · step 3 of 3" in repr(view) and "'reported'" in repr(view)
 
 
@@ -101,14 +101,14 @@ def test_without_a_worker_a_job_is_queued_or_scheduled_and_has_a_text_form(
     queue = Queue("nobody", nats_url)
     queued, later = queue.enqueue_sync(jobs.add, 1, 2), queue.enqueue_in_sync(3600, jobs.add, 1, 2)
     queued_view, later_view = live(queued), live(later)
-    wait_until(lambda: "scheduled" in later_view.parts["state"].value, what="the scheduled label")
-    assert "queued" in queued_view.parts["state"].value and queued_view.parts["bar"].value == 0
+    wait_until(lambda: "scheduled" in later_view.parts.state.value, what="the scheduled label")
+    assert "queued" in queued_view.parts.state.value and queued_view.parts.bar.value == 0
     assert repr(queued_view) == f"job {queued.job_id} jobs.add: queued"
     bundle = queued_view._repr_mimebundle_()
     assert set(bundle) == {"text/plain", "text/html"} and "queued" in bundle["text/html"]
     assert job_mimebundle(queued) is None  # not in a kernel: IPython shows the Job's own repr
     queued_view.close()
-    assert not queued_view._watch.running
+    assert not queued_view.watching
 
 
 def test_the_extension_registers_the_live_display_for_jobs_and_removes_it(nats_url: str) -> None:

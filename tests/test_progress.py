@@ -16,7 +16,7 @@ from naq_ipy import ConfigurationError, Queue
 from naq_ipy.status.progress import INTERVAL_S, check_fraction, check_message, current_job_id, write_progress
 from naq_ipy.status.results import FINISHED, RUNNING, JobStatus, write_status
 from naq_ipy.wire.connection import close_all, get_connection
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from naq_ipy.schedules.record import ScheduledJob, new_record
 from naq_ipy.schedules.scheduler import Scheduler, run_now, run_now_sync
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import get_connection
+from naq_ipy.wire.names import JOB_STREAM_NAME, SCHEDULED_JOBS_KV_NAME
 from naq_ipy.wire.server import NatsServer
-from naq_ipy.wire.settings import JOB_STREAM_NAME, SCHEDULED_JOBS_KV_NAME
 
 QUEUE = "sched"
 logger = logging.getLogger(__name__)

@@ -13,10 +13,11 @@ from test_worker import running_worker
 
 import naq_ipy
 from naq_ipy import ConfigurationError, JobExecutionError, Queue, WaitResult
-from naq_ipy.ipython.jobview import render_runs, wait_text
 from naq_ipy.status.results import FAILED, FINISHED, RUNNING, JobStatus, write_status
-from naq_ipy.status.waiting import recent_runs, run_due_ms, wait
+from naq_ipy.status.waiting import recent_runs, wait
+from naq_ipy.views.jobs import render_runs, wait_text
 from naq_ipy.wire.connection import close_all, get_connection
+from naq_ipy.wire.names import run_due_ms
 
 
 @pytest.fixture
@@ -112,14 +113,14 @@ def test_the_scheduled_jobs_panel_shows_the_recent_runs_of_the_selected_row(nats
     panel = ScheduledJobsPanel(url=nats_url)
     try:
         assert panel.wait_loaded(5) and panel.widget is not None
-        panel._w["runs"].click()
+        panel.controls.runs.click()
         assert panel.status_error and "select exactly one" in panel.status_text
         panel.select_keys(["tick"])
-        panel._w["runs"].click()
+        panel.controls.runs.click()
         deadline = time.monotonic() + 10
-        while "tick" not in panel._w["runs_table"].value and time.monotonic() < deadline:
+        while "tick" not in panel.controls.runs_table.value and time.monotonic() < deadline:
             time.sleep(0.02)
-        table = panel._w["runs_table"].value
+        table = panel.controls.runs_table.value
         assert "recent runs of tick" in table and "ValueError: bad tick" in table
         assert table.index(">2000<") < table.index(">1000<")
     finally:

@@ -22,7 +22,7 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
-from naq_ipy.cli.lab import missing_modules, sigterm_as_interrupt, stop_process
+from naq_ipy.cli.children import missing_modules, sigterm_as_interrupt, stop_process
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException
 from naq_ipy.local.processes import port_free
 from naq_ipy.wire.server import free_port, is_reachable

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from naq_ipy.cli.children import interrupt, missing_modules, sigterm_as_interrupt, stop_process
 from naq_ipy.errors import NaqException
 from naq_ipy.local.stack import LocalStack, local_url
 from naq_ipy.wire.server import default_store_dir
@@ -102,31 +102,6 @@ def run(args: argparse.Namespace) -> int:
             if started:
                 print("naq lab: stopped the worker, the scheduler"
                       + (" and the server" if stack.server is not None else ""), flush=True)
-
-
-def missing_modules(names: tuple[str, ...]) -> list[str]:
-    return [name for name in names if not _importable(name)]
-
-
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:  # an import hook that refuses it, or a broken parent package
-        return False
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread, so one cleanup path serves both."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --- JupyterLab ------------------------------------------------------------------------------
@@ -207,19 +182,6 @@ def app_settings_without_news() -> Iterator[Path]:
         yield folder
 
 
-def stop_process(process: subprocess.Popen[Any], timeout_s: float) -> None:
-    """SIGTERM (JupyterLab then shuts its kernels down), SIGKILL to its group after `timeout_s`."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 # --- headless --------------------------------------------------------------------------------
 
 
@@ -239,7 +201,7 @@ def run_headless(notebooks: Path, names: list[str], url: str, cell_timeout_s: fl
         else:
             passed += 1
             print(f"PASS {path.name} ({time.monotonic() - started:.1f} s)", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)  # nbclient leaves SIGTERM at its default
+        signal.signal(signal.SIGTERM, interrupt)  # nbclient leaves SIGTERM at its default
     print(f"{passed} passed, {failed} failed", flush=True)
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -50,18 +50,31 @@ def function_name(func: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
-def dependency_ids(depends_on: Any) -> tuple[str, ...]:
-    """Job ids from an id, a Job, or a list of either."""
-    if depends_on is None:
-        return ()
-    items = [depends_on] if isinstance(depends_on, str | Job) else list(depends_on)
+def validate_max_retries(retries: Any) -> int:
+    """Return `retries` if it is an integer >= 0, else raise ConfigurationError."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(f"max_retries must be an integer >= 0, got {retries!r}")
+    return retries
+
+
+def job_ids(jobs: Any, what: str) -> tuple[str, ...]:
+    """The ids of an id, a Job, or an iterable of either (each checked); ConfigurationError `what, got x`."""
+    if isinstance(jobs, str | Job):
+        jobs = [jobs]
+    elif not isinstance(jobs, Iterable):
+        raise ConfigurationError(f"{what}, got {jobs!r}")
     ids = []
-    for item in items:
+    for item in jobs:
         job_id = item.job_id if isinstance(item, Job) else item
         if not isinstance(job_id, str) or not job_id:
-            raise ConfigurationError(f"depends_on takes job ids or Jobs, got {item!r}")
+            raise ConfigurationError(f"{what}, got {item!r}")
         ids.append(validate_key(job_id, "job id"))
     return tuple(ids)
+
+
+def dependency_ids(depends_on: Any) -> tuple[str, ...]:
+    """Job ids from an id, a Job, or a list of either (None: no dependencies)."""
+    return () if depends_on is None else job_ids(depends_on, "depends_on takes job ids or Jobs")
 
 
 def _positive_or_none(name: str, value: Any) -> float | None:
@@ -99,8 +112,7 @@ class Job:
             raise ConfigurationError(f"a job needs a callable, got {self.function!r}")
         validate_queue_name(self.queue_name)
         validate_key(self.job_id, "job id")
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ConfigurationError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        validate_max_retries(self.max_retries)
         self.args = tuple(self.args)
         self.kwargs = dict(self.kwargs)
         self.retry_delay = validate_retry_delay(self.retry_delay)
@@ -225,7 +237,7 @@ class Job:
     def _repr_html_(self) -> str:
         from naq_ipy.views.jobs import job_html
 
-        return job_html(self)
+        return job_html(self.job_id, self.func_name, self.queue_name, None)
 
     async def status(self) -> Any:
         """This job's current status record (see `naq_ipy.status.results.JobStatus`)."""

@@ -24,15 +24,20 @@ from typing import Any, NamedTuple, Protocol
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
+from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.cells import free_names, make_cell_function
-from naq_ipy.client.job import Job
-from naq_ipy.client.queue import Queue, interval_seconds
+from naq_ipy.client.job import job_ids
+from naq_ipy.client.queue import Queue
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.ipython import render
 from naq_ipy.ipython.livejob import result_live
 from naq_ipy.local.processes import PROCESSES, loopback_port
 from naq_ipy.rules.retry import NormalRetryDelay, parse_retry_delay
-from naq_ipy.rules.times import parse_duration, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.rules.times import parse_duration, parse_iso_time, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.schedules.record import validate_interval
+from naq_ipy.schedules.scheduler import run_now
+from naq_ipy.views.schedules import schedule_line
+from naq_ipy.views.schedules import when as time_text
+from naq_ipy.views.tables import Note
 from naq_ipy.wire.server import is_reachable
 from naq_ipy.wire.settings import clear_default_url, redact_url, set_default_url, validate_key, validate_queue_name
 
@@ -99,16 +104,6 @@ def wait_seconds(value: float | None) -> float | None:
     return value
 
 
-def parse_when(text: str) -> datetime:
-    """An ISO 8601 time (naive or with an offset)."""
-    try:
-        return datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigurationError(
-            f"invalid time {text!r}: use ISO 8601, e.g. 2026-11-28T09:00 or 2026-11-28T09:00+01:00"
-        ) from None
-
-
 def _optional(convert: Callable[[str], Any], text: str | None) -> Any:
     return None if text is None else convert(text)
 
@@ -148,7 +143,7 @@ class EnqueueCommand:
         return cls(
             call=line[words[len(words) - len(rest)][0]:].strip(),
             queue=_optional(validate_queue_name, ns.queue),
-            at=_optional(parse_when, ns.at),
+            at=_optional(parse_iso_time, ns.at),
             delay_s=_optional(parse_duration, ns.delay),
             retries=ns.retries,
             retry_delay=_optional(parse_retry_delay, ns.retry_delay) or 0.0,
@@ -196,8 +191,8 @@ class ScheduleCommand:
         return cls(
             name=validate_key(ns.name), body=body,
             cron=_optional(validate_cron, ns.cron), tz=ns.tz,
-            interval_s=_optional(interval_seconds, ns.interval),
-            at=_optional(parse_when, ns.at), delay_s=_optional(parse_duration, ns.delay),
+            interval_s=_optional(validate_interval, ns.interval),
+            at=_optional(parse_iso_time, ns.at), delay_s=_optional(parse_duration, ns.delay),
             repeat=ns.repeat, queue=_optional(validate_queue_name, ns.queue), retries=ns.retries,
             retry_delay=_optional(parse_retry_delay, ns.retry_delay) or 0.0,
             timeout_s=_optional(parse_duration, ns.timeout), misfire=ns.misfire,
@@ -273,17 +268,14 @@ class NaqEngine:
     """What the magics do: evaluate calls, build jobs and schedules, send them, run `%naq` subcommands."""
 
     def __init__(self, shell: Any, config: EngineConfig) -> None:
-        from naq_ipy.ipython.control import Control
-
         self.shell = shell
         self.config = config
         self._queues: dict[tuple[str, str], Queue] = {}
         self._checked_urls: set[str] = set()
-        self._handlers = Control(self).handlers()
 
-    def say(self, text: str | render.Note, level: str = "info") -> None:
+    def say(self, text: str | Note, level: str = "info") -> None:
         """Show one line (text and HTML)."""
-        display(text if isinstance(text, render.Note) else render.Note(text, level))
+        display(text if isinstance(text, Note) else Note(text, level))
 
     def url(self, *, start: bool = True) -> str:
         """The URL to talk to: the configured one, or the local server this kernel started in its place.
@@ -358,10 +350,7 @@ class NaqEngine:
         for item in items:
             value = self.shell.user_ns.get(item, item) if item.isidentifier() else item
             values = value if isinstance(value, list | tuple) else [value]
-            for one in values:
-                if not isinstance(one, Job | str):
-                    raise ConfigurationError(f"--depends-on {item}: expected job ids or Jobs, got {one!r}")
-                ids.append(one.job_id if isinstance(one, Job) else validate_key(one, "job id"))
+            ids += job_ids(values, f"--depends-on {item}: expected job ids or Jobs")
         return tuple(ids)
 
     def run_at(self, at: datetime | None, delay_s: float | None, tz: str | None) -> float | None:
@@ -382,7 +371,7 @@ class NaqEngine:
             queue.enqueue_job_sync(job)
         else:
             queue.schedule_job_sync(job, at=when)
-            self.say(f"job {job.job_id} will run at {render.when(when, self.config.timezone)}")
+            self.say(f"job {job.job_id} will run at {time_text(when, self.config.timezone)}")
         if cmd.out:
             self.shell.user_ns[cmd.out] = job
         if not cmd.wait:
@@ -413,10 +402,12 @@ class NaqEngine:
             job, cron=cmd.cron, interval=cmd.interval_s, repeat=cmd.repeat, tz=zone if cmd.cron else None,
             name=cmd.name, misfire=cmd.misfire, paused=cmd.paused, at=at,
         )
-        self.say(render.schedule_line(record, created, self.config.timezone))
+        self.say(schedule_line(record, created, self.config.timezone))
         if cmd.run_now:
-            self._handlers["run"](argparse.Namespace(key=record.key))
+            self.fire_now(record.key)
 
-    def run(self, cmd: NaqCommand) -> Any:
-        """`%naq SUBCOMMAND`: call the handler for `cmd.key` from the table."""
-        return self._handlers[cmd.key](cmd.args)
+    def fire_now(self, key: str) -> str:
+        """Fire the scheduled job `key` once now, leaving its timing alone; returns the run id."""
+        run_id = run_sync(run_now(key, self.url()))
+        self.say(f"fired {key!r} now as job {run_id}")
+        return run_id

@@ -1,6 +1,7 @@
 """The `%naq` subcommands: status, the kernel's processes, schedules, results and panels.
 
-`Control.handlers()` is the dispatch table `NaqEngine.run` looks commands up in.
+`Control(engine).handlers()` is the dispatch table the `%naq` magic looks commands up in; the control
+uses the engine, never the reverse.
 """
 
 from __future__ import annotations
@@ -9,35 +10,33 @@ import argparse
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.js.errors
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.job import Job
 from naq_ipy.errors import ConfigurationError
+from naq_ipy.ipython.commands import NaqEngine, wait_seconds
 from naq_ipy.ipython.livewait import wait_with_bar
-from naq_ipy.ipython.render import Table, every, schedules_table
 from naq_ipy.local.processes import PROCESSES
-from naq_ipy.rules.times import format_relative, from_timestamp
+from naq_ipy.rules.times import format_relative, from_timestamp, resolve_zone
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.results import fetch_result, fetch_status
+from naq_ipy.views.schedules import every, schedules_table
+from naq_ipy.views.tables import Table
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
-from naq_ipy.wire.server import is_reachable
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
     FAILED_STREAM_NAME,
     JOB_STATUS_KV_NAME,
     JOB_STREAM_NAME,
     RESULTS_KV_NAME,
     SCHEDULED_JOBS_KV_NAME,
     SCHEDULER_CLOCK_KV_NAME,
-    default_url,
-    redact_url,
-    validate_queue_name,
+    kv_stream,
 )
-
-if TYPE_CHECKING:
-    from naq_ipy.ipython.commands import NaqEngine
+from naq_ipy.wire.server import is_reachable
+from naq_ipy.wire.settings import default_url, redact_url, validate_queue_name
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -47,9 +46,9 @@ SCHEDULER_FRESH_S = 150.0
 _COUNTED_STREAMS = (
     ("jobs waiting", JOB_STREAM_NAME),
     ("failed jobs", FAILED_STREAM_NAME),
-    ("scheduled jobs", f"KV_{SCHEDULED_JOBS_KV_NAME}"),
-    ("job statuses", f"KV_{JOB_STATUS_KV_NAME}"),
-    ("results", f"KV_{RESULTS_KV_NAME}"),
+    ("scheduled jobs", kv_stream(SCHEDULED_JOBS_KV_NAME)),
+    ("job statuses", kv_stream(JOB_STATUS_KV_NAME)),
+    ("results", kv_stream(RESULTS_KV_NAME)),
 )
 
 
@@ -202,7 +201,7 @@ class Control:
     def list_schedules(self, args: argparse.Namespace) -> Table:
         """Every scheduled job as a table."""
         records = run_sync(ScheduledJobManager(self.engine.url()).list())
-        return schedules_table(records, self.engine.config.timezone)
+        return schedules_table(records, resolve_zone(self.engine.config.timezone))
 
     def pause(self, args: argparse.Namespace) -> None:
         """Pause a scheduled job by name or id."""
@@ -221,10 +220,7 @@ class Control:
 
     def run_schedule(self, args: argparse.Namespace) -> None:
         """Fire a scheduled job once now, leaving its timing alone."""
-        from naq_ipy.schedules.scheduler import run_now
-
-        run_id = run_sync(run_now(args.key, self.engine.url()))
-        self.engine.say(f"fired {args.key!r} now as job {run_id}")
+        self.engine.fire_now(args.key)
 
     def result(self, args: argparse.Namespace) -> Any:
         """The job's value once it ended (a failure re-raises); its state while it has not."""
@@ -232,8 +228,6 @@ class Control:
         job_id = value.job_id if isinstance(value, Job) else args.job
         url = self.engine.url()
         if args.wait is not None:
-            from naq_ipy.ipython.commands import wait_seconds
-
             with self.engine.waiting(f"job {job_id}", f"%naq result {job_id} --wait"):
                 return run_sync(fetch_result(job_id, wait_seconds(args.wait), url))
             return None

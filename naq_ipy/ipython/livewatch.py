@@ -23,6 +23,7 @@ from nats.js.kv import KeyValue
 from naq_ipy.client.bridge import bridge_loop, in_bridge_thread
 from naq_ipy.errors import NaqConnectionError, NaqException, SerializationError
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
+from naq_ipy.wire.names import KV_DELETE_OPERATIONS
 from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ POLL_S = 0.5
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 10.0
 STOP_WAIT_S = 2.0
-_DELETED = ("DEL", "PURGE")
 
 
 class Marshal:
@@ -231,7 +231,7 @@ class LiveWatch(Generic[T]):
         return False
 
     def _read(self, entry: KeyValue.Entry) -> T | None:
-        if entry.operation in _DELETED or not entry.value:
+        if entry.operation in KV_DELETE_OPERATIONS or not entry.value:
             return None
         try:
             return self._parse(entry.value, entry.revision or 0)

@@ -21,6 +21,7 @@ from traitlets import Bool, Enum, TraitError, Unicode, default, observe, validat
 from naq_ipy.client.bridge import LOOP_MODES, get_loop_mode, set_loop_mode
 from naq_ipy.errors import JobExecutionError, NaqException
 from naq_ipy.ipython.commands import EnqueueCommand, NaqCommand, NaqEngine, ScheduleCommand
+from naq_ipy.ipython.control import Control
 from naq_ipy.rules.times import resolve_zone
 from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, DEFAULT_URL, validate_queue_name
 
@@ -93,6 +94,7 @@ class NaqMagics(Magics):
         super().__init__(shell=shell, **kwargs)  # config values set here already call _url_set
         self.engine = NaqEngine(shell, self)
         self.engine.publish_url()
+        self.subcommands = Control(self.engine).handlers()
 
     @default("url")
     def _default_url(self) -> str:
@@ -176,4 +178,5 @@ class NaqMagics(Magics):
     def naq(self, line: str) -> Any:
         """Servers, workers, schedules and results: `%naq status`, `%naq worker start -q default`, ..."""
         with user_errors():
-            return self.engine.run(NaqCommand.parse(line, SUBCOMMAND_PARSERS))
+            cmd = NaqCommand.parse(line, SUBCOMMAND_PARSERS)
+            return self.subcommands[cmd.key](cmd.args)

@@ -23,14 +23,9 @@ from naq_ipy.client.bridge import run_sync
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException
 from naq_ipy.local.processes import Child, Processes, loopback_port, tail, wait_port_free
 from naq_ipy.wire.connection import connect
+from naq_ipy.wire.names import SCHEDULER_CLOCK_KV_NAME, WORKERS_KV_NAME
 from naq_ipy.wire.server import NatsServer, default_store_dir, free_port, is_reachable
-from naq_ipy.wire.settings import (
-    DEFAULT_QUEUE_NAME,
-    SCHEDULER_CLOCK_KV_NAME,
-    WORKERS_KV_NAME,
-    ConnectionSettings,
-    redact_url,
-)
+from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, redact_url
 
 READY_TIMEOUT_S = 30.0
 _READY_POLL_S = 0.1

@@ -7,7 +7,7 @@ import math
 import numbers
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from fractions import Fraction
 from itertools import islice
 from typing import SupportsFloat
@@ -98,6 +98,17 @@ def to_utc(value: datetime, tz: str | None = None) -> datetime:
     if value.utcoffset() is None:
         value = value.replace(tzinfo=resolve_zone(tz))
     return value.astimezone(UTC)
+
+
+def parse_iso_time(text: str, zone: tzinfo | None = None, what: str = "time") -> datetime:
+    """An ISO 8601 time (`2026-11-28 09:00`, `2026-11-28T09:00+01:00`); naive text is wall time in `zone` if given."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigurationError(
+            f"invalid {what} {text!r}: use ISO 8601, e.g. 2026-11-28T09:00 or 2026-11-28T09:00+01:00"
+        ) from None
+    return value.replace(tzinfo=zone) if zone is not None and value.tzinfo is None else value
 
 
 def to_timestamp(value: datetime | float | int, tz: str | None = None) -> float:

@@ -9,21 +9,29 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from naq_ipy.client.job import Job, read_header
 from naq_ipy.errors import ConfigurationError, SerializationError
-from naq_ipy.rules.times import from_timestamp, next_cron_run, resolve_zone, validate_cron
-from naq_ipy.wire.settings import SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED
+from naq_ipy.rules.times import from_timestamp, next_cron_run, parse_duration, resolve_zone, validate_cron
 
 RECORD_VERSION = 1
 SCHEDULE_TYPES = ("cron", "interval", "once")
 MISFIRE_POLICIES = ("once", "skip", "all")
-STATUSES = (SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED)
+
+
+class ScheduleState(StrEnum):
+    """A scheduled job's state (str-valued: the stored JSON is the plain name)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+STATUSES = tuple(ScheduleState)
 
 
 def validate_timing(
@@ -34,9 +42,10 @@ def validate_timing(
         raise ConfigurationError("give exactly one of cron or interval")
     if cron is not None:
         validate_cron(cron)
-    elif isinstance(interval_s, bool) or not isinstance(interval_s, int | float) or not math.isfinite(interval_s) \
-            or interval_s <= 0:
-        raise ConfigurationError(f"interval must be a positive duration, got {interval_s!r}")
+    elif not isinstance(interval_s, int | float):  # a stored record's field: seconds, never text
+        raise ConfigurationError(f"interval must be a number of seconds, got {interval_s!r}")
+    else:
+        validate_interval(interval_s)
     if tz is not None:
         if cron is None:
             raise ConfigurationError("tz applies to cron schedules only")
@@ -46,8 +55,16 @@ def validate_timing(
     return "cron" if cron is not None else "interval"
 
 
+def validate_interval(interval: timedelta | float | str) -> float:
+    """An interval (seconds, timedelta or duration text such as '5m') in seconds, > 0."""
+    seconds = parse_duration(interval)
+    if seconds <= 0:
+        raise ConfigurationError(f"interval must be > 0, got {interval!r}")
+    return seconds
+
+
 def validate_repeat(repeat: int | None) -> int | None:
-    """`repeat` is runs in total: None (forever) or an integer >= 1."""
+    """`repeat` is runs still to come (at creation: runs in total): None (forever) or an integer >= 1."""
     if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1):
         raise ConfigurationError(f"repeat must be an integer >= 1 or None (forever), got {repeat!r}")
     return repeat
@@ -62,7 +79,12 @@ def validate_misfire(misfire: str) -> str:
 
 @dataclass(frozen=True)
 class ScheduledJob:
-    """One entry of `naq_scheduled_jobs`: a job and when it runs. Times are UTC unix seconds."""
+    """One entry of `naq_scheduled_jobs`: a job and when it runs. Times are UTC unix seconds.
+
+    `repeat` is stored as the runs still to come (None: forever): the scheduler counts it down as
+    `run_count` goes up, so records written by earlier releases read the same. Read it through
+    `runs_left` and `runs_total`, never by hand.
+    """
 
     key: str
     job_id: str
@@ -78,7 +100,7 @@ class ScheduledJob:
     run_count: int = 0
     last_run_utc: float | None = None
     last_run_id: str | None = None
-    status: str = SCHEDULED_JOB_STATUS_ACTIVE
+    status: str = ScheduleState.ACTIVE
     misfire: str = "once"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -90,8 +112,18 @@ class ScheduledJob:
         return from_timestamp(self.next_run_utc)
 
     @property
+    def runs_left(self) -> int | None:
+        """Runs still to come; None for forever."""
+        return self.repeat
+
+    @property
+    def runs_total(self) -> int | None:
+        """Runs in total: those done plus those to come; None for forever."""
+        return None if self.repeat is None else self.run_count + self.repeat
+
+    @property
     def paused(self) -> bool:
-        return self.status == SCHEDULED_JOB_STATUS_PAUSED
+        return self.status == ScheduleState.PAUSED
 
     def job(self) -> Job:
         """The stored job, unpickled (only where the code is trusted: workers, the owner)."""
@@ -166,5 +198,5 @@ def new_record(
         key=key, job_id=job.job_id, queue_name=job.queue_name, func_name=job.func_name,
         job_data=job.serialize(), schedule_type=schedule_type, next_run_utc=next_run_utc, cron=cron, tz=tz,
         interval_s=interval_s, repeat=repeat, misfire=misfire,
-        status=SCHEDULED_JOB_STATUS_PAUSED if paused else SCHEDULED_JOB_STATUS_ACTIVE,
+        status=ScheduleState.PAUSED if paused else ScheduleState.ACTIVE,
     )

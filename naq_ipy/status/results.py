@@ -14,6 +14,7 @@ import json
 import pickle
 import time
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any
 
 import cloudpickle
@@ -22,23 +23,25 @@ from nats.js.kv import KeyValue
 
 from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError
 from naq_ipy.wire.connection import Connection, get_connection, kv_put, nats_errors
-from naq_ipy.wire.settings import (
-    DEFAULT_RESULT_TTL_S,
-    JOB_STATUS_KV_NAME,
-    RESULTS_KV_NAME,
-    SCHEDULED_JOBS_KV_NAME,
-    ConnectionSettings,
-    validate_key,
-)
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, RESULTS_KV_NAME, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, ConnectionSettings, validate_key
 
-QUEUED = "queued"
-SCHEDULED = "scheduled"
-RUNNING = "running"
-RETRYING = "retrying"
-FINISHED = "finished"
-FAILED = "failed"
-CANCELLED = "cancelled"
-REJECTED = "rejected"
+
+class JobState(StrEnum):
+    """A job's status as stored in `naq_job_status` (str-valued: the stored JSON is the plain name)."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+QUEUED, SCHEDULED, RUNNING, RETRYING = JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING
+FINISHED, FAILED, CANCELLED, REJECTED = JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED
 INLINE_RESULT_MAX = 4096
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, REJECTED})
 

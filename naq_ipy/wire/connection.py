@@ -23,7 +23,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from naq_ipy.errors import NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
-from naq_ipy.wire import settings as names
+from naq_ipy.wire import names
 from naq_ipy.wire.server import Answer, first_address, probe
 from naq_ipy.wire.settings import ConnectionSettings
 
@@ -77,7 +77,7 @@ class Connection:
     async def recreate_stream_for(self, subject: str) -> bool:
         """After 'no stream' for `subject`: forget cached facts and recreate naq's stream or bucket."""
         self._streams.clear()
-        if subject.startswith("$KV."):
+        if names.is_kv_subject(subject):
             bucket = subject.split(".")[1]
             self._kvs.pop(bucket, None)
             await self.kv(bucket)
@@ -90,25 +90,18 @@ class Connection:
         return False
 
 
+_STREAM_SHAPES: dict[str, dict[str, Any]] = {
+    names.JOB_STREAM_NAME: {"subjects": [f"{names.QUEUE_SUBJECT_PREFIX}.*"],
+                            "retention": api.RetentionPolicy.WORK_QUEUE, "duplicate_window": names.DUPLICATE_WINDOW_S},
+    names.FAILED_STREAM_NAME: {"subjects": [f"{names.FAILED_SUBJECT_PREFIX}.>"],
+                               "retention": api.RetentionPolicy.LIMITS},
+}
+
+
 def _stream_config(name: str, replicas: int) -> api.StreamConfig:
-    if name == names.JOB_STREAM_NAME:
-        return api.StreamConfig(
-            name=name,
-            subjects=[f"{names.QUEUE_SUBJECT_PREFIX}.*"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=names.DUPLICATE_WINDOW_S,
-            num_replicas=replicas,
-        )
-    if name == names.FAILED_STREAM_NAME:
-        return api.StreamConfig(
-            name=name,
-            subjects=[f"{names.FAILED_SUBJECT_PREFIX}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            num_replicas=replicas,
-        )
-    raise NaqException(f"unknown naq stream {name!r}")
+    if name not in _STREAM_SHAPES:
+        raise NaqException(f"unknown naq stream {name!r}")
+    return api.StreamConfig(name=name, storage=api.StorageType.FILE, num_replicas=replicas, **_STREAM_SHAPES[name])
 
 
 async def _add_stream(js: JetStreamContext, name: str, replicas: int) -> None:
@@ -398,5 +391,24 @@ async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: f
     if ttl_s is None:
         async with nats_errors(conn.settings):
             return await kv.put(key, value)
-    ack = await publish(conn, f"$KV.{bucket}.{key}", value, ttl_s=max(1.0, ttl_s))
+    ack = await publish(conn, names.kv_subject(bucket, key), value, ttl_s=max(1.0, ttl_s))
     return ack.seq
+
+
+async def kv_write_checked(kv: KeyValue, settings: ConnectionSettings, key: str, value: bytes | None,
+                           revision: int) -> int | None:
+    """Write `value` under `key` (None: delete it) only if the entry is still at `revision`.
+
+    Returns the entry's new revision (a delete: `revision`), or None when someone wrote in between.
+    """
+    try:
+        async with nats_errors(settings):
+            if value is None:
+                await kv.delete(key, last=revision)
+                return revision
+            return await kv.update(key, value, last=revision)
+    except nats.js.errors.APIError as e:
+        # `kv.update` raises KeyWrongLastSequenceError, `kv.delete` the plain APIError with the code
+        if isinstance(e, nats.js.errors.KeyWrongLastSequenceError) or names.is_wrong_last_sequence(e):
+            return None
+        raise

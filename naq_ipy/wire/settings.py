@@ -1,4 +1,4 @@
-"""Wire names and connection settings: every subject, stream and bucket name lives here."""
+"""Connection settings and the validators of names users give (queue names, keys); wire names: `names`."""
 
 from __future__ import annotations
 
@@ -11,28 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from naq_ipy.errors import ConfigurationError
 
-NAQ_PREFIX = "naq"
 DEFAULT_URL = "nats://127.0.0.1:4222"
 DEFAULT_QUEUE_NAME = "default"
-JOB_STREAM_NAME = f"{NAQ_PREFIX}_jobs"
-QUEUE_SUBJECT_PREFIX = f"{NAQ_PREFIX}.queue"
-FAILED_STREAM_NAME = f"{NAQ_PREFIX}_failed_jobs"
-FAILED_SUBJECT_PREFIX = f"{NAQ_PREFIX}.failed"
-SCHEDULED_JOBS_KV_NAME = f"{NAQ_PREFIX}_scheduled_jobs"
-JOB_STATUS_KV_NAME = f"{NAQ_PREFIX}_job_status"
-RESULTS_KV_NAME = f"{NAQ_PREFIX}_results"
-WORKERS_KV_NAME = f"{NAQ_PREFIX}_workers"
-SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
-WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
-SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.wire.signing
-
-SCHEDULED_JOB_STATUS_ACTIVE = "active"
-SCHEDULED_JOB_STATUS_PAUSED = "paused"
-JOB_SERIALIZER = "cloudpickle"
-
 DEFAULT_CONNECT_TIMEOUT_S = 3.0
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600.0
-DUPLICATE_WINDOW_S = 600.0
 
 _QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_=-][A-Za-z0-9_=.-]{0,199}$")
@@ -54,11 +36,6 @@ def validate_key(name: str, what: str = "schedule name") -> str:
             f"invalid {what} {name!r}: use letters, digits, '_', '-', '=' or '.' (max 200)"
         )
     return name
-
-
-def queue_subject(queue_name: str) -> str:
-    """The subject jobs of `queue_name` are published on: `naq.queue.<name>`."""
-    return f"{QUEUE_SUBJECT_PREFIX}.{validate_queue_name(queue_name)}"
 
 
 def redact_url(url: str) -> str:

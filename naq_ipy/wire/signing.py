@@ -16,7 +16,8 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
-from naq_ipy.wire.settings import SIGNATURE_HEADER, ConnectionSettings
+from naq_ipy.wire.names import SIGNATURE_HEADER
+from naq_ipy.wire.settings import ConnectionSettings
 
 UNSIGNED = "unsigned job"
 BAD_SIGNATURE = "bad signature"

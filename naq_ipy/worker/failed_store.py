@@ -22,24 +22,26 @@ from naq_ipy.client.job import read_header
 from naq_ipy.errors import JobNotFoundError
 from naq_ipy.status.results import QUEUED, JobStatus, write_status
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
     FAILED_STREAM_NAME,
     FAILED_SUBJECT_PREFIX,
+    HEADER_FAILED_AT,
+    HEADER_FUNC,
+    HEADER_JOB_ID,
+    HEADER_QUEUE,
+    HEADER_REASON,
     SIGNATURE_HEADER,
-    ConnectionSettings,
+    failed_msg_id,
+    failed_subject,
+    failed_subject_job_id,
     queue_subject,
-    validate_key,
-    validate_queue_name,
+    requeue_msg_id,
 )
+from naq_ipy.wire.settings import ConnectionSettings, validate_queue_name
 from naq_ipy.worker.executor import one_line
 
 logger = logging.getLogger(__name__)
 
-HEADER_JOB_ID = "Naq-Job-Id"
-HEADER_QUEUE = "Naq-Queue"
-HEADER_FUNC = "Naq-Func"
-HEADER_REASON = "Naq-Reason"
-HEADER_FAILED_AT = "Naq-Failed-At"
 REJECTED_PREFIX = "rejected-"
 LIST_WAIT_S = 5.0
 
@@ -54,11 +56,6 @@ class FailedJob:
     reason: str
     failed_at: float
     seq: int
-
-
-def failed_subject(job_id: str) -> str:
-    """The store subject of a job id (or of a `rejected-<seq>` name)."""
-    return f"{FAILED_SUBJECT_PREFIX}.{validate_key(job_id, 'job id')}"
 
 
 async def record_failed(
@@ -79,7 +76,7 @@ async def record_failed(
         headers[HEADER_FUNC] = one_line(func_name, 200)
     if signature:
         headers[SIGNATURE_HEADER] = signature
-    await publish(conn, failed_subject(name), data, msg_id=f"{name}:failed:{seq}", headers=headers)
+    await publish(conn, failed_subject(name), data, msg_id=failed_msg_id(name, seq), headers=headers)
 
 
 def _entry(msg: Msg) -> FailedJob:
@@ -89,7 +86,7 @@ def _entry(msg: Msg) -> FailedJob:
     except ValueError:
         failed_at = 0.0
     return FailedJob(
-        job_id=headers.get(HEADER_JOB_ID) or msg.subject[len(FAILED_SUBJECT_PREFIX) + 1:],
+        job_id=headers.get(HEADER_JOB_ID) or failed_subject_job_id(msg.subject),
         queue_name=headers.get(HEADER_QUEUE),
         func_name=headers.get(HEADER_FUNC),
         reason=headers.get(HEADER_REASON, ""),
@@ -149,7 +146,7 @@ async def requeue_failed(job_id: str, url: str | ConnectionSettings | None = Non
                                        message="requeued from the failed-jobs store", updated_at=now))
     # re-sent with its original signature, never signed afresh: a rejected forgery stays rejected
     signature = (raw.headers or {}).get(SIGNATURE_HEADER)
-    await publish(conn, queue_subject(queue), data, msg_id=f"{job_id}:requeue:{time.time_ns()}",
+    await publish(conn, queue_subject(queue), data, msg_id=requeue_msg_id(job_id, time.time_ns()),
                   headers={SIGNATURE_HEADER: signature} if signature else None)
     async with nats_errors(conn.settings):
         await conn.js.delete_msg(FAILED_STREAM_NAME, raw.seq or 0)

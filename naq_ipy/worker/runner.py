@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import nats.errors
@@ -30,13 +31,8 @@ from naq_ipy.status import results
 from naq_ipy.status.progress import reporting
 from naq_ipy.status.results import JobStatus, watch_until_ended, write_status
 from naq_ipy.wire.connection import Connection, nats_errors
-from naq_ipy.wire.settings import (
-    DEFAULT_RESULT_TTL_S,
-    JOB_STATUS_KV_NAME,
-    QUEUE_SUBJECT_PREFIX,
-    SIGNATURE_HEADER,
-    validate_key,
-)
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, QUEUE_SUBJECT_PREFIX, SIGNATURE_HEADER
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, validate_key
 from naq_ipy.wire.signing import refusal
 from naq_ipy.worker.executor import Executor, JobFailure, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
@@ -55,13 +51,21 @@ class Stopping(Exception):
     """The worker began to stop while a message waited."""
 
 
+class DeliveryState(StrEnum):
+    """Where a fetched message is: just fetched, held for its dependencies, or running."""
+
+    NEW = "new"
+    WAITING = "waiting"
+    RUNNING = "running"
+
+
 @dataclass(eq=False)
 class Delivery:
     """One fetched message from fetch to ack or nak."""
 
     msg: Msg
     job_id: str | None = None
-    state: str = "new"  # new, waiting (for dependencies), running
+    state: DeliveryState = DeliveryState.NEW
     settled: bool = False  # acked or nak'ed: no more progress acks
 
 
@@ -87,8 +91,13 @@ class JobRunner:
         self._deliveries: dict[asyncio.Task[None], Delivery] = {}
         self._conn: Connection | None = None
         self._executor: Executor | None = None
-        self._stopping: asyncio.Event  # made by the worker's run(), on its loop
-        self._slots: asyncio.Semaphore
+        self._new_run_state()
+
+    def _new_run_state(self) -> None:
+        """Fresh events and slots for one run (asyncio primitives bind to the loop that first uses them)."""
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._slots_taken = 0
         self._room_changed = asyncio.Event()
 
@@ -113,7 +122,7 @@ class JobRunner:
     @property
     def room(self) -> int:
         """How many more messages to fetch: slots to fill plus a prefetch of `concurrency` waiting ones."""
-        in_hand = sum(d.state != "waiting" for d in self._deliveries.values())
+        in_hand = sum(d.state != DeliveryState.WAITING for d in self._deliveries.values())
         return 2 * self.concurrency - in_hand
 
     async def wait_for_room(self) -> None:
@@ -228,17 +237,17 @@ class JobRunner:
 
     async def _await_dependencies(self, delivery: Delivery, job: Job) -> Job | None:
         """Hold the message (no slot, no nak) until its dependencies ended; None if it was settled here."""
-        waiting = sum(d.state == "waiting" for d in self._deliveries.values())
+        waiting = sum(d.state == DeliveryState.WAITING for d in self._deliveries.values())
         if waiting >= self.max_waiting:
             logger.warning("job %s: %d jobs already wait for dependencies; retrying it in %.0fs",
                            job.job_id, waiting, WAITING_FULL_DELAY_S)
             await self._nak(delivery, WAITING_FULL_DELAY_S)
             return None
-        delivery.state = "waiting"
+        delivery.state = DeliveryState.WAITING
         self._room_changed.set()  # a message waiting for dependencies leaves room to fetch another
         kv = await self.conn.kv(JOB_STATUS_KV_NAME)
         failed_dependency = await self._unless_stopping(wait_for_dependencies(kv, job.depends_on))
-        delivery.state = "new"
+        delivery.state = DeliveryState.NEW
         if failed_dependency is None:
             return job
         base = self._status(job, results.FAILED, delivery.msg.metadata.num_delivered)
@@ -254,7 +263,7 @@ class JobRunner:
         """Run the job and record its outcome; returns the future of a thread that overran, if any."""
         assert self._executor is not None
         msg, attempt = delivery.msg, delivery.msg.metadata.num_delivered
-        delivery.state = "running"
+        delivery.state = DeliveryState.RUNNING
         running = self._status(job, results.RUNNING, attempt, started_at=time.time())
         # the job starts while `running` is on its way; its outcome is written only after that landed
         running_written = asyncio.ensure_future(write_status(self.conn, running))
