@@ -11,7 +11,7 @@ from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.queue import Queue
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.rules.times import format_relative, from_timestamp, parse_duration
-from naq_ipy.schedules.record import ScheduledJob
+from naq_ipy.schedules.record import UNREADABLE, ScheduledJob
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.views.tables import format_table
 
@@ -21,7 +21,7 @@ def scheduled_rows(records: Iterable[ScheduledJob]) -> list[list[Any]]:
     now = from_timestamp(time.time())
     return [
         [r.key, r.queue_name, r.func_name, r.describe(),
-         f"{r.next_run:%Y-%m-%d %H:%M:%S} UTC ({format_relative(r.next_run, now)})",
+         "-" if r.status == UNREADABLE else f"{r.next_run:%Y-%m-%d %H:%M:%S} UTC ({format_relative(r.next_run, now)})",
          "forever" if r.repeat is None else r.repeat, r.run_count, r.status]
         for r in records
     ]

@@ -15,7 +15,7 @@ from typing import Any
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.rules.times import format_relative, from_timestamp, next_cron_runs
 from naq_ipy.schedules.changes import apply_updates
-from naq_ipy.schedules.record import ScheduledJob
+from naq_ipy.schedules.record import UNREADABLE, ScheduledJob
 from naq_ipy.views.tables import format_table
 
 COLUMNS = ("name", "queue", "function", "schedule", "next run", "repeat left", "runs", "last run", "state")
@@ -76,9 +76,10 @@ def outcome_text(status: str | None, error: str | None = None) -> str:
 def format_row(record: ScheduledJob, now_utc: float, outcome: str | None = None, zone: tzinfo | None = None) -> Row:
     """The row of `record`; `outcome` is the last run's label (None while not fetched yet)."""
     last = NO_RUN_YET if record.last_run_id is None else (outcome if outcome is not None else LOADING)
+    next_run = "-" if record.status == UNREADABLE else format_when(record.next_run_utc, now_utc, zone)
     cells = (
         record.key, record.queue_name, short_function(record.func_name), record.describe(),
-        format_when(record.next_run_utc, now_utc, zone), repeat_left(record), str(record.run_count), last,
+        next_run, repeat_left(record), str(record.run_count), last,
         record.status,
     )
     return Row(record.key, cells, record.paused)

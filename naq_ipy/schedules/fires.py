@@ -167,7 +167,8 @@ class ScheduleView:
         try:
             record = ScheduledJob.from_bytes(value or b"", revision)
             check_plannable(record, key)
-        except SerializationError as e:
+            plan_fires(record, record.next_run_utc)  # its timing computes: the timer loop must never trip on it
+        except (SerializationError, ConfigurationError) as e:
             self.mark_corrupt(key, revision, e)
             return True
         self.entries[key] = _Entry(revision, record)

@@ -65,7 +65,7 @@ async def publish_run(conn: Connection, record: ScheduledJob, job_id: str, enque
     """Publish one run of `record` as job `job_id` (signed with the connection's key, if any); never unpickled."""
     data = rewrite_header(record.job_data, job_id=job_id, schedule_key=record.key, enqueue_time=enqueue_time)
     return await publish(conn, queue_subject(record.queue_name), data, msg_id=msg_id,
-                         headers=signed_headers(conn.settings, data))
+                         headers=signed_headers(conn.settings, data, record.queue_name))
 
 
 def _raise_if_cancelled() -> None:

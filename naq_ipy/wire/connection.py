@@ -69,7 +69,7 @@ class Connection:
             try:
                 await self.js.stream_info(name)
             except nats.js.errors.NotFoundError:
-                await _add_stream(self.js, name, self.settings.replicas)
+                await _add_stream(self.js, _stream_config(name, self.settings, self.max_payload))
         self._streams.add(name)
 
     async def recreate_stream_for(self, subject: str) -> bool:
@@ -88,7 +88,8 @@ class Connection:
         return False
 
 
-def _stream_config(name: str, replicas: int) -> api.StreamConfig:
+def _stream_config(name: str, settings: ConnectionSettings, max_payload: int) -> api.StreamConfig:
+    replicas = settings.replicas
     if name == names.JOB_STREAM_NAME:
         return api.StreamConfig(
             name=name,
@@ -105,15 +106,20 @@ def _stream_config(name: str, replicas: int) -> api.StreamConfig:
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
             num_replicas=replicas,
+            # whoever may publish jobs may fill it with rejects: bounded, the oldest entries go first
+            max_bytes=settings.failed_max_bytes,
+            max_age=settings.failed_max_age_s,
+            max_msg_size=min(names.FAILED_MAX_MSG_BYTES, max_payload),
+            discard=api.DiscardPolicy.OLD,
         )
     raise NaqException(f"unknown naq stream {name!r}")
 
 
-async def _add_stream(js: JetStreamContext, name: str, replicas: int) -> None:
+async def _add_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.add_stream(_stream_config(name, replicas))
+        await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        await js.stream_info(name)  # created concurrently by someone else: fine if it exists now
+        await js.stream_info(config.name or "")  # created concurrently by someone else: fine if it exists now
 
 
 async def _open_or_create_kv(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
