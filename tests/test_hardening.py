@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import logging
 import math
@@ -34,6 +35,8 @@ from naq_ipy import ConfigurationError, ConnectionSettings, Job, Queue, Schedule
 from naq_ipy.cli.main import main as naq_main
 from naq_ipy.errors import NaqConnectionError, SerializationError
 from naq_ipy.rules.records import decode_object
+from naq_ipy.schedules.fires import ScheduleView
+from naq_ipy.schedules.record import new_record
 from naq_ipy.schedules.scheduler import Scheduler
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.results import FINISHED, JobStatus
@@ -352,3 +355,21 @@ async def test_a_slow_to_unpickle_argument_does_not_stall_the_worker(
         assert await slow.result(timeout=30) is True
         beats = [w["heartbeat_at"] for w in await list_workers(url)]
     assert len(beats) == 1 and len(jobs.marks(marks, "loading")) == 1
+
+
+def test_copies_of_settings_keep_their_credentials() -> None:
+    settings = ConnectionSettings.resolve(with_secret("nats://127.0.0.1:4222"), password="Pa55-x", signing_key=KEY)
+    assert copy.copy(settings) == copy.deepcopy(settings) == settings and copy.deepcopy(settings).password == "Pa55-x"
+
+
+def test_a_failing_fire_is_retried_alone_without_delaying_other_schedules() -> None:
+    view = ScheduleView()
+    for revision, key in enumerate(("failing", "other"), 1):
+        record = new_record(Job(jobs.add, queue_name="q"), key=key, schedule_type="interval", next_run_utc=100.0,
+                            interval_s=1.0)
+        assert view.apply(key, revision, None, record.to_bytes())
+    view.fire_failed("failing", 100.0, 0.25, 5.0)
+    view.fire_failed("failing", 100.25, 0.25, 5.0)
+    assert [r.key for r in view.due(100.3)] == ["other"] and view.next_due() == 100.0
+    view.fire_done("other")
+    assert [r.key for r in view.due(100.75)] == ["failing", "other"]

@@ -155,6 +155,12 @@ class ConnectionSettings:
         kept = {name: getattr(self, name) for name in _REFERENCE_FIELDS}
         return _settings_from_reference, (strip_credentials(self.url), kept)
 
+    def __copy__(self) -> ConnectionSettings:
+        return self  # immutable; and `copy` would otherwise go through `__reduce__`, losing the credentials
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ConnectionSettings:
+        return self
+
     @classmethod
     def resolve(cls, url: str | ConnectionSettings | None = None, **overrides: Any) -> ConnectionSettings:
         """Settings from an explicit URL, else env `NAQ_URL`, else the local default.
