@@ -293,7 +293,11 @@ async def test_a_poison_header_is_rejected_once_by_a_worker_without_keys(
         good = await Queue("poison", url).enqueue(jobs.add, 1, 2)
         assert await good.result(timeout=10) == 3
         await eventually(lambda: worker.failed == 1, what="the rejection")
-        assert await stream_count(raw_js) == 0
+
+        async def acked() -> bool:
+            return await stream_count(raw_js) == 0
+
+        await wait_until_async(acked, 5, "the poison message to be acked")
     [entry] = await list_failed(url)
     assert "nested too deep" in entry.reason and "outcome not recorded" not in caplog.text
 

@@ -88,8 +88,8 @@ class JobStatus:
         return (self.finished_at or time.time()) - self.started_at
 
     def evolve(self, **changes: Any) -> JobStatus:
-        """A copy with `changes` and `updated_at` = now."""
-        return replace(self, updated_at=time.time(), **changes)
+        """A copy with `changes` and `updated_at` = now (no longer the bytes it was read from)."""
+        return replace(self, updated_at=time.time(), raw=b"", **changes)
 
     def to_bytes(self, settings: ConnectionSettings | None = None, signer: str | None = None) -> bytes:
         """The stored JSON form (every field but `revision` and `raw`), signed when `settings` hold keys
