@@ -128,6 +128,24 @@ def _exit_when_ready(sentinel: int) -> None:
     os._exit(1)
 
 
+@dataclass(frozen=True)
+class _CoroutineCall:
+    """A loaded job whose function is a coroutine function: it runs on the worker's loop."""
+
+    job: Job
+
+
+def _load_and_call(data: bytes) -> Any:
+    """Thread-mode entry: unpickle the job's call here, off the worker's loop, and make it unless it is async."""
+    try:
+        job = Job.deserialize(data)
+    except SerializationError as e:
+        raise UnreadableCall(str(e)) from None
+    if is_async_callable(job.function):
+        return _CoroutineCall(job)
+    return job.function(*job.args, **job.kwargs)
+
+
 @dataclass
 class _Child:
     """A single-process pool and the pid of its one process."""
@@ -219,16 +237,10 @@ class Executor:
         """
         if self._processes is not None:
             return await self._processes.run(data, job.timeout)
-        job = await self._load(data)
-        if is_async_callable(job.function):
-            return await self._run_coroutine(job)
-        return await self._run_thread(job)
-
-    async def _load(self, data: bytes) -> Job:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._threads, Job.deserialize, data)
-        except SerializationError as e:
-            raise UnreadableCall(str(e)) from None
+        value = await self._run_thread(job, data)
+        if isinstance(value, _CoroutineCall):
+            return await self._run_coroutine(value.job)
+        return value
 
     async def _run_coroutine(self, job: Job) -> Any:
         deadline = asyncio.timeout(job.timeout)
@@ -240,9 +252,10 @@ class Executor:
                 raise _timeout_failure(job.timeout, "it was cancelled") from None
             raise JobFailure.from_exception(e) from None
 
-    async def _run_thread(self, job: Job) -> Any:
+    async def _run_thread(self, job: Job, data: bytes) -> Any:
+        """Unpickle the call and make it in one pool thread (a coroutine function comes back as `_CoroutineCall`)."""
         # a copy of this task's context: `progress` in the thread sees the current job
-        call = functools.partial(contextvars.copy_context().run, job.function, *job.args, **job.kwargs)
+        call = functools.partial(contextvars.copy_context().run, _load_and_call, data)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         done, _ = await asyncio.wait({future}, timeout=job.timeout)
         if not done:
@@ -250,6 +263,8 @@ class Executor:
             raise _timeout_failure(job.timeout, "its thread is still running", still_running=future)
         try:
             return future.result()
+        except UnreadableCall:
+            raise
         except (Exception, SystemExit) as e:
             raise JobFailure.from_exception(e) from None
 
