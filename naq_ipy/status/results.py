@@ -4,6 +4,10 @@ A small result (up to `INLINE_RESULT_MAX` bytes pickled) travels inside the `fin
 record itself, so a job's outcome is one KV write and one read; larger ones go to `naq_results`
 first. A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
 in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
+
+Records are read strictly (`naq_ipy.rules.records`). With signing keys, every status is signed
+(`naq_ipy.wire.signing.sign_record`) and a client unpickles a result only after `check_signed`
+accepted the status it came with (a stored result is named there by its SHA-256).
 """
 
 from __future__ import annotations
