@@ -86,7 +86,6 @@ def test_pickles_of_settings_queues_and_jobs_hold_no_secret(monkeypatch: pytest.
     assert back.signing_keys == (KEY,) and back.token is None
 
 
-@pytest.mark.slow
 async def test_a_job_returning_the_jobs_it_enqueued_writes_no_secret(
     url: str, raw_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -112,7 +111,6 @@ async def test_a_job_returning_the_jobs_it_enqueued_writes_no_secret(
 # --- 2. a forged result is refused before it is unpickled ---
 
 
-@pytest.mark.slow
 async def test_a_forged_finished_status_is_refused_and_never_unpickled(url: str, tmp_path: Path) -> None:
     path = str(tmp_path / "marks")
     signed = keyed(url, KEY)
