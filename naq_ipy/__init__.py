@@ -44,6 +44,7 @@ from naq_ipy.errors import (
     PermissionDeniedError,
     RefusedError,
     SerializationError,
+    SignatureError,
 )
 from naq_ipy.rules.retry import ExponentialBackoff
 from naq_ipy.rules.times import next_cron_runs
@@ -61,7 +62,8 @@ moved.install()
 __all__ = [
     "ConfigurationError", "ConflictError", "ConnectionSettings", "ExponentialBackoff", "Job",
     "JobExecutionError", "JobNotFoundError", "NaqConnectionError", "NaqException", "PermissionDeniedError",
-    "Queue", "QueueMonitor", "RefusedError", "ScheduledJob", "ScheduledJobsPanel", "SerializationError", "WaitResult",
+    "Queue", "QueueMonitor", "RefusedError", "ScheduledJob", "ScheduledJobsPanel", "SerializationError",
+    "SignatureError", "WaitResult",
     "cancel_scheduled_job", "cancel_scheduled_job_sync", "enqueue", "enqueue_at", "enqueue_at_sync",
     "enqueue_in", "enqueue_in_sync", "enqueue_sync", "fetch_result", "get_scheduled_job", "get_scheduled_job_sync",
     "list_scheduled_jobs", "list_scheduled_jobs_sync", "modify_scheduled_job", "modify_scheduled_job_sync",

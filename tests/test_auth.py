@@ -22,7 +22,7 @@ from test_worker import running_worker
 from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
 from naq_ipy.status.results import fetch_result
 from naq_ipy.wire import names
-from naq_ipy.wire.connection import close_all, connect, get_connection
+from naq_ipy.wire.connection import close_all, connect, get_connection, kv_put
 from naq_ipy.wire.server import NatsServer
 from naq_ipy.worker.consumer import list_workers
 from naq_ipy.worker.failed_store import list_failed
@@ -122,3 +122,13 @@ async def test_enqueue_only_user_enqueues_but_schedules_are_permission_denied(se
     shown = " ".join([*(str(e) for e in errors), *(repr(e) for e in errors), repr(queue), repr(queue.settings)])
     assert_no_password(shown)
     assert violations(server) and all("naq-enqueue" in line for line in violations(server))
+
+
+@pytest.mark.slow
+async def test_notebooks_cannot_write_statuses_or_results(server: NatsServer) -> None:
+    """Only workers write what a client unpickles: a notebook's status or result write is refused."""
+    conn = await get_connection(as_role(server.url, "notebook"))
+    for bucket in (names.JOB_STATUS_KV_NAME, names.RESULTS_KV_NAME):
+        with pytest.raises(PermissionDeniedError, match="permission denied"):
+            await kv_put(conn, bucket, "some-job", b'{"job_id":"some-job","status":"finished"}', ttl_s=60)
+    assert violations(server) and all("naq-notebook" in line for line in violations(server))

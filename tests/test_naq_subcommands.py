@@ -80,7 +80,7 @@ def test_workers_run_jobs_and_stop_without_leftovers(ip: RaisingShell, capsys: p
     assert ip.run_line_magic("naq", f"result {ip.user_ns['j1'].job_id} --wait 5") == 2
     status = repr(ip.run_line_magic("naq", "status"))
     assert "workers alive     1" in status and "this kernel       1 worker(s), 1 scheduler(s)" in status
-    assert "default other -c 2" in repr(ip.run_line_magic("naq", "worker status"))
+    assert "-c 2 -- default other" in repr(ip.run_line_magic("naq", "worker status"))  # names after --
     pids = [c.pid for c in PROCESSES.children]
     ip.run_line_magic("naq", "worker stop")
     ip.run_line_magic("naq", "scheduler stop")

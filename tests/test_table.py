@@ -152,7 +152,7 @@ def test_check_edit_bad_zone_interval_repeat_and_time() -> None:
     bad = [
         (table.EditForm(mode="cron", cron="0 6 * * *", tz="Mars/Olympus"), "unknown time zone"),
         (table.EditForm(mode="interval", interval="soon"), "invalid duration"),
-        (table.EditForm(mode="interval", interval="0"), "interval must be > 0"),
+        (table.EditForm(mode="interval", interval="0"), "interval must be a duration of 0.1 s"),
         (table.EditForm(mode="cron", cron="0 6 * * *", repeat="0"), "repeat must be"),
         (table.EditForm(mode="cron", cron="0 6 * * *", repeat="two"), "repeat must be"),
         (table.EditForm(mode="next run", next_run="tomorrow"), "invalid next run"),

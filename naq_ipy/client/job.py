@@ -24,7 +24,13 @@ import cloudpickle
 from naq_ipy.client.pickling import PickledOnce, pickle_call, shared_pickle
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.rules.retry import RetryDelay, retry_delay_from_json, retry_delay_to_json, validate_retry_delay
-from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
+from naq_ipy.wire.settings import (
+    DEFAULT_QUEUE_NAME,
+    ConnectionSettings,
+    strip_credentials,
+    validate_key,
+    validate_queue_name,
+)
 
 MAGIC = b"NAQJ"
 WIRE_VERSION = 1
@@ -121,6 +127,13 @@ class Job:
         self.result_ttl = _positive_or_none("result_ttl", self.result_ttl)
         self.func_name = self.func_name or function_name(self.function)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with a reference to its server, never credentials (settings pickle without them too)."""
+        state = dict(self.__dict__)
+        if isinstance(self.url, str):
+            state["url"] = strip_credentials(self.url)
+        return state
+
     def header(self) -> dict[str, Any]:
         """Every field but the pickled call, as JSON-ready values."""
         return {
@@ -186,11 +199,17 @@ class Job:
     def deserialize(cls, data: bytes) -> Job:
         """Rebuild a Job from `serialize()` bytes; SerializationError for anything else."""
         header, body = read_header(data)
-        try:
-            function, args, kwargs = pickle.loads(body)
-        except Exception as e:
-            raise SerializationError(f"job {header.get('job_id')!r}: cannot unpickle its call: {e}") from e
-        return cls.from_header(header, function, args, kwargs)
+        return cls.from_header(header, *load_call(header, body))
+
+    @classmethod
+    def options_only(cls, data: bytes) -> Job:
+        """The Job of `serialize()` bytes with its call left unloaded (a placeholder): options and ids only.
+
+        A worker reads this on its event loop; the call itself may take any time to unpickle, so
+        `deserialize` runs where it cannot stall the loop (a thread, or the child process).
+        """
+        header, _ = read_header(data)
+        return cls.from_header(header, _call_not_loaded, (), {})
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], function: Callable[..., Any], args: Any, kwargs: Any) -> Job:
@@ -283,6 +302,19 @@ def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
     return out
 
 
+def _call_not_loaded(*args: Any, **kwargs: Any) -> Any:
+    raise SerializationError("this job's call was not unpickled (Job.options_only)")
+
+
+def load_call(header: Mapping[str, Any], body: bytes) -> tuple[Callable[..., Any], Any, Any]:
+    """Unpickle a job's `(function, args, kwargs)`: runs code of whoever made the pickle, and may take any time."""
+    try:
+        function, args, kwargs = pickle.loads(body)
+    except Exception as e:
+        raise SerializationError(f"job {header.get('job_id')!r}: cannot unpickle its call: {e}") from e
+    return function, args, kwargs
+
+
 _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "enqueue_time": (int, float), "func_name": (str,), "schedule_key": (str, type(None)),
 }
@@ -318,6 +350,8 @@ def read_header(data: bytes) -> tuple[dict[str, Any], bytes]:
     end = _PREFIX.size + length
     try:
         header = json.loads(bytes(data[_PREFIX.size:end]))
+    except RecursionError:  # deeply nested JSON: the decoder stops at the recursion limit
+        raise SerializationError("not a naq job: unreadable header (nested too deep)") from None
     except ValueError as e:
         raise SerializationError(f"not a naq job: unreadable header ({e})") from e
     if not isinstance(header, dict) or len(data) <= end:

@@ -26,7 +26,7 @@ from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
 from naq_ipy.wire.names import JOB_STREAM_NAME, queue_subject
 from naq_ipy.wire.publish import publish_many
-from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
+from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_queue_name, validate_schedule_name
 from naq_ipy.wire.signing import signed_headers
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Queue:
         conn = await self._connection()
         try:
             await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id,
-                          headers=signed_headers(self.settings, data))
+                          headers=signed_headers(self.settings, data, job.queue_name))
         except nats.js.errors.APIError as e:  # stored nothing: a full stream, a limit set by an operator
             raise RefusedError(f"NATS at {self.settings.safe_url} refused job {job.job_id} "
                                f"({getattr(e, 'description', None) or e})", refused=[job]) from None
@@ -120,7 +120,7 @@ class Queue:
                                               job_id=template.job_id if "job_id" in options else None))
         subjects = {name: queue_subject(name) for name in {job.queue_name for job in jobs}}
         datas = serialize_many(jobs)
-        messages = [(subjects[job.queue_name], data, job.job_id, signed_headers(self.settings, data))
+        messages = [(subjects[job.queue_name], data, job.job_id, signed_headers(self.settings, data, job.queue_name))
                     for job, data in zip(jobs, datas, strict=True)]
         try:
             await publish_many(await self._connection(), messages)
@@ -166,7 +166,7 @@ class Queue:
         paused: bool = False, start_at: datetime | float | None = None, at: datetime | float | None = None,
     ) -> tuple[ScheduledJob, bool]:
         """Store a schedule for a prepared job; returns (record, created). `at` alone makes a one-off."""
-        key = validate_key(name) if name is not None else job.job_id
+        key = validate_schedule_name(name if name is not None else job.job_id)
         interval_s = validate_interval(interval) if interval is not None else None
         if at is not None:
             if cron is not None or interval_s is not None:

@@ -169,8 +169,8 @@ class Control:
         queues = [validate_queue_name(q) for q in args.queues or [self.engine.config.default_queue]]
         if args.concurrency is not None and args.concurrency < 1:
             raise ConfigurationError(f"-c takes a number of jobs >= 1, got {args.concurrency}")
-        argv = queues + ([] if args.concurrency is None else ["-c", str(args.concurrency)])
-        child = PROCESSES.start("worker", argv, url=self.engine.url())
+        argv = [] if args.concurrency is None else ["-c", str(args.concurrency)]
+        child = PROCESSES.start("worker", argv, url=self.engine.url(), names=queues)
         self.engine.say(f"started worker pid {child.pid} on {', '.join(queues)} (log {child.log_path})")
 
     def scheduler_start(self, args: argparse.Namespace) -> None:

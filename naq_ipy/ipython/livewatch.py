@@ -119,15 +119,18 @@ class _Resync(Exception):
 class LiveWatch(Generic[T]):
     """One watch of a KV bucket on the bridge loop: snapshot, then changes; restarts with backoff.
 
-    `keys` narrows the watch to one key or a subject pattern (default: every key).
+    `keys` narrows the watch to one key or a subject pattern (default: every key). An entry `parse`
+    refuses is logged and skipped, or shown as `unreadable(key, revision, error)` when that is given.
     """
 
     def __init__(self, url: str | ConnectionSettings | None, bucket: str, parse: Callable[[bytes, int], T],
-                 sink: WatchSink[T], tick_s: float | None = None, keys: str = ">") -> None:
+                 sink: WatchSink[T], tick_s: float | None = None, keys: str = ">",
+                 unreadable: Callable[[str, int, Exception], T] | None = None) -> None:
         self.settings = ConnectionSettings.resolve(url)
         self.bucket = bucket
         self.keys = keys
         self._parse = parse
+        self._unreadable = unreadable
         self._sink = sink
         self._tick_s = tick_s
         self._future: concurrent.futures.Future[None] | None = None
@@ -236,5 +239,5 @@ class LiveWatch(Generic[T]):
         try:
             return self._parse(entry.value, entry.revision or 0)
         except SerializationError as e:
-            logger.warning("skipping %s entry %r: %s", self.bucket, entry.key, e)
-            return None
+            logger.warning("unreadable %s entry %r: %s", self.bucket, entry.key, e)
+            return None if self._unreadable is None else self._unreadable(entry.key, entry.revision or 0, e)

@@ -63,7 +63,8 @@ class ScheduledJobsPanel(Panel):
         self.controls: ScheduleControls | None = None  # the named widgets, once built
         self.editor: EditBox | None = None
         self._render_soon = Coalescer(self.marshal, self._render)
-        self._watch = LiveWatch(self.settings, SCHEDULED_JOBS_KV_NAME, ScheduledJob.from_bytes, self, tick_s=TICK_S)
+        self._watch = LiveWatch(self.settings, SCHEDULED_JOBS_KV_NAME, ScheduledJob.from_bytes, self, tick_s=TICK_S,
+                                unreadable=ScheduledJob.unreadable)
         self._watch.start()
 
     # -- watch sink (bridge thread) ------------------------------------------------------------

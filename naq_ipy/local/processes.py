@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -158,13 +159,15 @@ class Processes:
         server.stop()
         return server
 
-    def start(self, kind: str, args: list[str], url: str) -> Child:
-        """Start `python -m naq_ipy.cli <kind> ARGS` for `url` with its log in `log_dir`; raise if it exits at once.
+    def start(self, kind: str, args: list[str], url: str, names: Sequence[str] = ()) -> Child:
+        """Start `python -m naq_ipy.cli <kind> ARGS -- NAMES` for `url` with its log in `log_dir`; raise if it
+        exits at once.
 
-        The URL goes in the child's environment (`NAQ_URL`), not its command line, where any
-        user of the machine could read its credentials.
+        `names` (queue names) follow `--`, so a name can never be read as an option. The URL goes
+        in the child's environment (`NAQ_URL`), not its command line, where any user of the
+        machine could read its credentials.
         """
-        command = [sys.executable, "-m", "naq_ipy.cli", kind, *args]
+        command = [sys.executable, "-m", "naq_ipy.cli", kind, *args, *(["--", *names] if names else [])]
         with self._lock:
             self._started[kind] += 1
             log_path = self.log_dir / f"{kind}-{self._started[kind]}.log"

@@ -81,8 +81,8 @@ class LocalStack:
         atexit.register(self.stop)  # a second Ctrl-C during a stop must not leave children running
         try:
             self._serve()
-            self.children.start("worker", [*self.queues, "-c", str(self.concurrency), "--worker-id",
-                                           self.worker_id, "--grace", str(WORKER_GRACE_S)], url=self.url)
+            self.children.start("worker", ["-c", str(self.concurrency), "--worker-id", self.worker_id,
+                                           "--grace", str(WORKER_GRACE_S)], url=self.url, names=self.queues)
             self.children.start("scheduler", ["--id", self.scheduler_id], url=self.url)
             run_sync(self._wait_ready(timeout_s))
         except BaseException:

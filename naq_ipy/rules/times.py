@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from naq_ipy.errors import ConfigurationError
+from naq_ipy.rules.records import check_timestamp
 
 _UTC_ZONE = ZoneInfo("UTC")
 _UNIT_S: dict[str, Fraction | int] = {
@@ -114,10 +115,15 @@ def parse_iso_time(text: str, zone: tzinfo | None = None, what: str = "time") ->
 def to_timestamp(value: datetime | float | int, tz: str | None = None) -> float:
     """Unix seconds of `value` (a datetime, naive read in `tz`, or already unix seconds)."""
     if isinstance(value, datetime):
-        return to_utc(value, tz).timestamp()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        seconds = to_utc(value, tz).timestamp()
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigurationError(f"invalid time {value!r}: expected a datetime or unix seconds")
-    return float(value)
+    else:
+        seconds = float(value)
+    try:  # what the stored records accept (naq_ipy.rules.records): refused here, before anything is written
+        return check_timestamp(seconds, "time")
+    except ValueError as e:
+        raise ConfigurationError(f"invalid time {value!r}: {e}") from None
 
 
 def from_timestamp(ts: float) -> datetime:

@@ -144,6 +144,7 @@ class ScheduleView:
         self.entries: dict[str, _Entry] = {}
         self.corrupt_keys: set[str] = set()
         self._gone: dict[str, int] = {}  # key -> last revision this scheduler deleted
+        self._retry: dict[str, tuple[float, float]] = {}  # key -> (not before, last delay) after failed fires
 
     def _stale(self, key: str, revision: int) -> bool:
         known = self.entries.get(key)
@@ -153,6 +154,7 @@ class ScheduleView:
         """Take one watch entry; False if it is older than what is known (our own write came first)."""
         if self._stale(key, revision):
             return False
+        self._retry.pop(key, None)
         if operation in KV_DELETE_OPERATIONS:
             self.entries.pop(key, None)
             self._gone.pop(key, None)
@@ -161,7 +163,8 @@ class ScheduleView:
         try:
             record = ScheduledJob.from_bytes(value or b"", revision)
             check_plannable(record, key)
-        except SerializationError as e:
+            plan_fires(record, record.next_run_utc)  # its timing computes: the timer loop must never trip on it
+        except (SerializationError, ConfigurationError) as e:
             self.mark_corrupt(key, revision, e)
             return True
         self.entries[key] = _Entry(revision, record)
@@ -200,14 +203,27 @@ class ScheduleView:
         for key in set(self._gone) - present:
             del self._gone[key]
 
+    def fire_failed(self, key: str, now_utc: float, min_s: float, max_s: float) -> None:
+        """A fire of `key` failed: retry it (alone) after a delay doubling from `min_s` up to `max_s`."""
+        last = self._retry.get(key, (0.0, 0.0))[1]
+        delay = min(max(2 * last, min_s), max_s)
+        self._retry[key] = (now_utc + delay, delay)
+
+    def fire_done(self, key: str) -> None:
+        """A fire of `key` went through: no more delay for it."""
+        self._retry.pop(key, None)
+
     def _active(self) -> list[ScheduledJob]:
         return [e.record for e in self.entries.values() if e.record is not None and not e.blocked
                 and not e.record.paused]
 
+    def _ready_at(self, record: ScheduledJob) -> float:
+        return max(record.next_run_utc, self._retry.get(record.key, (0.0, 0.0))[0])
+
     def due(self, now_utc: float) -> list[ScheduledJob]:
-        """Active entries due at `now_utc`."""
-        return [r for r in self._active() if r.next_run_utc <= now_utc]
+        """Active entries due at `now_utc` (one whose fire failed: once its retry delay passed)."""
+        return [r for r in self._active() if self._ready_at(r) <= now_utc]
 
     def next_due(self) -> float | None:
-        """The earliest next run of an active entry."""
-        return min((r.next_run_utc for r in self._active()), default=None)
+        """The earliest time an active entry is due (its next run, or its retry after a failed fire)."""
+        return min((self._ready_at(r) for r in self._active()), default=None)

@@ -67,7 +67,7 @@ async def publish_run(conn: Connection, record: ScheduledJob, job_id: str, enque
     """Publish one run of `record` as job `job_id` (signed with the connection's key, if any); never unpickled."""
     data = rewrite_header(record.job_data, job_id=job_id, schedule_key=record.key, enqueue_time=enqueue_time)
     return await publish(conn, queue_subject(record.queue_name), data, msg_id=msg_id,
-                         headers=signed_headers(conn.settings, data))
+                         headers=signed_headers(conn.settings, data, record.queue_name))
 
 
 def _raise_if_cancelled() -> None:
@@ -283,19 +283,18 @@ class Scheduler(StopRequests):
 
     async def _timer_loop(self) -> None:
         await self._clock_ready.wait()
-        backoff = RETRY_MIN_S
         while True:
             _raise_if_cancelled()
             self._wake.clear()
             due = self._view.due(self.now())
             results = await asyncio.gather(*(self._fire(record) for record in due))
+            for record, fired in zip(due, results, strict=True):
+                if fired:
+                    self._view.fire_done(record.key)
+                else:  # NATS is away, or this entry's fire fails: retry it less and less often, alone
+                    self._view.fire_failed(record.key, self.now(), RETRY_MIN_S, RETRY_MAX_S)
             next_run = self._view.next_due()
             delay = MAX_SLEEP_S if next_run is None else min(max(next_run - self.now(), 0.0), MAX_SLEEP_S)
-            if all(results):
-                backoff = RETRY_MIN_S
-            else:  # NATS is away: retry the fires, less and less often
-                delay = max(delay, backoff)
-                backoff = min(backoff * 2, RETRY_MAX_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 

@@ -98,16 +98,25 @@ class ScheduledJobManager:
         return _with_revision(new, revision)
 
     async def _check_size(self, record: ScheduledJob) -> None:
-        """SerializationError before writing if the stored record would exceed the server's max payload."""
+        """Before writing: ConfigurationError for a value readers refuse, SerializationError over max payload."""
         conn = await get_connection(self.settings)
-        check_payload(conn, record.to_bytes(), f"scheduled job {record.key!r}", headers=_KV_WRITE_HEADERS)
+        check_payload(conn, record.check().to_bytes(), f"scheduled job {record.key!r}", headers=_KV_WRITE_HEADERS)
+
+    async def _revision(self, key: str) -> int:
+        """The current revision of the entry under `key`, readable or not; JobNotFoundError if there is none."""
+        kv = await self.get_kv()
+        try:
+            async with nats_errors(self.settings):
+                return (await kv.get(validate_key(key))).revision or 0
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            raise JobNotFoundError(f"no scheduled job named {key!r}") from None
 
     async def delete(self, key: str) -> bool:
-        """Delete the entry under `key` (revision-checked); JobNotFoundError if there is none."""
+        """Delete the entry under `key` (revision-checked; an unreadable one too); JobNotFoundError if there is none."""
         kv = await self.get_kv()
         for _ in range(UPDATE_ATTEMPTS):
-            current = await self.get(key)
-            if await kv_write_checked(kv, self.settings, key, None, current.revision) is not None:
+            revision = await self._revision(key)
+            if await kv_write_checked(kv, self.settings, key, None, revision) is not None:
                 return True
         raise ConflictError(f"scheduled job {key!r} kept changing; could not delete it")
 
@@ -143,7 +152,11 @@ class ScheduledJobManager:
         return True
 
     async def list(self, status: str | None = None, queue: str | None = None) -> list[ScheduledJob]:
-        """Every record (optionally one status / queue), sorted by next run; corrupt ones are logged."""
+        """Every record (optionally one status / queue), sorted by next run.
+
+        A record that cannot be read is logged and listed as an `unreadable` stand-in
+        (`ScheduledJob.unreadable`) when no filter is given.
+        """
         kv = await self.get_kv()
         records: list[ScheduledJob] = []
         async with nats_errors(self.settings):
@@ -159,7 +172,7 @@ class ScheduledJobManager:
                     if entry is None:
                         continue
                     if entry.operation not in KV_DELETE_OPERATIONS and entry.value is not None:
-                        _parse_into(records, entry.key, entry.value, entry.revision or 0)
+                        records.append(read_listed(entry.key, entry.value, entry.revision or 0))
                     if not entry.delta:
                         break
             finally:
@@ -170,11 +183,14 @@ class ScheduledJobManager:
         )
 
 
-def _parse_into(records: list[ScheduledJob], key: str, value: bytes, revision: int) -> None:
+def read_listed(key: str, value: bytes, revision: int) -> ScheduledJob:
+    """The record of one listed entry, or its `unreadable` stand-in (logged once here)."""
     try:
-        records.append(ScheduledJob.from_bytes(value, revision))
+        return ScheduledJob.from_bytes(value, revision)
     except SerializationError as e:
-        logger.warning("skipping scheduled job %r: %s", key, e)
+        logger.warning("unreadable scheduled job %r (revision %d): %s", key, revision, e)
+        return ScheduledJob.unreadable(key, revision, e)
+
 
 
 def _with_revision(record: ScheduledJob, revision: int) -> ScheduledJob:

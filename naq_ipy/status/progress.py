@@ -66,7 +66,7 @@ async def write_progress(conn: Connection, job_id: str, fraction: float, message
         status = await read_status(conn, job_id)
         if status is None or status.ended:
             return False
-        data = status.evolve(progress=fraction, message=message).to_bytes()
+        data = status.evolve(progress=fraction, message=message).to_bytes(conn.settings)
         try:
             await publish(conn, kv_subject(JOB_STATUS_KV_NAME, job_id), data, ttl_s=DEFAULT_RESULT_TTL_S,
                           headers={EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(status.revision)})

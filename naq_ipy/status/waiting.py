@@ -188,7 +188,10 @@ async def recent_runs(key: str, limit: int = 10, url: str | ConnectionSettings |
                 break
             due_ms = run_due_ms(entry.key, key)
             if due_ms is not None and entry.value and entry.operation is None:
-                runs.append((due_ms, JobStatus.from_bytes(entry.value, entry.revision or 0)))
+                try:
+                    runs.append((due_ms, JobStatus.from_bytes(entry.value, entry.revision or 0)))
+                except SerializationError as e:  # one bad record must not hide the others
+                    logger.warning("skipping status of run %s: %s", entry.key, e)
     finally:
         await watcher.stop()
     runs.sort(key=lambda run: run[0], reverse=True)

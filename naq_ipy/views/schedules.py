@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from naq_ipy.rules.times import format_duration, format_relative, from_timestamp, resolve_zone
-from naq_ipy.schedules.record import ScheduledJob
+from naq_ipy.schedules.record import UNREADABLE, ScheduledJob
 from naq_ipy.views.tables import Note, Table
 
 COLUMNS = ("name", "queue", "function", "schedule", "next run", "repeat left", "runs", "last run", "state")
@@ -93,7 +93,8 @@ def schedule_cells(record: ScheduledJob, now_utc: float, zone: tzinfo | None = N
     """The cells of `COLUMNS` for `record`, times in `zone` (None: this machine's local zone)."""
     return (
         record.key, record.queue_name, short_function(record.func_name), schedule_text(record),
-        format_when(record.next_run_utc, now_utc, zone), repeat_left(record), str(record.run_count),
+        "-" if record.status == UNREADABLE else format_when(record.next_run_utc, now_utc, zone),
+        repeat_left(record), str(record.run_count),
         last_run_text(record, now_utc, zone), record.status,
     )
 

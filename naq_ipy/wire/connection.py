@@ -71,7 +71,7 @@ class Connection:
             try:
                 await self.js.stream_info(name)
             except nats.js.errors.NotFoundError:
-                await _add_stream(self.js, name, self.settings.replicas)
+                await _add_stream(self.js, _stream_config(name, self.settings, self.max_payload))
         self._streams.add(name)
 
     async def recreate_stream_for(self, subject: str) -> bool:
@@ -94,21 +94,27 @@ _STREAM_SHAPES: dict[str, dict[str, Any]] = {
     names.JOB_STREAM_NAME: {"subjects": [f"{names.QUEUE_SUBJECT_PREFIX}.*"],
                             "retention": api.RetentionPolicy.WORK_QUEUE, "duplicate_window": names.DUPLICATE_WINDOW_S},
     names.FAILED_STREAM_NAME: {"subjects": [f"{names.FAILED_SUBJECT_PREFIX}.>"],
-                               "retention": api.RetentionPolicy.LIMITS},
+                               "retention": api.RetentionPolicy.LIMITS, "discard": api.DiscardPolicy.OLD},
 }
 
 
-def _stream_config(name: str, replicas: int) -> api.StreamConfig:
+def _stream_config(name: str, settings: ConnectionSettings, max_payload: int) -> api.StreamConfig:
     if name not in _STREAM_SHAPES:
         raise NaqException(f"unknown naq stream {name!r}")
-    return api.StreamConfig(name=name, storage=api.StorageType.FILE, num_replicas=replicas, **_STREAM_SHAPES[name])
+    limits: dict[str, Any] = {}
+    if name == names.FAILED_STREAM_NAME:
+        # whoever may publish jobs may fill it with rejects: bounded, the oldest entries go first
+        limits = {"max_bytes": settings.failed_max_bytes, "max_age": settings.failed_max_age_s,
+                  "max_msg_size": min(names.FAILED_MAX_MSG_BYTES, max_payload)}
+    return api.StreamConfig(name=name, storage=api.StorageType.FILE, num_replicas=settings.replicas,
+                            **_STREAM_SHAPES[name], **limits)
 
 
-async def _add_stream(js: JetStreamContext, name: str, replicas: int) -> None:
+async def _add_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.add_stream(_stream_config(name, replicas))
+        await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        await js.stream_info(name)  # created concurrently by someone else: fine if it exists now
+        await js.stream_info(config.name or "")  # created concurrently by someone else: fine if it exists now
 
 
 async def _open_or_create_kv(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:

@@ -33,9 +33,12 @@ HEADER_QUEUE = "Naq-Queue"  # failed store: the queue it came from
 HEADER_FUNC = "Naq-Func"  # failed store: the function's name
 HEADER_REASON = "Naq-Reason"  # failed store: why it failed or was rejected (one line)
 HEADER_FAILED_AT = "Naq-Failed-At"  # failed store: unix seconds
+HEADER_TRUNCATED = "Naq-Truncated"  # failed store: the job bytes' full size when they were cut to fit
 
 # -- stored values --------------------------------------------------------------------------------
 JOB_SERIALIZER = "cloudpickle"
+
+FAILED_MAX_MSG_BYTES = 8 << 20  # one failed-store entry; the job bytes kept in it are cut to fit
 
 # -- NATS error codes -----------------------------------------------------------------------------
 WRONG_LAST_SEQUENCE_CODES = (10071, 10164)  # JSStreamWrongLastSequence(Constant): a revision check lost

@@ -29,11 +29,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from naq_ipy.client.bridge import StopRequests
-from naq_ipy.errors import ConfigurationError, NaqException
+from naq_ipy.errors import ConfigurationError, NaqException, SerializationError
+from naq_ipy.rules.records import TIMESTAMP, decode_checked, flag, integer, optional, text, text_list
 from naq_ipy.wire import names
 from naq_ipy.wire.connection import connect, get_connection, kv_put, nats_errors
 from naq_ipy.wire.names import JOB_STREAM_NAME
-from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
+from naq_ipy.wire.settings import (
+    DEFAULT_QUEUE_NAME,
+    KEY_MAX,
+    QUEUE_NAME_MAX,
+    ConnectionSettings,
+    validate_key,
+    validate_queue_name,
+)
 from naq_ipy.worker.executor import Executor
 from naq_ipy.worker.runner import DeliveryState, JobRunner, Stopping
 
@@ -266,9 +274,24 @@ async def list_workers(url: str | ConnectionSettings | None = None) -> list[dict
                     break
                 if entry.value and entry.operation is None:
                     try:
-                        workers.append(json.loads(entry.value))
-                    except ValueError:
-                        logger.warning("skipping corrupt heartbeat %r", entry.key)
+                        workers.append(read_heartbeat(entry.value))
+                    except SerializationError as e:
+                        logger.warning("skipping heartbeat %r: %s", entry.key, e)
         finally:
             await watcher.stop()
     return sorted(workers, key=lambda w: str(w.get("worker_id")))
+
+
+_COUNT = integer(0, 2**53)
+_HEARTBEAT_SPEC = {
+    "worker_id": text(KEY_MAX), "host": text(255), "pid": _COUNT, "queues": text_list(QUEUE_NAME_MAX),
+    "concurrency": _COUNT, "process_pool": flag, "current_jobs": text_list(KEY_MAX, 100_000),
+    "waiting_jobs": text_list(KEY_MAX, 100_000), "processed": _COUNT, "failed": _COUNT,
+    "started_at": optional(TIMESTAMP), "heartbeat_at": TIMESTAMP,
+}
+
+
+def read_heartbeat(raw: bytes) -> dict[str, Any]:
+    """A stored heartbeat record, strictly checked; SerializationError for anything malformed."""
+    return decode_checked(raw, _HEARTBEAT_SPEC, "corrupt heartbeat", frozenset({"worker_id", "heartbeat_at"}),
+                          max_bytes=16 << 20)

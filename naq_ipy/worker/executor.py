@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cloudpickle
@@ -32,6 +32,7 @@ import cloudpickle
 from naq_ipy.client.job import Job
 from naq_ipy.errors import SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
+from naq_ipy.status.results import PickledValue
 from naq_ipy.wire.settings import ConnectionSettings
 
 ERROR_LINE_MAX = 500
@@ -51,6 +52,10 @@ def describe_exception(exc: BaseException) -> tuple[str, str]:
 def is_async_callable(func: Callable[..., Any]) -> bool:
     """True for coroutine functions, partials of them and objects with an `async def __call__`."""
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
+class UnreadableCall(Exception):
+    """The job's call could not be unpickled: unreadable input, rejected like a bad header."""
 
 
 class JobFailure(Exception):
@@ -84,15 +89,21 @@ def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:
         future.exception()
 
 
-def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None) -> tuple[str, bytes | str, str]:
-    """Process-mode entry: unpickle the job bytes here, run the call, return ("ok", pickled value) or an error.
+def run_in_child(data: bytes, progress_to: dict[str, Any] | None = None) -> tuple[str, bytes | str, str]:
+    """Process-mode entry: unpickle the job bytes here (never in the worker), run the call (a coroutine
+    function on its own loop), return ("ok", pickled value) or an error.
 
-    `progress_to`: the server the job's `progress` calls are written to from this process.
+    `progress_to`: the fields of the settings the job's `progress` calls are written with from this
+    process (a plain dict: pickled settings carry no credentials).
     """
     try:
         job = Job.deserialize(data)
-        with child_reporting(job.job_id, progress_to):
-            value = job.function(*job.args, **job.kwargs)
+    except SerializationError as e:
+        return "unreadable", str(e), ""
+    try:
+        with child_reporting(job.job_id, None if progress_to is None else ConnectionSettings(**progress_to)):
+            call = functools.partial(job.function, *job.args, **job.kwargs)
+            value = asyncio.run(call()) if is_async_callable(job.function) else call()
     except (Exception, SystemExit) as e:
         return ("error", *describe_exception(e))
     try:
@@ -115,6 +126,24 @@ def _exit_with_parent() -> None:
 def _exit_when_ready(sentinel: int) -> None:
     multiprocessing.connection.wait([sentinel])
     os._exit(1)
+
+
+@dataclass(frozen=True)
+class _CoroutineCall:
+    """A loaded job whose function is a coroutine function: it runs on the worker's loop."""
+
+    job: Job
+
+
+def _load_and_call(data: bytes) -> Any:
+    """Thread-mode entry: unpickle the job's call here, off the worker's loop, and make it unless it is async."""
+    try:
+        job = Job.deserialize(data)
+    except SerializationError as e:
+        raise UnreadableCall(str(e)) from None
+    if is_async_callable(job.function):
+        return _CoroutineCall(job)
+    return job.function(*job.args, **job.kwargs)
 
 
 @dataclass
@@ -157,7 +186,9 @@ class _ProcessSlots:
     async def run(self, data: bytes, timeout_s: float | None) -> Any:
         """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
         child = await self._take()
-        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child())
+        delegate = delegate_to_child()
+        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data,
+                                                            None if delegate is None else asdict(delegate))
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
@@ -173,8 +204,10 @@ class _ProcessSlots:
             kind, payload, tb = future.result()
         except BrokenProcessPool:
             raise JobFailure("ProcessError: the job's worker process died") from None
-        if kind == "ok":
-            return pickle.loads(payload)  # type: ignore[arg-type]
+        if kind == "ok":  # passed on as it is: the worker never unpickles what a job's code made
+            return PickledValue(payload)  # type: ignore[arg-type]
+        if kind == "unreadable":
+            raise UnreadableCall(str(payload))
         if kind == "unpicklable":
             raise SerializationError(str(payload))
         raise JobFailure(str(payload), tb)
@@ -196,12 +229,18 @@ class Executor:
         self._processes = _ProcessSlots() if process_pool else None
 
     async def run(self, job: Job, data: bytes) -> Any:
-        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result."""
-        if is_async_callable(job.function):
-            return await self._run_coroutine(job)
+        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result,
+        UnreadableCall if its call cannot be unpickled.
+
+        `job` may carry its options only (`Job.options_only`): the call is unpickled from `data` in a
+        pool thread, or in process mode in the child, never on the worker's event loop.
+        """
         if self._processes is not None:
             return await self._processes.run(data, job.timeout)
-        return await self._run_thread(job)
+        value = await self._run_thread(job, data)
+        if isinstance(value, _CoroutineCall):
+            return await self._run_coroutine(value.job)
+        return value
 
     async def _run_coroutine(self, job: Job) -> Any:
         deadline = asyncio.timeout(job.timeout)
@@ -213,9 +252,10 @@ class Executor:
                 raise _timeout_failure(job.timeout, "it was cancelled") from None
             raise JobFailure.from_exception(e) from None
 
-    async def _run_thread(self, job: Job) -> Any:
+    async def _run_thread(self, job: Job, data: bytes) -> Any:
+        """Unpickle the call and make it in one pool thread (a coroutine function comes back as `_CoroutineCall`)."""
         # a copy of this task's context: `progress` in the thread sees the current job
-        call = functools.partial(contextvars.copy_context().run, job.function, *job.args, **job.kwargs)
+        call = functools.partial(contextvars.copy_context().run, _load_and_call, data)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         done, _ = await asyncio.wait({future}, timeout=job.timeout)
         if not done:
@@ -223,6 +263,8 @@ class Executor:
             raise _timeout_failure(job.timeout, "its thread is still running", still_running=future)
         try:
             return future.result()
+        except UnreadableCall:
+            raise
         except (Exception, SystemExit) as e:
             raise JobFailure.from_exception(e) from None
 

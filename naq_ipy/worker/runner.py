@@ -33,8 +33,8 @@ from naq_ipy.status.results import JobStatus, watch_until_ended, write_status
 from naq_ipy.wire.connection import Connection, nats_errors
 from naq_ipy.wire.names import JOB_STATUS_KV_NAME, QUEUE_SUBJECT_PREFIX, SIGNATURE_HEADER
 from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, validate_key
-from naq_ipy.wire.signing import refusal
-from naq_ipy.worker.executor import Executor, JobFailure, describe_exception, one_line
+from naq_ipy.wire.signing import refusal, signer_id
+from naq_ipy.worker.executor import Executor, JobFailure, UnreadableCall, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,15 @@ def _signature(msg: Msg) -> str | None:
     return (msg.headers or {}).get(SIGNATURE_HEADER)
 
 
-def _valid_id(value: Any) -> str | None:
+def _queue_of(msg: Msg) -> str:
+    return msg.subject[len(QUEUE_SUBJECT_PREFIX) + 1:]
+
+
+def _header_job_id(data: bytes) -> str | None:
+    """The job id in an unusable job's header, if it has a readable header with a valid id."""
     try:
-        return validate_key(value, "job id")
-    except ConfigurationError:
+        return validate_key(read_header(data)[0].get("job_id"), "job id")
+    except (SerializationError, ConfigurationError):
         return None
 
 
@@ -190,17 +195,17 @@ class JobRunner:
     async def _accept(self, delivery: Delivery) -> Job | None:
         """The message's job, or None when it was rejected or has already ended."""
         msg = delivery.msg
-        refused = refusal(msg.data, msg.headers, self.conn.settings)
+        refused = refusal(msg.data, msg.headers, self.conn.settings, _queue_of(msg))
         if refused:  # not even its header is trusted: it is recorded under `rejected-<seq>` only
             await self._reject(delivery, refused)
             return None
-        try:
-            header, _ = read_header(msg.data)
-            delivery.job_id = _valid_id(header.get("job_id"))
-            job = Job.deserialize(msg.data)
+        try:  # its options only: the call is unpickled off this loop, by the executor
+            job = Job.options_only(msg.data)
         except SerializationError as e:
+            delivery.job_id = _header_job_id(msg.data)
             await self._reject(delivery, str(e))
             return None
+        delivery.job_id = job.job_id
         if msg.metadata.num_delivered > 1:
             ended = await self._ended_status(job.job_id)
             if ended is not None:
@@ -216,13 +221,17 @@ class JobRunner:
                 entry = await kv.get(job_id)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
-        status = JobStatus.from_bytes(entry.value or b"{}")
+        try:
+            status = JobStatus.from_bytes(entry.value or b"{}")
+        except SerializationError as e:  # a bad record must not keep the job from running (or being rejected)
+            logger.warning("job %s: unreadable status ignored: %s", job_id, e)
+            return None
         return status.status if status.ended else None
 
     async def _reject(self, delivery: Delivery, reason: str) -> None:
         """Record unreadable input (status if a job id is known, failed store), ack it."""
         msg, job_id, now = delivery.msg, delivery.job_id, time.time()
-        queue = msg.subject[len(QUEUE_SUBJECT_PREFIX) + 1:]
+        queue = _queue_of(msg)
         seq = msg.metadata.sequence.stream
         await record_failed(self.conn, msg.data, queue_name=queue, reason=reason, seq=seq, job_id=job_id,
                             signature=_signature(msg))
@@ -276,6 +285,10 @@ class JobRunner:
             await _settle(running_written, job.job_id)
             await self._fail(delivery, job, progress.stamp(running), failure.error, failure.traceback, retry=True)
             return failure.still_running
+        except UnreadableCall as e:
+            await _settle(running_written, job.job_id)
+            await self._reject(delivery, str(e))
+            return None
         except SerializationError as e:
             await _settle(running_written, job.job_id)
             await self._fail(delivery, job, progress.stamp(running), describe_exception(e)[0], "", retry=False)
@@ -283,7 +296,7 @@ class JobRunner:
         await _settle(running_written, job.job_id)
         finished = progress.stamp(running).evolve(status=results.FINISHED, finished_at=time.time())
         await self._durably(job.job_id, results.write_outcome, self.conn, finished, data,
-                            job.result_ttl or DEFAULT_RESULT_TTL_S)
+                            job.result_ttl or DEFAULT_RESULT_TTL_S, signer_id(msg.headers))
         await self._ack(delivery)
         self.processed += 1
         logger.info("job %s finished in %.3fs", job.job_id, time.time() - (running.started_at or 0))
