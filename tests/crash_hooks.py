@@ -34,4 +34,5 @@ async def publish_run_then_crash(*args: Any, **kwargs: Any) -> api.PubAck:
 
 if __name__ == "__main__":
     scheduler.publish_run = publish_run_then_crash
-    sys.exit(main(["scheduler", *sys.argv[1:]]))
+    verbose = [arg for arg in sys.argv[1:] if arg in ("-v", "--verbose")]  # the `naq` command's own option
+    sys.exit(main([*verbose, "scheduler", *(arg for arg in sys.argv[1:] if arg not in verbose)]))
