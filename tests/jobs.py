@@ -131,3 +131,20 @@ def report_tightly(seconds: float) -> int:
         calls += 1
     naq_ipy.progress(1.0, "done")
     return calls + 1
+
+
+def busy_loop(path: str, limit_s: float = 120.0) -> str:
+    """Mark `start`, spin in pure Python (no sleeping, no C call that blocks) up to `limit_s`, mark `end`."""
+    mark(path, "start")
+    deadline = time.monotonic() + limit_s
+    spins = 0
+    while time.monotonic() < deadline:
+        spins += 1
+    mark(path, "end")
+    return "spun"
+
+
+def touch(path: str, value: object = None) -> object:
+    """Mark `ran` (the side effect a test looks for); return `value`."""
+    mark(path, "ran")
+    return value

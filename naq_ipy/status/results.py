@@ -38,6 +38,7 @@ RETRYING = "retrying"
 FINISHED = "finished"
 FAILED = "failed"
 CANCELLED = "cancelled"
+STOPPING = "stopping"  # a cancel reached a running job; its worker writes `cancelled` once it stopped
 REJECTED = "rejected"
 INLINE_RESULT_MAX = 4096
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, REJECTED})
@@ -61,6 +62,7 @@ class JobStatus:
     message: str | None = None
     worker_id: str | None = None
     schedule_key: str | None = None
+    cancelled_by: str | None = None  # `user@host` of a cancel
     result_inline: str | None = field(default=None, repr=False)
     updated_at: float = 0.0
     revision: int = 0
@@ -97,9 +99,10 @@ class JobStatus:
 _STATUS_FIELDS = tuple(f.name for f in fields(JobStatus) if f.name != "revision")
 
 
-async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> int:
-    """Store `status` under its job id (with a per-message TTL)."""
-    return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(), ttl_s)
+async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S, *,
+                       revision: int | None = None) -> int:
+    """Store `status` under its job id (with a per-message TTL); `revision`: only over that one (ConflictError)."""
+    return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(), ttl_s, revision=revision)
 
 
 def encode_result(conn: Connection, job_id: str, value: Any) -> bytes:
@@ -123,13 +126,13 @@ async def write_result(conn: Connection, job_id: str, data: bytes,
 
 
 async def write_outcome(conn: Connection, status: JobStatus, data: bytes,
-                        ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> JobStatus:
+                        ttl_s: float | None = DEFAULT_RESULT_TTL_S, *, revision: int | None = None) -> JobStatus:
     """Store a finished job's result and status: inline when small, else the result first, then the status."""
     if len(data) <= INLINE_RESULT_MAX:
         status = status.evolve(result_inline=base64.b64encode(data).decode())
     else:
         await write_result(conn, status.job_id, data, ttl_s)
-    await write_status(conn, status, ttl_s)
+    await write_status(conn, status, ttl_s, revision=revision)
     return status
 
 
@@ -179,14 +182,14 @@ async def _read_result(conn: Connection, status: JobStatus) -> Any:
         raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
 
 
-async def watch_until_ended(kv: KeyValue, job_id: str) -> JobStatus:
-    """Watch `job_id` in the status bucket `kv` until its record says it ended."""
+async def watch_until_ended(kv: KeyValue, job_id: str, *, stopping_ends: bool = False) -> JobStatus:
+    """Watch `job_id` in the status bucket `kv` until its record says it ended (or, if asked, is stopping)."""
     watcher = await kv.watch(job_id)
     try:
         async for entry in watcher:
             if entry is not None and entry.value and entry.operation is None:
                 status = JobStatus.from_bytes(entry.value, entry.revision or 0)
-                if status.ended:
+                if status.ended or (stopping_ends and status.status == STOPPING):
                     return status
     finally:
         await watcher.stop()

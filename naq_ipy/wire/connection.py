@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from naq_ipy.errors import NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
+from naq_ipy.errors import ConflictError, NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
 from naq_ipy.wire import settings as names
 from naq_ipy.wire.settings import ConnectionSettings
 
@@ -377,8 +377,31 @@ async def publish(
             return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs)
 
 
-async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None) -> int:
-    """Put `value` under `key`, with a per-message TTL when given (server >= 2.11)."""
+WRONG_LAST_SEQUENCE_CODES = (10071, 10164)  # JSStreamWrongLastSequence(Constant): a revision check lost
+EXPECTED_LAST_HEADER = api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
+
+
+def is_revision_conflict(error: BaseException) -> bool:
+    """True for the server's answer to a revision-checked write whose key changed in between."""
+    return isinstance(error, nats.js.errors.APIError) and getattr(error, "err_code", None) in WRONG_LAST_SEQUENCE_CODES
+
+
+async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None, *,
+                 revision: int | None = None) -> int:
+    """Put `value` under `key`, with a per-message TTL when given (server >= 2.11).
+
+    `revision`: write only if the key is still at that revision (0: only if it has no value);
+    ConflictError otherwise.
+    """
+    if revision is not None:
+        try:
+            ack = await publish(conn, f"$KV.{bucket}.{key}", value, headers={EXPECTED_LAST_HEADER: str(revision)},
+                                ttl_s=None if ttl_s is None else max(1.0, ttl_s))
+        except nats.js.errors.APIError as e:
+            if is_revision_conflict(e):
+                raise ConflictError(f"{bucket} key {key!r} changed since revision {revision}") from None
+            raise
+        return ack.seq
     kv = await conn.kv(bucket)
     if ttl_s is None:
         async with nats_errors(conn.settings):

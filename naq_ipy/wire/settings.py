@@ -24,6 +24,7 @@ RESULTS_KV_NAME = f"{NAQ_PREFIX}_results"
 WORKERS_KV_NAME = f"{NAQ_PREFIX}_workers"
 SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
 WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
+CANCEL_SUBJECT = f"{NAQ_PREFIX}.control.cancel"  # core NATS: a JSON list of job ids whose cancel was recorded
 SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.wire.signing
 
 SCHEDULED_JOB_STATUS_ACTIVE = "active"

@@ -41,6 +41,7 @@ from naq_ipy.wire.settings import (
 )
 from naq_ipy.worker.executor import Executor
 from naq_ipy.worker.runner import JobRunner, Stopping
+from naq_ipy.worker.stopping import listen_for_cancels
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Worker(JobRunner, StopRequests):
             self._conn = await connect(self.settings, name=f"naq-worker {self.worker_id}", retry_s=CONNECT_RETRY_S)
             self._executor = Executor(self.concurrency, self.process_pool)
             await self._conn.ensure_stream()
+            await listen_for_cancels(self._conn, self.cancel_notice)
             subs = [await self._subscribe(queue) for queue in self.queues]
             self._progress_s = min(ack_wait for _, ack_wait in subs) / 3
             self.started_at = time.time()

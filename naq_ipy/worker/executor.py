@@ -33,6 +33,7 @@ from naq_ipy.client.job import Job
 from naq_ipy.errors import SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
 from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.worker.stopping import JobCancelled, StopHandle, ThreadCall
 
 ERROR_LINE_MAX = 500
 
@@ -154,9 +155,11 @@ class _ProcessSlots:
         self._busy.append(child)
         return child
 
-    async def run(self, data: bytes, timeout_s: float | None) -> Any:
-        """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
+    async def run(self, data: bytes, timeout_s: float | None, stop: StopHandle | None = None) -> Any:
+        """Run the job bytes in a child; kill it at the timeout, at a `stop` or when the caller is cancelled."""
         child = await self._take()
+        if stop is not None:
+            stop.set_stopper(child.kill)
         future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child())
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
@@ -188,6 +191,19 @@ class _ProcessSlots:
         self._idle, self._busy = [], []
 
 
+async def _stoppable(coro: Any, stop: StopHandle) -> Any:
+    """Await `coro` in its own task, which `stop` cancels (then JobCancelled here)."""
+    task = asyncio.ensure_future(coro)
+    stop.set_stopper(task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if stop.requested and (current is None or not current.cancelling()):
+            raise JobCancelled from None
+        raise
+
+
 class Executor:
     """Runs job calls for one worker: `concurrency` threads, or child processes with `process_pool`."""
 
@@ -195,13 +211,19 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="naq-job")
         self._processes = _ProcessSlots() if process_pool else None
 
-    async def run(self, job: Job, data: bytes) -> Any:
-        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result."""
+    async def run(self, job: Job, data: bytes, stop: StopHandle | None = None) -> Any:
+        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result.
+
+        `stop`: lets the worker stop the call when the job is cancelled (JobCancelled, or a JobFailure
+        of a killed child, with `stop.requested` set).
+        """
         if is_async_callable(job.function):
-            return await self._run_coroutine(job)
+            if stop is None:
+                return await self._run_coroutine(job)
+            return await _stoppable(self._run_coroutine(job), stop)
         if self._processes is not None:
-            return await self._processes.run(data, job.timeout)
-        return await self._run_thread(job)
+            return await self._processes.run(data, job.timeout, stop)
+        return await self._run_thread(job, stop)
 
     async def _run_coroutine(self, job: Job) -> Any:
         deadline = asyncio.timeout(job.timeout)
@@ -213,9 +235,12 @@ class Executor:
                 raise _timeout_failure(job.timeout, "it was cancelled") from None
             raise JobFailure.from_exception(e) from None
 
-    async def _run_thread(self, job: Job) -> Any:
+    async def _run_thread(self, job: Job, stop: StopHandle | None = None) -> Any:
         # a copy of this task's context: `progress` in the thread sees the current job
-        call = functools.partial(contextvars.copy_context().run, job.function, *job.args, **job.kwargs)
+        call: Callable[[], Any] = functools.partial(contextvars.copy_context().run, job.function, *job.args,
+                                                    **job.kwargs)
+        if stop is not None:
+            call = ThreadCall(call, stop)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         done, _ = await asyncio.wait({future}, timeout=job.timeout)
         if not done:

@@ -1,0 +1,252 @@
+"""Cancel jobs: a revision-checked write of each job's status record, many jobs in one pipelined round.
+
+A job that is not running becomes `cancelled` at once; a running one becomes `stopping`, and the
+worker that runs it writes `cancelled` once its call stopped. Every write is checked against the
+revision that was read, and the worker writes `running` and every outcome the same way, so a
+cancel and a finish cannot both win: the loser reads the record again and follows it. Jobs with
+no record yet are looked for in the schedule store (a delayed job: its entry is deleted) and in
+the queues (one pass over the jobs stream); ids found nowhere are `not found`. After the writes
+one notice on `naq.control.cancel` wakes the workers, which stop what they run of those jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import nats.js.errors
+
+from naq_ipy.client.bridge import run_sync
+from naq_ipy.client.job import Job
+from naq_ipy.errors import ConfigurationError, ConflictError, JobNotFoundError, RefusedError
+from naq_ipy.schedules.record import ScheduledJob
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.status import results
+from naq_ipy.status.results import JobStatus, read_status
+from naq_ipy.wire.connection import EXPECTED_LAST_HEADER, Connection, get_connection, message_headers, nats_errors
+from naq_ipy.wire.publish import publish_many
+from naq_ipy.wire.settings import (
+    CANCEL_SUBJECT,
+    DEFAULT_RESULT_TTL_S,
+    JOB_STATUS_KV_NAME,
+    JOB_STREAM_NAME,
+    ConnectionSettings,
+    validate_key,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFLICT_ROUNDS = 5
+SCAN_WINDOW = 256  # message gets in flight at once while looking for queued jobs
+NOTICE_IDS = 1000  # job ids per cancel notice (32-character ids: ~35 KB)
+
+
+class Outcome(StrEnum):
+    """What a cancel did to one job."""
+
+    CANCELLED = "cancelled"
+    ALREADY_FINISHED = "already finished"
+    NOT_FOUND = "not found"
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    """What a cancel did, job by job (in the order asked); `report[job_id]` is an Outcome."""
+
+    outcomes: Mapping[str, Outcome]
+
+    def __getitem__(self, job_id: str) -> Outcome:
+        return self.outcomes[job_id]
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def ids(self, outcome: Outcome) -> list[str]:
+        """The job ids with `outcome`."""
+        return [job_id for job_id, got in self.outcomes.items() if got is outcome]
+
+    def summary(self) -> str:
+        """`2 cancelled, 1 already finished` (outcomes that happened, in a fixed order)."""
+        counts = [(len(self.ids(outcome)), outcome) for outcome in Outcome]
+        return ", ".join(f"{n:,} {outcome}" for n, outcome in counts if n) or "nothing to cancel"
+
+    def text(self) -> str:
+        """One line per job (`<id>: <outcome>`) for a few jobs, else the summary."""
+        if len(self.outcomes) > 10:
+            return self.summary()
+        return "\n".join(f"{job_id}: {outcome}" for job_id, outcome in self.outcomes.items())
+
+    def __repr__(self) -> str:
+        return f"<CancelReport {self.summary()}>"
+
+
+def who() -> str:
+    """`user@host` of this process, recorded with a cancel."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cancelled_record(record: JobStatus, by: str | None) -> JobStatus:
+    """`record` as `cancelled` now, by `by`."""
+    return record.evolve(status=results.CANCELLED, finished_at=time.time(), cancelled_by=by,
+                         error=f"cancelled by {by or '?'}")
+
+
+def job_ids(jobs: Job | str | Iterable[Job | str]) -> list[str]:
+    """Distinct job ids (in order) from a Job, an id, or an iterable of them; ConfigurationError otherwise."""
+    items = [jobs] if isinstance(jobs, Job | str) else list(jobs)
+    ids = []
+    for item in items:
+        job_id = item.job_id if isinstance(item, Job) else item
+        if not isinstance(job_id, str):
+            raise ConfigurationError(f"cancel takes Jobs or job ids, got {item!r}")
+        ids.append(validate_key(job_id, "job id"))
+    return list(dict.fromkeys(ids))
+
+
+async def cancel(jobs: Job | str | Iterable[Job | str], url: str | ConnectionSettings | None = None, *,
+                 by: str | None = None) -> CancelReport:
+    """Cancel jobs (Jobs or ids): queued ones never start, running ones are stopped; see CancelReport."""
+    ids = job_ids(jobs)
+    conn = await get_connection(url)
+    by = by or who()
+    outcomes: dict[str, Outcome] = {}
+    records = await _read_all(conn, ids)
+    missing = [job_id for job_id in ids if records[job_id] is None]
+    scheduled = await _scheduled(conn, missing)
+    queued = await _queued(conn, set(missing) - scheduled)
+    outcomes.update((job_id, Outcome.NOT_FOUND) for job_id in missing if job_id not in scheduled | queued)
+    todo = {job_id: records[job_id] for job_id in ids if job_id not in outcomes}
+    written: list[str] = []
+    for _ in range(CONFLICT_ROUNDS):
+        writes = _decide(todo, by, outcomes)
+        lost = await _write_all(conn, writes)
+        written += [job_id for job_id in writes if job_id not in lost]
+        outcomes.update((job_id, Outcome.CANCELLED) for job_id in writes if job_id not in lost)
+        if not lost:
+            break
+        todo = await _read_all(conn, lost)
+    else:
+        raise ConflictError(f"{len(todo)} job status record(s) kept changing; they were not cancelled")
+    await _unschedule(conn, [job_id for job_id in written if job_id in scheduled])
+    await _notify(conn, written)
+    return CancelReport({job_id: outcomes[job_id] for job_id in ids})
+
+
+def _decide(todo: Mapping[str, JobStatus | None], by: str,
+            outcomes: dict[str, Outcome]) -> dict[str, tuple[JobStatus, int]]:
+    """The record to write (and the revision it replaces) per job; settled ones go into `outcomes`."""
+    writes = {}
+    for job_id, record in todo.items():
+        if record is None:
+            writes[job_id] = (cancelled_record(JobStatus(job_id=job_id, status=results.QUEUED), by), 0)
+        elif record.status == results.CANCELLED or record.status == results.STOPPING:
+            outcomes[job_id] = Outcome.CANCELLED
+        elif record.ended:
+            outcomes[job_id] = Outcome.ALREADY_FINISHED
+        elif record.status == results.RUNNING:
+            writes[job_id] = (record.evolve(status=results.STOPPING, cancelled_by=by), record.revision)
+        else:
+            writes[job_id] = (cancelled_record(record, by), record.revision)
+    return writes
+
+
+async def _read_all(conn: Connection, ids: list[str]) -> dict[str, JobStatus | None]:
+    """Every job's status record, the reads in flight together."""
+    found = await asyncio.gather(*(read_status(conn, job_id) for job_id in ids))
+    return dict(zip(ids, found, strict=True))
+
+
+async def _write_all(conn: Connection, writes: Mapping[str, tuple[JobStatus, int]]) -> list[str]:
+    """Write the records pipelined, each only over its revision; the ids whose revision check lost."""
+    items = list(writes.items())
+    messages = [(f"$KV.{JOB_STATUS_KV_NAME}.{job_id}", record.to_bytes(), None,
+                 message_headers(None, {EXPECTED_LAST_HEADER: str(revision)}, DEFAULT_RESULT_TTL_S))
+                for job_id, (record, revision) in items]
+    try:
+        await publish_many(conn, messages)
+    except RefusedError as e:
+        return [items[index][0] for index in e.refused]  # type: ignore[index]
+    return []
+
+
+async def _scheduled(conn: Connection, ids: list[str]) -> set[str]:
+    """Those of `ids` that wait in the schedule store as delayed jobs (one-offs; a recurring schedule is no job)."""
+    if not ids:
+        return set()
+    manager = ScheduledJobManager(conn.settings)
+    found = await asyncio.gather(*(manager.get(job_id) for job_id in ids), return_exceptions=True)
+    for got in found:
+        if isinstance(got, BaseException) and not isinstance(got, JobNotFoundError):
+            raise got
+    return {job_id for job_id, got in zip(ids, found, strict=True)
+            if isinstance(got, ScheduledJob) and got.schedule_type == "once"}
+
+
+def _candidate_ids(msg_id: str) -> tuple[str, ...]:
+    """Job ids a queue message's `Nats-Msg-Id` may stand for: an enqueue's own id, or a schedule fire's run."""
+    key, _, due = msg_id.partition(":")
+    return (key, f"{key}.{due}") if due else (key,)
+
+
+async def _queued(conn: Connection, wanted: set[str]) -> set[str]:
+    """Those of `wanted` that wait in a queue (or are held by a worker): the stream's messages read by sequence.
+
+    A work-queue stream allows no consumer beside the workers', so its messages are read with
+    message gets, `SCAN_WINDOW` in flight at a time (a sequence acked meanwhile is skipped).
+    """
+    if not wanted:
+        return set()
+    found: set[str] = set()
+    async with nats_errors(conn.settings):
+        try:
+            state = (await conn.js.stream_info(JOB_STREAM_NAME)).state
+        except nats.js.errors.NotFoundError:
+            return found
+        for start in range(state.first_seq, state.last_seq + 1 if state.messages else 0, SCAN_WINDOW):
+            window = range(start, min(start + SCAN_WINDOW, state.last_seq + 1))
+            for got in await asyncio.gather(*(conn.js.get_msg(JOB_STREAM_NAME, seq) for seq in window),
+                                            return_exceptions=True):
+                if isinstance(got, nats.js.errors.NotFoundError):
+                    continue
+                if isinstance(got, BaseException):
+                    raise got
+                found.update(wanted.intersection(_candidate_ids((got.headers or {}).get("Nats-Msg-Id", ""))))
+            if found == wanted:
+                break
+    return found
+
+
+async def _unschedule(conn: Connection, ids: list[str]) -> None:
+    """Delete the schedule-store entries of cancelled delayed jobs (a fire racing this finds them cancelled)."""
+    if ids:
+        manager = ScheduledJobManager(conn.settings)
+        for gone in await asyncio.gather(*(manager.cancel_job(job_id) for job_id in ids), return_exceptions=True):
+            if isinstance(gone, BaseException) and not isinstance(gone, JobNotFoundError):  # fired meanwhile: fine
+                raise gone
+
+
+async def _notify(conn: Connection, ids: list[str]) -> None:
+    """Tell every worker which jobs were cancelled (they look at their records before stopping anything)."""
+    if not ids:
+        return
+    async with nats_errors(conn.settings):
+        for start in range(0, len(ids), NOTICE_IDS):
+            await conn.nc.publish(CANCEL_SUBJECT, json.dumps(ids[start:start + NOTICE_IDS]).encode())
+        await conn.nc.flush()
+
+
+def cancel_sync(jobs: Any, url: str | ConnectionSettings | None = None, *, by: str | None = None) -> CancelReport:
+    """Blocking twin of `cancel` (through the sync bridge)."""
+    return run_sync(cancel(jobs, url, by=by))
