@@ -8,35 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jobs
 import pytest
 from pids import alive, wait_gone
 from polling import eventually
-from test_worker import running_worker, spawn_worker, url  # noqa: F401  (fixtures)
+from test_worker import running_worker, spawn_worker  # noqa: F401 - spawn_worker is a fixture
 
 from naq_ipy import JobExecutionError, Queue, cancel
 from naq_ipy.status import results
 from naq_ipy.status.cancel import Outcome, job_ids, who
 from naq_ipy.status.results import fetch_status, wait_for_end
+from naq_ipy.wire.connection import close_all
 
 END_S = 20.0
 
 
+@pytest.fixture
+async def url(nats_url: str) -> AsyncIterator[str]:
+    """The clean server's URL; the test loop's pooled connections are closed afterwards."""
+    yield nats_url
+    await close_all()
+
+
 async def _status(job_id: str, url: str) -> results.JobStatus | None:
     return await fetch_status(job_id, url=url)
-
-
-async def _wait_running(job_id: str, url: str) -> None:
-    async def check() -> bool:
-        status = await _status(job_id, url)
-        return status is not None and status.status == results.RUNNING
-
-    deadline = asyncio.get_running_loop().time() + END_S
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"job {job_id} never ran"
-        await asyncio.sleep(0.02)
 
 
 async def test_queued_job_cancelled_never_runs_when_a_worker_starts(url: str, tmp_path: Path) -> None:

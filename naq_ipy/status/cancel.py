@@ -12,6 +12,7 @@ one notice on `naq.control.cancel` wakes the workers, which stop what they run o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -25,8 +26,8 @@ from typing import Any
 import nats.js.errors
 
 from naq_ipy.client.bridge import run_sync
-from naq_ipy.client.job import Job
-from naq_ipy.errors import ConfigurationError, ConflictError, JobNotFoundError, RefusedError
+from naq_ipy.client.job import Job, read_header
+from naq_ipy.errors import ConfigurationError, ConflictError, JobNotFoundError, RefusedError, SerializationError
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status import results
@@ -191,13 +192,21 @@ async def _scheduled(conn: Connection, ids: list[str]) -> set[str]:
         if isinstance(got, BaseException) and not isinstance(got, JobNotFoundError):
             raise got
     return {job_id for job_id, got in zip(ids, found, strict=True)
-            if isinstance(got, ScheduledJob) and got.schedule_type == "once"}
+            if isinstance(got, ScheduledJob) and is_delayed_job(got)}
 
 
-def _candidate_ids(msg_id: str) -> tuple[str, ...]:
-    """Job ids a queue message's `Nats-Msg-Id` may stand for: an enqueue's own id, or a schedule fire's run."""
-    key, _, due = msg_id.partition(":")
-    return (key, f"{key}.{due}") if due else (key,)
+def is_delayed_job(record: ScheduledJob) -> bool:
+    """True for an entry of the schedule store that is one delayed job (`enqueue_at/in`), not a schedule."""
+    return record.schedule_type == "once" and record.key == record.job_id
+
+
+async def names_schedule(key: str, url: str | ConnectionSettings | None = None) -> bool:
+    """True if `key` is the name of a schedule (an entry of the schedule store that is not a delayed job)."""
+    try:
+        record = await ScheduledJobManager(url).get(validate_key(key, "job id or schedule name"))
+    except JobNotFoundError:
+        return False
+    return not is_delayed_job(record)
 
 
 async def _queued(conn: Connection, wanted: set[str]) -> set[str]:
@@ -222,7 +231,10 @@ async def _queued(conn: Connection, wanted: set[str]) -> set[str]:
                     continue
                 if isinstance(got, BaseException):
                     raise got
-                found.update(wanted.intersection(_candidate_ids((got.headers or {}).get("Nats-Msg-Id", ""))))
+                with contextlib.suppress(SerializationError):  # not a job: nothing of ours to find in it
+                    job_id = read_header(got.data)[0].get("job_id")
+                    if job_id in wanted:
+                        found.add(job_id)
             if found == wanted:
                 break
     return found

@@ -424,10 +424,14 @@ async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str], also: str 
     if also is not None:
         waits.append(asyncio.ensure_future(watch_until_ended(kv, also)))
     try:
+        left = len(job_ids)
         for next_end in asyncio.as_completed(waits):
             status = await next_end
             if status.status != results.FINISHED or status.job_id == also:
                 return status
+            left -= 1
+            if not left:
+                return None
         return None
     finally:
         for wait in waits:
