@@ -12,7 +12,6 @@ one notice on `naq.control.cancel` wakes the workers, which stop what they run o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import json
 import logging
@@ -23,14 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import nats.js.errors
-
 from naq_ipy.client.bridge import run_sync
-from naq_ipy.client.job import Job, read_header
-from naq_ipy.errors import ConfigurationError, ConflictError, JobNotFoundError, RefusedError, SerializationError
+from naq_ipy.client.job import Job
+from naq_ipy.errors import ConfigurationError, ConflictError, JobNotFoundError, RefusedError
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status import results
+from naq_ipy.status.queued import find_queued
 from naq_ipy.status.results import JobStatus, read_status
 from naq_ipy.wire.connection import EXPECTED_LAST_HEADER, Connection, get_connection, message_headers, nats_errors
 from naq_ipy.wire.publish import publish_many
@@ -38,7 +36,6 @@ from naq_ipy.wire.settings import (
     CANCEL_SUBJECT,
     DEFAULT_RESULT_TTL_S,
     JOB_STATUS_KV_NAME,
-    JOB_STREAM_NAME,
     ConnectionSettings,
     validate_key,
 )
@@ -46,7 +43,6 @@ from naq_ipy.wire.settings import (
 logger = logging.getLogger(__name__)
 
 CONFLICT_ROUNDS = 5
-SCAN_WINDOW = 256  # message gets in flight at once while looking for queued jobs
 NOTICE_IDS = 1000  # job ids per cancel notice (32-character ids: ~35 KB)
 
 
@@ -126,7 +122,7 @@ async def cancel(jobs: Job | str | Iterable[Job | str], url: str | ConnectionSet
     records = await _read_all(conn, ids)
     missing = [job_id for job_id in ids if records[job_id] is None]
     scheduled = await _scheduled(conn, missing)
-    queued = await _queued(conn, set(missing) - scheduled)
+    queued = await find_queued(conn, set(missing) - scheduled)
     outcomes.update((job_id, Outcome.NOT_FOUND) for job_id in missing if job_id not in scheduled | queued)
     todo = {job_id: records[job_id] for job_id in ids if job_id not in outcomes}
     written: list[str] = []
@@ -207,37 +203,6 @@ async def names_schedule(key: str, url: str | ConnectionSettings | None = None) 
     except JobNotFoundError:
         return False
     return not is_delayed_job(record)
-
-
-async def _queued(conn: Connection, wanted: set[str]) -> set[str]:
-    """Those of `wanted` that wait in a queue (or are held by a worker): the stream's messages read by sequence.
-
-    A work-queue stream allows no consumer beside the workers', so its messages are read with
-    message gets, `SCAN_WINDOW` in flight at a time (a sequence acked meanwhile is skipped).
-    """
-    if not wanted:
-        return set()
-    found: set[str] = set()
-    async with nats_errors(conn.settings):
-        try:
-            state = (await conn.js.stream_info(JOB_STREAM_NAME)).state
-        except nats.js.errors.NotFoundError:
-            return found
-        for start in range(state.first_seq, state.last_seq + 1 if state.messages else 0, SCAN_WINDOW):
-            window = range(start, min(start + SCAN_WINDOW, state.last_seq + 1))
-            for got in await asyncio.gather(*(conn.js.get_msg(JOB_STREAM_NAME, seq) for seq in window),
-                                            return_exceptions=True):
-                if isinstance(got, nats.js.errors.NotFoundError):
-                    continue
-                if isinstance(got, BaseException):
-                    raise got
-                with contextlib.suppress(SerializationError):  # not a job: nothing of ours to find in it
-                    job_id = read_header(got.data)[0].get("job_id")
-                    if job_id in wanted:
-                        found.add(job_id)
-            if found == wanted:
-                break
-    return found
 
 
 async def _unschedule(conn: Connection, ids: list[str]) -> None:
