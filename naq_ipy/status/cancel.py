@@ -123,7 +123,10 @@ async def cancel(jobs: Job | str | Iterable[Job | str], url: str | ConnectionSet
     missing = [job_id for job_id in ids if records[job_id] is None]
     scheduled = await _scheduled(conn, missing)
     queued = await find_queued(conn, set(missing) - scheduled)
-    outcomes.update((job_id, Outcome.NOT_FOUND) for job_id in missing if job_id not in scheduled | queued)
+    unseen = [job_id for job_id in missing if job_id not in scheduled | queued]
+    # a job can run and be acked between the first read and the look into the queue: read once more
+    records.update(await _read_all(conn, unseen))
+    outcomes.update((job_id, Outcome.NOT_FOUND) for job_id in unseen if records[job_id] is None)
     todo = {job_id: records[job_id] for job_id in ids if job_id not in outcomes}
     written: list[str] = []
     for _ in range(CONFLICT_ROUNDS):
