@@ -220,3 +220,39 @@ async def test_cancel_while_the_worker_is_down_holds_after_restart(url: str, tmp
     spawn_worker(url, "--concurrency", "1")
     assert (await wait_for_end(job.job_id, END_S, url)).status == results.CANCELLED
     assert len(jobs.marks(evidence, "start")) == 1
+
+
+@pytest.mark.slow
+async def test_a_retrying_job_cancelled_is_not_run_again(url: str, tmp_path: Path) -> None:
+    """Between attempts (`retrying`, its message delayed): cancelled at once; the redelivery is dropped."""
+    queue = Queue(nats_url=url)
+    evidence = str(tmp_path / "retry.txt")
+    flaky = await queue.enqueue(jobs.fail_times, evidence, 5, max_retries=5, retry_delay=1)
+    async with running_worker(url, concurrency=1) as worker:
+        await eventually(lambda: jobs.marks(evidence, "start"), END_S, "the first attempt")
+
+        async def retrying() -> bool:
+            status = await _status(flaky.job_id, url)
+            return status is not None and status.status == results.RETRYING
+
+        while not await retrying():
+            await asyncio.sleep(0.02)
+        assert (await cancel(flaky, url))[flaky.job_id] is Outcome.CANCELLED
+        await eventually(lambda: worker.processed == 1, END_S, "the redelivery to be dropped")
+    assert len(jobs.marks(evidence, "start")) == 1
+    assert (await _status(flaky.job_id, url)).status == results.CANCELLED  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+async def test_the_cancel_reaches_a_worker_on_another_cluster_node(nats_cluster: list[str], tmp_path: Path) -> None:
+    """Worker connected to one node, cancel sent through another: the running job stops."""
+    evidence = str(tmp_path / "spin.txt")
+    try:
+        spinning = await Queue(nats_url=nats_cluster[0]).enqueue(jobs.busy_loop, evidence)
+        async with running_worker(nats_cluster[0], concurrency=1):
+            await eventually(lambda: jobs.marks(evidence, "start"), END_S, "the loop to start")
+            assert (await cancel(spinning.job_id, nats_cluster[2]))[spinning.job_id] is Outcome.CANCELLED
+            assert (await wait_for_end(spinning.job_id, END_S, nats_cluster[2])).status == results.CANCELLED
+        assert not jobs.marks(evidence, "end")
+    finally:
+        await close_all()
