@@ -256,3 +256,19 @@ async def test_the_cancel_reaches_a_worker_on_another_cluster_node(nats_cluster:
         assert not jobs.marks(evidence, "end")
     finally:
         await close_all()
+
+
+async def test_a_job_id_used_again_after_its_end_runs_again(url: str, tmp_path: Path) -> None:
+    """The revision-checked `running` write does not mistake an old outcome of the same id for a cancel."""
+    from naq_ipy.wire.connection import get_connection, publish
+    from naq_ipy.wire.settings import queue_subject
+
+    queue = Queue(nats_url=url)
+    evidence = str(tmp_path / "again.txt")
+    job = queue.job(jobs.touch, (evidence, "v"), job_id="same-id")
+    async with running_worker(url, concurrency=1):
+        await queue.enqueue_job(job)
+        assert await job.result(timeout=END_S) == "v"
+        # past the duplicate window a second enqueue of the id is stored: publish it under another msg id
+        await publish(await get_connection(url), queue_subject("default"), job.serialize(), msg_id="same-id:again")
+        await eventually(lambda: len(jobs.marks(evidence, "ran")) == 2, END_S, "the second run")

@@ -42,6 +42,7 @@ STOPPING = "stopping"  # a cancel reached a running job; its worker writes `canc
 REJECTED = "rejected"
 INLINE_RESULT_MAX = 4096
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, REJECTED})
+CANCELS = frozenset({STOPPING, CANCELLED})  # a cancel was recorded: the job will not (go on to) run
 
 
 @dataclass(frozen=True)
@@ -182,14 +183,14 @@ async def _read_result(conn: Connection, status: JobStatus) -> Any:
         raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
 
 
-async def watch_until_ended(kv: KeyValue, job_id: str, *, stopping_ends: bool = False) -> JobStatus:
-    """Watch `job_id` in the status bucket `kv` until its record says it ended (or, if asked, is stopping)."""
+async def watch_until_ended(kv: KeyValue, job_id: str, *, ends: frozenset[str] = TERMINAL) -> JobStatus:
+    """Watch `job_id` in the status bucket `kv` until its record says it ended (a state in `ends`)."""
     watcher = await kv.watch(job_id)
     try:
         async for entry in watcher:
             if entry is not None and entry.value and entry.operation is None:
                 status = JobStatus.from_bytes(entry.value, entry.revision or 0)
-                if status.ended or (stopping_ends and status.status == STOPPING):
+                if status.status in ends:
                     return status
     finally:
         await watcher.stop()

@@ -74,6 +74,17 @@ def _signature(msg: Msg) -> str | None:
     return (msg.headers or {}).get(SIGNATURE_HEADER)
 
 
+def _settled_elsewhere(record: JobStatus, delivery: Delivery) -> bool:
+    """Whether a record the worker's write lost to settles the job: a cancel, or an outcome of this job's run.
+
+    An ended record met by the first delivery before it runs is from an earlier job of the same id
+    (enqueued again after the duplicate window): it is written over, and the job runs.
+    """
+    if record.status in results.CANCELS:
+        return True
+    return record.ended and (delivery.state == "running" or delivery.msg.metadata.num_delivered > 1)
+
+
 def _valid_id(value: Any) -> str | None:
     try:
         return validate_key(value, "job id")
@@ -265,19 +276,19 @@ class JobRunner:
         # `running` is written over the record the job had: a cancel recorded first wins, and the job never starts
         if not await self._write_over(delivery, write_status, running):
             return None
-        delivery.state, delivery.stop = "running", StopHandle()
+        delivery.state, delivery.stop = "running", (stop := StopHandle())
         running_written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         running_written.set_result(delivery.revision)
         logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
             async with reporting(job.job_id, self.conn, running_written) as progress:
-                value = await self._executor.run(job, msg.data, delivery.stop)
+                value = await self._executor.run(job, msg.data, stop)
             data = results.encode_result(self.conn, job.job_id, value)
         except JobCancelled:
             await self._record_stopped(delivery, job)
             return None
         except JobFailure as failure:
-            if delivery.stop.requested and failure.still_running is None:  # a killed child
+            if stop.requested and failure.still_running is None:  # a killed child
                 await self._record_stopped(delivery, job)
                 return None
             await self._fail(delivery, job, progress.stamp(running), failure.error, failure.traceback, retry=True)
@@ -340,7 +351,7 @@ class JobRunner:
                                               revision=delivery.revision)
             except ConflictError:  # a cancel, a progress report or an earlier delivery wrote in between
                 current = await read_status(self.conn, status.job_id)
-                if current is not None and (current.ended or current.status == results.STOPPING):
+                if current is not None and _settled_elsewhere(current, delivery):
                     await self._drop_ended(delivery, current)
                     return False
                 delivery.revision = current.revision if current is not None else 0
@@ -417,12 +428,13 @@ class JobRunner:
 async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str], also: str | None = None) -> JobStatus | None:
     """Wait (KV watches on the status bucket `kv`) until every job ended; the first that did not finish, or None.
 
-    `also`: a job whose end (its cancel) ends the wait at once, whatever its status.
+    `also`: a job whose cancel ends the wait at once (then its record is returned).
     """
     # a `stopping` dependency can only end `cancelled`: its dependents need not wait for its thread
-    waits = [asyncio.ensure_future(watch_until_ended(kv, job_id, stopping_ends=True)) for job_id in job_ids]
+    waits = [asyncio.ensure_future(watch_until_ended(kv, job_id, ends=results.TERMINAL | results.CANCELS))
+             for job_id in job_ids]
     if also is not None:
-        waits.append(asyncio.ensure_future(watch_until_ended(kv, also)))
+        waits.append(asyncio.ensure_future(watch_until_ended(kv, also, ends=results.CANCELS)))
     try:
         left = len(job_ids)
         for next_end in asyncio.as_completed(waits):
