@@ -272,3 +272,22 @@ async def test_a_job_id_used_again_after_its_end_runs_again(url: str, tmp_path: 
         # past the duplicate window a second enqueue of the id is stored: publish it under another msg id
         await publish(await get_connection(url), queue_subject("default"), job.serialize(), msg_id="same-id:again")
         await eventually(lambda: len(jobs.marks(evidence, "ran")) == 2, END_S, "the second run")
+
+
+@pytest.mark.slow
+async def test_a_stop_after_the_call_ended_leaves_the_reused_child_alone() -> None:
+    """Process mode: a cancel notice arriving after the job's call returned must not kill the slot's child,
+    which already runs the next job."""
+    from naq_ipy.client.job import Job
+    from naq_ipy.worker.executor import Executor
+    from naq_ipy.worker.stopping import StopHandle
+
+    executor = Executor(1, process_pool=True)
+    try:
+        first, stop = Job(function=jobs.getpid), StopHandle()
+        pid = await executor.run(first, first.serialize(), stop)
+        stop.stop()
+        second = Job(function=jobs.getpid)
+        assert await executor.run(second, second.serialize()) == pid and alive(pid)
+    finally:
+        executor.shutdown()

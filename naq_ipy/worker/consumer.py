@@ -4,7 +4,8 @@ Each queue is read through the durable pull consumer `naq-worker-<queue>` shared
 workers of that queue; a worker fetches only as many messages as it has free slots. A
 message is acked only after its outcome (result + status, or failure record) is written;
 `msg.in_progress()` keeps every held message from being redelivered while it runs or
-waits for its dependencies. Retries are counted from the server's delivery count.
+waits for its dependencies. Retries are counted from the server's delivery count. Cancel notices
+(`naq.control.cancel`) stop the jobs it runs that were cancelled (see worker/stopping.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Coroutine functions are awaited on the worker's loop and cancelled at their time
 functions run in a thread pool (an overrun cannot be stopped: it is reported at the
 deadline and its thread keeps its slot until it returns) or, in process mode, in one
 single-process `ProcessPoolExecutor` per slot, so an overrunning child can be killed by
-pid without touching the jobs of other slots.
+pid without touching the jobs of other slots. A cancelled job is stopped through its
+`StopHandle` (worker/stopping.py): its task cancelled, its thread interrupted, or its child killed.
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class _ProcessSlots:
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
+            if stop is not None:
+                stop.clear()
             self._busy.remove(child)
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._idle.append(child)

@@ -45,6 +45,11 @@ class StopHandle:
         if now:
             stopper()
 
+    def clear(self) -> None:
+        """The call ended: a later stop must not touch what ran it (a process slot runs the next job)."""
+        with self._lock:
+            self._stopper = None
+
     def stop(self) -> None:
         """Ask the call to stop (once is enough; later calls do nothing more)."""
         with self._lock:
