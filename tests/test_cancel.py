@@ -88,7 +88,6 @@ async def test_delayed_job_cancelled_leaves_the_schedule_store(url: str) -> None
     assert [r.job_id for r in await queue.list_scheduled_jobs()] == []
 
 
-@pytest.mark.slow
 async def test_running_busy_thread_job_stops_and_the_slot_runs_the_next(url: str, tmp_path: Path) -> None:
     """A pure-Python loop in a thread is interrupted; the one slot then runs the next job; no retry."""
     queue = Queue(nats_url=url)
@@ -106,7 +105,6 @@ async def test_running_busy_thread_job_stops_and_the_slot_runs_the_next(url: str
     assert len(jobs.marks(evidence, "start")) == 1  # not retried
 
 
-@pytest.mark.slow
 async def test_running_coroutine_job_is_cancelled(url: str, tmp_path: Path) -> None:
     """A coroutine job's task is cancelled: it never reaches its end."""
     queue = Queue(nats_url=url)
@@ -222,7 +220,6 @@ async def test_cancel_while_the_worker_is_down_holds_after_restart(url: str, tmp
     assert len(jobs.marks(evidence, "start")) == 1
 
 
-@pytest.mark.slow
 async def test_a_retrying_job_cancelled_is_not_run_again(url: str, tmp_path: Path) -> None:
     """Between attempts (`retrying`, its message delayed): cancelled at once; the redelivery is dropped."""
     queue = Queue(nats_url=url)

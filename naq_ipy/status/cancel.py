@@ -43,6 +43,7 @@ from naq_ipy.wire.settings import (
 logger = logging.getLogger(__name__)
 
 CONFLICT_ROUNDS = 5
+READ_WINDOW = 500  # status reads in flight at once
 NOTICE_IDS = 1000  # job ids per cancel notice (32-character ids: ~35 KB)
 
 
@@ -115,14 +116,17 @@ def job_ids(jobs: Job | str | Iterable[Job | str]) -> list[str]:
 async def cancel(jobs: Job | str | Iterable[Job | str], url: str | ConnectionSettings | None = None, *,
                  by: str | None = None) -> CancelReport:
     """Cancel jobs (Jobs or ids): queued ones never start, running ones are stopped; see CancelReport."""
-    ids = job_ids(jobs)
+    items = [jobs] if isinstance(jobs, Job | str) else list(jobs)
+    ids = job_ids(items)
     conn = await get_connection(url)
     by = by or who()
     outcomes: dict[str, Outcome] = {}
     records = await _read_all(conn, ids)
     missing = [job_id for job_id in ids if records[job_id] is None]
     scheduled = await _scheduled(conn, missing)
-    queued = await find_queued(conn, set(missing) - scheduled)
+    # a Job object was made to be enqueued: only bare ids are looked for in the queues (a pass over them)
+    made = {item.job_id for item in items if isinstance(item, Job)}
+    queued = made | await find_queued(conn, set(missing) - scheduled - made)
     unseen = [job_id for job_id in missing if job_id not in scheduled | queued]
     # a job can run and be acked between the first read and the look into the queue: read once more
     records.update(await _read_all(conn, unseen))
@@ -163,9 +167,13 @@ def _decide(todo: Mapping[str, JobStatus | None], by: str,
 
 
 async def _read_all(conn: Connection, ids: list[str]) -> dict[str, JobStatus | None]:
-    """Every job's status record, the reads in flight together."""
-    found = await asyncio.gather(*(read_status(conn, job_id) for job_id in ids))
-    return dict(zip(ids, found, strict=True))
+    """Every job's status record, `READ_WINDOW` reads in flight at a time."""
+    records: dict[str, JobStatus | None] = {}
+    for start in range(0, len(ids), READ_WINDOW):
+        window = ids[start:start + READ_WINDOW]
+        records.update(zip(window, await asyncio.gather(*(read_status(conn, job_id) for job_id in window)),
+                           strict=True))
+    return records
 
 
 async def _write_all(conn: Connection, writes: Mapping[str, tuple[JobStatus, int]]) -> list[str]:
@@ -182,16 +190,12 @@ async def _write_all(conn: Connection, writes: Mapping[str, tuple[JobStatus, int
 
 
 async def _scheduled(conn: Connection, ids: list[str]) -> set[str]:
-    """Those of `ids` that wait in the schedule store as delayed jobs (one-offs; a recurring schedule is no job)."""
+    """Those of `ids` that wait in the schedule store as delayed jobs (one pass over the store's records)."""
     if not ids:
         return set()
-    manager = ScheduledJobManager(conn.settings)
-    found = await asyncio.gather(*(manager.get(job_id) for job_id in ids), return_exceptions=True)
-    for got in found:
-        if isinstance(got, BaseException) and not isinstance(got, JobNotFoundError):
-            raise got
-    return {job_id for job_id, got in zip(ids, found, strict=True)
-            if isinstance(got, ScheduledJob) and is_delayed_job(got)}
+    wanted = set(ids)
+    return {record.key for record in await ScheduledJobManager(conn.settings).list()
+            if record.key in wanted and is_delayed_job(record)}
 
 
 def is_delayed_job(record: ScheduledJob) -> bool:
