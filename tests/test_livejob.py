@@ -206,6 +206,22 @@ def test_cancel_button_stops_a_running_job_and_hides_itself(
     assert not jobs.marks(evidence, "end")
 
 
+@pytest.mark.slow
+def test_a_thread_blocked_in_c_shows_stopping_until_it_returns(
+    worker: Worker, nats_url: str, tmp_path: Path, live: Callable[[Job | str], LiveJob],
+) -> None:
+    evidence = str(tmp_path / "sleep")
+    view = live(Queue("default", nats_url).enqueue_sync(jobs.slow, evidence, 3))
+    wait_until(lambda: jobs.marks(evidence, "start"), what="the job to start")
+    view.cancel()
+    wait_until(lambda: view.status is not None and view.status.status == "stopping", 5, "stopping")
+    view.refresh()
+    assert view.parts["cancel"].disabled and view.parts["cancel"].description == "Stopping…"
+    assert "stopping" in view.parts["state"].value
+    assert view.ended.wait(15) and view.status.status == "cancelled"
+    assert not jobs.marks(evidence, "end")
+
+
 CANCEL_CELLS = [
     KERNEL_CELLS[0] + "\nfrom naq_ipy.ipython.livejob import LiveJob\nfrom naq_ipy.status.results import wait_for_end",
     "spin = Queue('threads', URL).enqueue_sync(jobs.busy_loop, {evidence!r})\nlive = LiveJob(spin)\ndisplay(live)\n"
