@@ -174,7 +174,7 @@ class QueueMonitor(Panel):
     async def _queued(self, conn: Any, limit: int) -> list[dict[str, Any]]:
         """Headers of the oldest `limit` jobs in the stream (of this monitor's queues)."""
         found: list[dict[str, Any]] = []
-        async for header in queued_headers(conn):
+        async for header in queued_headers(conn, window=limit):
             if not self.queues or header.get("queue_name") in self.queues:
                 found.append(header)
                 if len(found) >= limit:

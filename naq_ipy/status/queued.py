@@ -21,8 +21,11 @@ from naq_ipy.wire.settings import JOB_STREAM_NAME
 WINDOW = 256  # message gets in flight at once
 
 
-async def queued_headers(conn: Connection) -> AsyncIterator[dict[str, Any]]:
-    """The job header of every message in the jobs stream, oldest first (unreadable messages skipped)."""
+async def queued_headers(conn: Connection, window: int = WINDOW) -> AsyncIterator[dict[str, Any]]:
+    """The job header of every message in the jobs stream, oldest first (unreadable messages skipped).
+
+    `window`: message gets in flight at once (a reader that wants only the first few asks for fewer).
+    """
     async with nats_errors(conn.settings):
         try:
             state = (await conn.js.stream_info(JOB_STREAM_NAME)).state
@@ -30,10 +33,10 @@ async def queued_headers(conn: Connection) -> AsyncIterator[dict[str, Any]]:
             return
     if not state.messages:
         return
-    for start in range(state.first_seq, state.last_seq + 1, WINDOW):
-        window = range(start, min(start + WINDOW, state.last_seq + 1))
+    for start in range(state.first_seq, state.last_seq + 1, window):
+        seqs = range(start, min(start + window, state.last_seq + 1))
         async with nats_errors(conn.settings):
-            got = await asyncio.gather(*(conn.js.get_msg(JOB_STREAM_NAME, seq) for seq in window),
+            got = await asyncio.gather(*(conn.js.get_msg(JOB_STREAM_NAME, seq) for seq in seqs),
                                        return_exceptions=True)
         for msg in got:
             if isinstance(msg, nats.js.errors.NotFoundError):
