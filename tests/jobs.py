@@ -157,7 +157,7 @@ def identity(value: object) -> object:
     return value
 
 
-def touch(path: str) -> str:
+def create_file(path: str) -> str:
     """Create file `path`."""
     Path(path).touch()
     return path
@@ -169,3 +169,20 @@ def enqueue_children(count: int) -> list[Any]:
 
     queue = Queue("kids")
     return [queue.enqueue_sync(add, i, i) for i in range(count)]
+
+
+def busy_loop(path: str, limit_s: float = 120.0) -> str:
+    """Mark `start`, spin in pure Python (no sleeping, no C call that blocks) up to `limit_s`, mark `end`."""
+    mark(path, "start")
+    deadline = time.monotonic() + limit_s
+    spins = 0
+    while time.monotonic() < deadline:
+        spins += 1
+    mark(path, "end")
+    return "spun"
+
+
+def touch(path: str, value: object = None) -> object:
+    """Mark `ran` (the side effect a test looks for); return `value`."""
+    mark(path, "ran")
+    return value

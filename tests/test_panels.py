@@ -451,3 +451,39 @@ def test_queue_monitor_reports_a_lost_server_and_recovers(nats_server_factory: C
         wait_until(lambda: monitor.problem is None, 20, "recovered")
     finally:
         monitor.close()
+
+
+@pytest.mark.slow
+def test_queue_monitor_cancel_buttons_on_running_and_pending_jobs(nats_url: str, tmp_path: Any) -> None:
+    """The running list's Cancel stops a busy thread job; the pending list's Cancel drops a queued one."""
+    import jobs
+
+    from naq_ipy.status.results import fetch_status
+    from naq_ipy.worker.consumer import Worker
+
+    queue = Queue("default", nats_url)
+    evidence = str(tmp_path / "spin")
+    spinning = queue.enqueue_sync(jobs.busy_loop, evidence)
+    waiting = queue.enqueue_sync(jobs.touch, str(tmp_path / "waiting"))
+    monitor = QueueMonitor(url=nats_url, refresh_s=0.2)
+    worker = Worker("default", url=nats_url, heartbeat_s=0.2, concurrency=1)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
+    try:
+        assert monitor.wait_loaded(5) and monitor.widget is not None
+        thread.start()
+        running, pending = monitor.job_lists["running"], monitor.job_lists["pending"]
+        wait_until(lambda: running.shown[0] == spinning.job_id, 15, "the running row")
+        wait_until(lambda: pending.shown[0] == waiting.job_id, 5, "the pending row")
+        assert "jobs.touch" in pending.rows[0][1].value and "jobs.busy_loop" in running.rows[0][1].value
+        pending.rows[0][2].click()
+        wait_until(lambda: monitor.status_text == f"cancel {waiting.job_id}: cancelled", 5, "pending cancelled")
+        running.rows[0][2].click()
+        wait_until(lambda: monitor.status_text == f"cancel {spinning.job_id}: cancelled", 5, "running cancelled")
+        wait_until(lambda: running.shown[0] is None and pending.shown[0] is None, 15, "both lists empty")
+        for job in (spinning, waiting):
+            assert asyncio.run(fetch_status(job.job_id, nats_url)).status == "cancelled"  # type: ignore[union-attr]
+        assert not (tmp_path / "waiting").exists()
+    finally:
+        worker.request_stop()
+        thread.join(10)
+        monitor.close()

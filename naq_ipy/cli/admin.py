@@ -65,6 +65,24 @@ def _optional_time(text: str | None) -> datetime | None:
     return None if text is None else parse_iso_time(text)
 
 
+def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    add_url_argument(parser)
+    parser.add_argument("job_ids", metavar="ID", nargs="+", help="ids of the jobs to cancel")
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """`naq cancel ID...`: one line per job; exit 0 all cancelled, 1 some had already ended, 2 some unknown."""
+    from naq_ipy.status.cancel import Outcome
+    from naq_ipy.status.cancel import cancel as cancel_jobs
+
+    report = run_sync(cancel_jobs(args.job_ids, args.url))
+    for job_id, outcome in report.outcomes.items():
+        print(f"{job_id}: {outcome}")
+    if report.ids(Outcome.NOT_FOUND):
+        return 2
+    return 1 if report.ids(Outcome.ALREADY_FINISHED) else 0
+
+
 def list_workers(args: argparse.Namespace) -> int:
     """`naq list-workers`."""
     from naq_ipy.worker.consumer import list_workers as fetch

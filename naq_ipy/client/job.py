@@ -282,6 +282,18 @@ class Job:
 
         return run_sync(self.status())
 
+    async def cancel(self) -> Any:
+        """Cancel this job (queued: never starts; running: stopped); `cancelled`, `already finished` or `not found`."""
+        from naq_ipy.status.cancel import cancel
+
+        return (await cancel(self, url=self.url))[self.job_id]
+
+    def cancel_sync(self) -> Any:
+        """Blocking twin of `cancel`."""
+        from naq_ipy.client.bridge import run_sync
+
+        return run_sync(self.cancel())
+
 
 def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
     """`[job.serialize() for job in jobs]`, but a function shared by several jobs is pickled once.

@@ -16,12 +16,13 @@ import nats.js.errors
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.job import Job
-from naq_ipy.errors import ConfigurationError
+from naq_ipy.errors import ConfigurationError, JobNotFoundError
 from naq_ipy.ipython.commands import NaqEngine, wait_seconds
 from naq_ipy.ipython.livewait import wait_with_bar
 from naq_ipy.local.processes import PROCESSES
 from naq_ipy.rules.times import format_relative, from_timestamp, resolve_zone
 from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.status.cancel import Outcome, cancel_sync, names_schedule
 from naq_ipy.status.results import fetch_result, fetch_status
 from naq_ipy.views.schedules import every, schedules_table
 from naq_ipy.views.tables import Table
@@ -214,9 +215,22 @@ class Control:
         self.engine.say(f"resumed schedule {args.key!r}")
 
     def cancel(self, args: argparse.Namespace) -> None:
-        """Delete a scheduled job."""
-        self.engine.queue(None).cancel_scheduled_job_sync(args.key)
-        self.engine.say(f"cancelled schedule {args.key!r}")
+        """Cancel jobs (a variable holding Jobs, or a job id), or delete the schedule of that name."""
+        value = self.engine.shell.user_ns.get(args.key) if args.key.isidentifier() else None
+        if value is not None:
+            jobs = [value] if isinstance(value, Job) else list(value) if isinstance(value, list | tuple) else []
+            if not jobs or not all(isinstance(job, Job) for job in jobs):
+                raise ConfigurationError(f"{args.key!r} must hold a Job or a list of Jobs, got {type(value).__name__}")
+            self.engine.say(cancel_sync(jobs, self.engine.url()).text())
+            return
+        if run_sync(names_schedule(args.key, self.engine.url())):
+            self.engine.queue(None).cancel_scheduled_job_sync(args.key)
+            self.engine.say(f"cancelled schedule {args.key!r}")
+            return
+        report = cancel_sync(args.key, self.engine.url())
+        if report[args.key] is Outcome.NOT_FOUND:
+            raise JobNotFoundError(f"no job or schedule named {args.key!r}")
+        self.engine.say(report.text())
 
     def run_schedule(self, args: argparse.Namespace) -> None:
         """Fire a scheduled job once now, leaving its timing alone."""

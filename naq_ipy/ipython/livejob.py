@@ -22,7 +22,8 @@ from naq_ipy.client.job import Job
 from naq_ipy.ipython.livewait import run_redrawing
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panel_base import Panel, in_kernel
-from naq_ipy.status.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
+from naq_ipy.status.cancel import cancel as cancel_jobs
+from naq_ipy.status.results import FINISHED, SCHEDULED, STOPPING, JobStatus, fetch_result, fetch_status
 from naq_ipy.views import jobs as jobview
 from naq_ipy.wire.names import JOB_STATUS_KV_NAME
 from naq_ipy.wire.settings import ConnectionSettings, validate_key
@@ -46,6 +47,7 @@ class JobParts:
     outcome: Any
     toggle: Any
     traceback: Any
+    cancel: Any
 
 
 class LiveJob(Panel):
@@ -157,6 +159,10 @@ class LiveJob(Panel):
         traceback = status.traceback if status is not None else None
         p.traceback.value = jobview.traceback_html(traceback)
         p.toggle.layout.display = None if traceback else "none"
+        ended = status is not None and status.ended
+        p.cancel.layout.display = "none" if ended else None
+        p.cancel.disabled = state == STOPPING
+        p.cancel.description = "Stopping…" if state == STOPPING else "Cancel"
         self._show_status()
 
     def _names(self, status: JobStatus | None) -> tuple[str, str]:
@@ -164,6 +170,11 @@ class LiveJob(Panel):
         if status is None:
             return self.func_name, self.queue_name
         return self.func_name or status.func_name or "", self.queue_name or status.queue_name or ""
+
+    def cancel(self) -> None:
+        """Cancel the job (the Cancel button): queued, it never starts; running, it is stopped."""
+        self.run_action("cancel", cancel_jobs(self.job_id, self.settings),
+                        lambda report: self.set_status(f"cancel: {report[self.job_id]}"))
 
     def toggle_traceback(self) -> None:
         """Show the whole remote traceback, or hide it again."""
@@ -181,10 +192,13 @@ class LiveJob(Panel):
             message=make(widgets.HTML), outcome=make(widgets.HTML),
             toggle=make(widgets.Button, description=SHOW, layout=widgets.Layout(width="auto", display="none")),
             traceback=make(widgets.HTML, layout=widgets.Layout(display="none")),
+            cancel=make(widgets.Button, description="Cancel", button_style="warning", icon="stop",
+                        layout=widgets.Layout(width="auto")),
         )
         p.toggle.on_click(self.guarded("traceback", lambda _button: self.toggle_traceback()))
+        p.cancel.on_click(self.guarded("cancel", lambda _button: self.cancel()))
         return make(widgets.VBox, [
-            make(widgets.HBox, [p.title, p.state]), make(widgets.HBox, [p.bar, p.message]),
+            make(widgets.HBox, [p.title, p.state, p.cancel]), make(widgets.HBox, [p.bar, p.message]),
             p.outcome, p.toggle, p.traceback, self._status,
         ])
 

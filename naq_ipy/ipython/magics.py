@@ -40,7 +40,8 @@ SUBCOMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict[str, Any]]]]]
     "list": ("scheduled jobs as a table", []),
     "pause": ("pause a scheduled job", [_KEY]),
     "resume": ("resume a paused scheduled job", [_KEY]),
-    "cancel": ("delete a scheduled job", [_KEY]),
+    "cancel": ("cancel a job (its id, or a variable holding a Job or a list of Jobs), or delete a schedule",
+               [(("key",), {"metavar": "JOB_OR_SCHEDULE"})]),
     "run": ("fire a scheduled job once now", [(("key",), {"metavar": "NAME"})]),
     "result": ("a job's result (or its state)", [
         (("job",), {"metavar": "JOB_ID_OR_VAR"}),

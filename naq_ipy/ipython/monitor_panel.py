@@ -21,7 +21,10 @@ from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.shortcuts import purge_queue
 from naq_ipy.ipython import monitor_table as mt
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
+from naq_ipy.ipython.monitor_jobs import JOB_ROWS, JobList, pending_rows, running_rows
 from naq_ipy.ipython.panel_base import Panel
+from naq_ipy.status.cancel import cancel as cancel_jobs
+from naq_ipy.status.queued import queued_headers
 from naq_ipy.status.results import JobStatus, fetch_status
 from naq_ipy.views.tables import format_table
 from naq_ipy.wire.connection import get_connection, nats_errors
@@ -49,6 +52,7 @@ class Poll:
     failed: list[FailedJob] = field(default_factory=list)
     failed_state: tuple[int, int] | None = None
     tracebacks: dict[str, str | None] = field(default_factory=dict)
+    queued: list[dict[str, Any]] = field(default_factory=list)  # headers of the oldest jobs in the stream
     at: float = 0.0
 
 
@@ -98,6 +102,7 @@ class QueueMonitor(Panel):
         self._lock = threading.RLock()
         self.controls: MonitorControls | None = None  # the named widgets, once built
         self.failed_keys: list[str | None] = [None] * FAILED_ROWS  # the job id shown in each failed row
+        self.job_lists: dict[str, JobList] = {}  # "running", "pending": the lists with Cancel buttons
         self._render_soon = Coalescer(self.marshal, self._render)
         self._watch = LiveWatch(self.settings, JOB_STATUS_KV_NAME, JobStatus.from_bytes, self)
         self._poller: concurrent.futures.Future[None] | None = None
@@ -191,6 +196,8 @@ class QueueMonitor(Panel):
                 poll.pending[queue] = consumer.num_pending or 0
                 poll.in_flight[queue] = consumer.num_ack_pending or 0
         poll.workers = await list_workers(self.settings)
+        poll.queued = await self._queued(conn, sum(len(w.get("current_jobs") or []) + len(w.get("waiting_jobs") or [])
+                                                   for w in poll.workers) + JOB_ROWS)
         poll.failed_state = (failed_info.state.last_seq, failed_info.state.messages)
         if poll.failed_state == previous.failed_state:
             poll.failed, poll.tracebacks = previous.failed, previous.tracebacks
@@ -198,6 +205,16 @@ class QueueMonitor(Panel):
             poll.failed = sorted(await list_failed(self.settings), key=lambda f: -f.failed_at)
             poll.tracebacks = await self._tracebacks(poll.failed[:FAILED_ROWS], previous.tracebacks)
         return poll
+
+    async def _queued(self, conn: Any, limit: int) -> list[dict[str, Any]]:
+        """Headers of the oldest `limit` jobs in the stream (of this monitor's queues)."""
+        found: list[dict[str, Any]] = []
+        async for header in queued_headers(conn, window=limit):
+            if not self.queues or header.get("queue_name") in self.queues:
+                found.append(header)
+                if len(found) >= limit:
+                    break
+        return found
 
     async def _tracebacks(self, failed: list[FailedJob], known: dict[str, str | None]) -> dict[str, str | None]:
         wanted = [f.job_id for f in failed if f.job_id not in known]
@@ -230,6 +247,7 @@ class QueueMonitor(Panel):
                                             "no live workers")
             c.recent.value = mt.html_table(mt.RECENT_COLUMNS, mt.recent_rows(recent, self.zone), "no jobs yet")
             self._render_failed(c, poll)
+            self._render_jobs(poll)
             names, chosen = [s.name for s in stats], c.purge_queue.value
             if list(c.purge_queue.options) != names:
                 c.purge_queue.options = names
@@ -249,7 +267,23 @@ class QueueMonitor(Panel):
                                              poll.tracebacks.get(job.job_id), self.zone)
             slot.box.layout.display = None
 
+    def _render_jobs(self, poll: Poll) -> None:
+        running = running_rows(poll.workers, self.tally.running, self.zone)
+        held = {line.job_id for line in running}
+        pending = pending_rows(poll.queued, held, self.zone)
+        waiting = sum(poll.pending.values())
+        self.job_lists["running"].show("Running jobs", running, len(running))
+        self.job_lists["pending"].show("Pending jobs, oldest first", pending, max(waiting, len(pending)))
+
     # -- actions -------------------------------------------------------------------------------
+    def cancel_shown(self, kind: str, row: int) -> None:
+        """Cancel the job shown in row `row` of the `running` or `pending` list (its Cancel button)."""
+        job_id = self.job_lists[kind].shown[row]
+        if job_id is None or self.refused("cancel"):
+            return
+        self.run_action(f"cancel {job_id}", cancel_jobs(job_id, self.settings),
+                        lambda report: self._after(f"cancel {job_id}: {report[job_id]}"))
+
     def requeue(self, slot: int) -> None:
         """Put the failed job shown in row `slot` back on its queue."""
         job_id = self.failed_keys[slot]
@@ -303,11 +337,16 @@ class QueueMonitor(Panel):
         c.purge.on_click(self.guarded("purge", lambda _b: self.ask_purge()))
         c.purge_yes.on_click(self.guarded("purge", lambda _b: self.purge()))
         c.purge_no.on_click(self.guarded("purge", lambda _b: setattr(c.purge_confirm.layout, "display", "none")))
+        for kind in ("running", "pending"):
+            self.job_lists[kind] = JobList.build(
+                make, widgets, lambda row, kind=kind: self.guarded("cancel", self.cancel_shown)(kind, row),
+                buttons=not self.read_only)
         assert self._status is not None
         purge = [] if self.read_only else [make(widgets.HBox, [c.purge_queue, c.purge]), c.purge_confirm]
         return make(widgets.VBox, [
             make(widgets.HTML, "<b>Queues</b>"), c.queues, *purge, self._status,
             make(widgets.HTML, "<b>Workers</b>"), c.workers,
+            *self.job_lists["running"].boxes(), *self.job_lists["pending"].boxes(),
             make(widgets.HTML, "<b>Latest jobs</b>"), c.recent, c.failed_title,
             make(widgets.VBox, [slot.box for slot in c.failed]),
         ])

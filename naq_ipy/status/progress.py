@@ -24,16 +24,10 @@ import nats.errors
 import nats.js.errors
 
 from naq_ipy.client.bridge import bridge_loop, run_sync
-from naq_ipy.errors import ConfigurationError, NaqException
-from naq_ipy.status.results import JobStatus, read_status
-from naq_ipy.wire.connection import Connection, get_connection, publish
-from naq_ipy.wire.names import (
-    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
-    JOB_STATUS_KV_NAME,
-    is_wrong_last_sequence,
-    kv_subject,
-)
-from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, ConnectionSettings
+from naq_ipy.errors import ConfigurationError, ConflictError, NaqException
+from naq_ipy.status.results import JobStatus, read_status, write_status
+from naq_ipy.wire.connection import Connection, get_connection
+from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +60,11 @@ async def write_progress(conn: Connection, job_id: str, fraction: float, message
         status = await read_status(conn, job_id)
         if status is None or status.ended:
             return False
-        data = status.evolve(progress=fraction, message=message).to_bytes(conn.settings)
         try:
-            await publish(conn, kv_subject(JOB_STATUS_KV_NAME, job_id), data, ttl_s=DEFAULT_RESULT_TTL_S,
-                          headers={EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(status.revision)})
+            await write_status(conn, status.evolve(progress=fraction, message=message), revision=status.revision)
             return True
-        except nats.js.errors.BadRequestError as e:
-            if not is_wrong_last_sequence(e):
-                raise  # else the worker (or a user) wrote in between: read again
+        except ConflictError:
+            pass  # the worker (or a cancel) wrote in between: read again
     return False
 
 

@@ -48,13 +48,17 @@ class JobState(StrEnum):
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    STOPPING = "stopping"  # a cancel reached a running job; its worker writes `cancelled` once it stopped
     REJECTED = "rejected"
 
 
 QUEUED, SCHEDULED, RUNNING, RETRYING = JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING
 FINISHED, FAILED, CANCELLED, REJECTED = JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED
+STOPPING = JobState.STOPPING
+UNREADABLE_STATUS = "unreadable"  # a stand-in for a record that cannot be read (never stored)
 INLINE_RESULT_MAX = 4096
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, REJECTED})
+CANCELS = frozenset({STOPPING, CANCELLED})  # a cancel was recorded: the job will not (go on to) run
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class JobStatus:
     message: str | None = None
     worker_id: str | None = None
     schedule_key: str | None = None
+    cancelled_by: str | None = None  # `user@host` of a cancel
     result_inline: str | None = field(default=None, repr=False)
     result_sha256: str | None = field(default=None, repr=False)  # of a result stored in `naq_results`
     updated_at: float = 0.0
@@ -119,14 +124,16 @@ _STATUS_SPEC = {
     "error": optional(text(LONG_TEXT_MAX)), "traceback": optional(text(4 * LONG_TEXT_MAX)),
     "progress": optional(number(0.0, 1.0)), "message": _TEXT, "worker_id": optional(text(KEY_MAX)),
     "schedule_key": optional(text(KEY_MAX)), "result_inline": optional(text(2 * INLINE_RESULT_MAX)),
-    "result_sha256": optional(text(64)), "updated_at": TIMESTAMP,
+    "result_sha256": optional(text(64)), "cancelled_by": optional(text(KEY_MAX)), "updated_at": TIMESTAMP,
 }
 
 
 async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S,
-                       signer: str | None = None) -> int:
-    """Store `status` under its job id (with a per-message TTL), signed with the connection's keys if any."""
-    return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(conn.settings, signer), ttl_s)
+                       signer: str | None = None, *, revision: int | None = None) -> int:
+    """Store `status` under its job id (per-message TTL), signed with the connection's keys if any;
+    `revision`: only over that one (ConflictError)."""
+    return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(conn.settings, signer), ttl_s,
+                        revision=revision)
 
 
 @dataclass(frozen=True)
@@ -160,14 +167,15 @@ async def write_result(conn: Connection, job_id: str, data: bytes,
 
 
 async def write_outcome(conn: Connection, status: JobStatus, data: bytes,
-                        ttl_s: float | None = DEFAULT_RESULT_TTL_S, signer: str | None = None) -> JobStatus:
+                        ttl_s: float | None = DEFAULT_RESULT_TTL_S, signer: str | None = None, *,
+                        revision: int | None = None) -> JobStatus:
     """Store a finished job's result and status: inline when small, else the result first, then the status."""
     if len(data) <= INLINE_RESULT_MAX:
         status = status.evolve(result_inline=base64.b64encode(data).decode())
     else:  # the (signed) status names the stored result by its hash
         await write_result(conn, status.job_id, data, ttl_s)
         status = status.evolve(result_sha256=hashlib.sha256(data).hexdigest())
-    await write_status(conn, status, ttl_s, signer)
+    await write_status(conn, status, ttl_s, signer, revision=revision)
     return status
 
 
@@ -185,6 +193,19 @@ async def read_status(conn: Connection, job_id: str) -> JobStatus | None:
     """The job's status record on `conn`, None if it has none."""
     found = await _get(conn, JOB_STATUS_KV_NAME, job_id)
     return None if found is None else JobStatus.from_bytes(*found)
+
+
+async def read_status_or_stand_in(conn: Connection, job_id: str) -> JobStatus | None:
+    """Like `read_status`, but an unreadable record comes back as a stand-in in no state, with its revision:
+    one bad write must not keep a worker from running, cancelling or recording the job."""
+    found = await _get(conn, JOB_STATUS_KV_NAME, job_id)
+    if found is None:
+        return None
+    try:
+        return JobStatus.from_bytes(*found)
+    except SerializationError as e:
+        logger.warning("job %s: unreadable status ignored: %s", job_id, e)
+        return JobStatus(job_id=job_id, status=UNREADABLE_STATUS, revision=found[1])
 
 
 async def fetch_status(job_id: str, url: str | ConnectionSettings | None = None) -> JobStatus | None:
@@ -238,8 +259,8 @@ async def _read_result(conn: Connection, status: JobStatus, job_id: str) -> Any:
         raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
 
 
-async def watch_until_ended(kv: KeyValue, job_id: str) -> JobStatus:
-    """Watch `job_id` in the status bucket `kv` until its record says it ended."""
+async def watch_until_ended(kv: KeyValue, job_id: str, *, ends: frozenset[str] = TERMINAL) -> JobStatus:
+    """Watch `job_id` in the status bucket `kv` until its record says it ended (a state in `ends`)."""
     watcher = await kv.watch(job_id)
     try:
         async for entry in watcher:
@@ -249,7 +270,7 @@ async def watch_until_ended(kv: KeyValue, job_id: str) -> JobStatus:
                 except SerializationError as e:  # one bad write must not end the wait: the next may be good
                     logger.warning("job %s: unreadable status skipped: %s", job_id, e)
                     continue
-                if status.ended:
+                if status.status in ends:
                     return status
     finally:
         await watcher.stop()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from naq_ipy.rules.times import format_duration, format_relative, from_timestamp
-from naq_ipy.status.results import FINISHED, QUEUED, RETRYING, RUNNING, SCHEDULED, JobStatus
+from naq_ipy.status.results import FINISHED, QUEUED, RETRYING, RUNNING, SCHEDULED, STOPPING, JobStatus
 from naq_ipy.wire.names import run_due_ms
 
 if TYPE_CHECKING:
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 PREVIEW_MAX = 200
 _GREY, _BLUE, _AMBER, _GREEN, _RED = "#757575", "#1565c0", "#b26b00", "#2e7d32", "#c62828"
-STATE_COLORS = {QUEUED: _GREY, SCHEDULED: _GREY, RUNNING: _BLUE, RETRYING: _AMBER, FINISHED: _GREEN}
-BAR_STYLES = {RUNNING: "info", RETRYING: "warning", FINISHED: "success"}
+STATE_COLORS = {QUEUED: _GREY, SCHEDULED: _GREY, RUNNING: _BLUE, RETRYING: _AMBER, STOPPING: _AMBER, FINISHED: _GREEN}
+BAR_STYLES = {RUNNING: "info", RETRYING: "warning", STOPPING: "warning", FINISHED: "success"}
 _CELL = "text-align:left;padding:1px 8px"
 
 _repr = reprlib.Repr()

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from naq_ipy.errors import NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
+from naq_ipy.errors import ConflictError, NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
 from naq_ipy.wire import names
 from naq_ipy.wire.server import Answer, first_address, probe
 from naq_ipy.wire.settings import ConnectionSettings
@@ -391,8 +391,23 @@ async def publish(
             return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs)
 
 
-async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None) -> int:
-    """Put `value` under `key`, with a per-message TTL when given (server >= 2.11)."""
+async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None, *,
+                 revision: int | None = None) -> int:
+    """Put `value` under `key`, with a per-message TTL when given (server >= 2.11).
+
+    `revision`: write only if the key is still at that revision (0: only if it has no value);
+    ConflictError otherwise.
+    """
+    if revision is not None:
+        try:
+            ack = await publish(conn, names.kv_subject(bucket, key), value,
+                                headers={names.EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(revision)},
+                                ttl_s=None if ttl_s is None else max(1.0, ttl_s))
+        except nats.js.errors.APIError as e:
+            if names.is_wrong_last_sequence(e):
+                raise ConflictError(f"{bucket} key {key!r} changed since revision {revision}") from None
+            raise
+        return ack.seq
     kv = await conn.kv(bucket)
     if ttl_s is None:
         async with nats_errors(conn.settings):

@@ -25,6 +25,7 @@ SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
 KV_DELETE_OPERATIONS = ("DEL", "PURGE")  # a watch entry with one of these operations is a delete marker
 
 # -- headers --------------------------------------------------------------------------------------
+CANCEL_SUBJECT = f"{NAQ_PREFIX}.control.cancel"  # core NATS: a JSON list of job ids whose cancel was recorded
 SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.wire.signing
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"

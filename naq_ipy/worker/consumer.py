@@ -4,7 +4,8 @@ Each queue is read through the durable pull consumer `naq-worker-<queue>` shared
 workers of that queue; a worker fetches only as many messages as it has free slots. A
 message is acked only after its outcome (result + status, or failure record) is written;
 `msg.in_progress()` keeps every held message from being redelivered while it runs or
-waits for its dependencies. Retries are counted from the server's delivery count.
+waits for its dependencies. Retries are counted from the server's delivery count. Cancel notices
+(`naq.control.cancel`) stop the jobs it runs that were cancelled (see worker/stopping.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from naq_ipy.wire.settings import (
 )
 from naq_ipy.worker.executor import Executor
 from naq_ipy.worker.runner import DeliveryState, JobRunner, Stopping
+from naq_ipy.worker.stopping import listen_for_cancels
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class Worker(JobRunner, StopRequests):
             self._conn = await connect(self.settings, name=f"naq-worker {self.worker_id}", retry_s=CONNECT_RETRY_S)
             self._executor = Executor(self.concurrency, self.process_pool)
             await self._conn.ensure_stream()
+            await listen_for_cancels(self._conn, self.cancel_notice)
             subs = [await self._subscribe(queue) for queue in self.queues]
             self._progress_s = min(ack_wait for _, ack_wait in subs) / 3
             self.started_at = time.time()

@@ -4,7 +4,8 @@ Coroutine functions are awaited on the worker's loop and cancelled at their time
 functions run in a thread pool (an overrun cannot be stopped: it is reported at the
 deadline and its thread keeps its slot until it returns) or, in process mode, in one
 single-process `ProcessPoolExecutor` per slot, so an overrunning child can be killed by
-pid without touching the jobs of other slots.
+pid without touching the jobs of other slots. A cancelled job is stopped through its
+`StopHandle` (worker/stopping.py): its task cancelled, its thread interrupted, or its child killed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from naq_ipy.errors import SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
 from naq_ipy.status.results import PickledValue
 from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.worker.stopping import JobCancelled, StopHandle, ThreadCall
 
 ERROR_LINE_MAX = 500
 
@@ -183,15 +185,19 @@ class _ProcessSlots:
         self._busy.append(child)
         return child
 
-    async def run(self, data: bytes, timeout_s: float | None) -> Any:
-        """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
+    async def run(self, data: bytes, timeout_s: float | None, stop: StopHandle | None = None) -> Any:
+        """Run the job bytes in a child; kill it at the timeout, at a `stop` or when the caller is cancelled."""
         child = await self._take()
+        if stop is not None:
+            stop.set_stopper(child.kill)
         delegate = delegate_to_child()
         future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data,
                                                             None if delegate is None else asdict(delegate))
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
+            if stop is not None:
+                stop.clear()
             self._busy.remove(child)
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._idle.append(child)
@@ -221,6 +227,19 @@ class _ProcessSlots:
         self._idle, self._busy = [], []
 
 
+async def _stoppable(coro: Any, stop: StopHandle) -> Any:
+    """Await `coro` in its own task, which `stop` cancels (then JobCancelled here)."""
+    task = asyncio.ensure_future(coro)
+    stop.set_stopper(task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if stop.requested and (current is None or not current.cancelling()):
+            raise JobCancelled from None
+        raise
+
+
 class Executor:
     """Runs job calls for one worker: `concurrency` threads, or child processes with `process_pool`."""
 
@@ -228,18 +247,21 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="naq-job")
         self._processes = _ProcessSlots() if process_pool else None
 
-    async def run(self, job: Job, data: bytes) -> Any:
+    async def run(self, job: Job, data: bytes, stop: StopHandle | None = None) -> Any:
         """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result,
         UnreadableCall if its call cannot be unpickled.
 
         `job` may carry its options only (`Job.options_only`): the call is unpickled from `data` in a
-        pool thread, or in process mode in the child, never on the worker's event loop.
+        pool thread, or in process mode in the child, never on the worker's event loop. `stop` lets the
+        worker stop the call when the job is cancelled (JobCancelled, or a JobFailure of a killed child,
+        with `stop.requested` set).
         """
         if self._processes is not None:
-            return await self._processes.run(data, job.timeout)
-        value = await self._run_thread(job, data)
+            return await self._processes.run(data, job.timeout, stop)
+        value = await self._run_thread(job, data, stop)
         if isinstance(value, _CoroutineCall):
-            return await self._run_coroutine(value.job)
+            coroutine = self._run_coroutine(value.job)
+            return await (coroutine if stop is None else _stoppable(coroutine, stop))
         return value
 
     async def _run_coroutine(self, job: Job) -> Any:
@@ -252,10 +274,12 @@ class Executor:
                 raise _timeout_failure(job.timeout, "it was cancelled") from None
             raise JobFailure.from_exception(e) from None
 
-    async def _run_thread(self, job: Job, data: bytes) -> Any:
+    async def _run_thread(self, job: Job, data: bytes, stop: StopHandle | None = None) -> Any:
         """Unpickle the call and make it in one pool thread (a coroutine function comes back as `_CoroutineCall`)."""
         # a copy of this task's context: `progress` in the thread sees the current job
-        call = functools.partial(contextvars.copy_context().run, _load_and_call, data)
+        call: Callable[[], Any] = functools.partial(contextvars.copy_context().run, _load_and_call, data)
+        if stop is not None:
+            call = ThreadCall(call, stop)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         done, _ = await asyncio.wait({future}, timeout=job.timeout)
         if not done:
