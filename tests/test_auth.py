@@ -15,8 +15,7 @@ from pathlib import Path
 import jobs
 import nats
 import pytest
-from polling import eventually
-from test_promises import eventually_async
+from polling import eventually, eventually_async
 from test_scheduler import quarter_after
 from test_scheduler import running as running_scheduler
 from test_worker import running_worker

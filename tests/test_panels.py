@@ -189,7 +189,10 @@ def test_bad_cron_shows_why_and_writes_nothing(nats_url: str, open_panel: Callab
     editor.fields["cron"].value = "61 * * * *"
     assert "out of range" in editor.feedback.value and editor.save_button.disabled
     editor.save_button.click()
-    time.sleep(0.3)
+    # a change made elsewhere after the click reaches the panel's watch after any write the click made
+    schedule_jobs(nats_url, 1, prefix="later")
+    wait_until(lambda: "later000" in panel.model.records, what="the later change in the panel")
+    assert panel.model.records["job000"].revision == before.revision
     after = naq_ipy.get_scheduled_job_sync("job000", nats_url=nats_url)
     assert after.revision == before.revision and after.cron == "0 6 * * *"
 

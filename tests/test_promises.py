@@ -9,7 +9,6 @@ this process (a worker or scheduler runs in the test's loop) and raise, pause or
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,8 +19,8 @@ import jobs
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from polling import eventually
-from test_scheduler import QUEUE, quarter_after, queued_runs, running, store
+from polling import eventually, eventually_async
+from test_scheduler import CAUGHT_UP, QUEUE, caught_up, quarter_after, queued_runs, running, store
 from test_worker import running_worker, stream_count, url  # noqa: F401 - url is a fixture
 
 import naq_ipy.schedules.scheduler as scheduler_module
@@ -141,24 +140,6 @@ async def test_a_result_over_the_inline_limit_is_stored_and_read_back(
         assert job.job_id in stored and len(stored[job.job_id][0]) > INLINE_RESULT_MAX
 
 
-async def eventually_async(read: Callable[[], Awaitable[Any]], expected: Any, what: str,
-                           timeout_s: float = 20.0) -> None:
-    """Poll the coroutine function `read` until it returns `expected`; fail naming `what`."""
-    latest: list[Any] = []
-
-    async def poll() -> None:
-        while True:
-            latest[:] = [await read()]
-            if latest[0] == expected:
-                return
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), timeout_s)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {latest})")
-
-
 async def test_a_scheduler_advances_an_entry_only_if_nobody_changed_it_since_it_fired(
     nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,15 +160,9 @@ async def test_a_scheduler_advances_an_entry_only_if_nobody_changed_it_since_it_
     start = quarter_after(0.5)
     async with running(nats_url):
         await store(nats_url, "entry", start, interval_s=60.0)
-        # the timer fires due entries together and advances each before it sleeps again: once the
-        # marker's run (due later) is queued, the entry's advance is over
-        await store(nats_url, "marker", start + 0.5, interval_s=60.0)
-        await eventually_async(lambda: marker_fired(nats_url), True, "the marker's run")
+        await eventually(lambda: paused_revision, what="the fire and the pause")
+        await caught_up(nats_url)  # the entry's advance is over
     after = await manager.get("entry")
     assert paused_revision and after.revision == paused_revision[0], "the scheduler overwrote a change"
     assert after.status == "paused" and after.run_count == 0
-    assert [run.schedule_key for run in await queued_runs(nats_url)] == ["entry", "marker"]
-
-
-async def marker_fired(server_url: str) -> bool:
-    return any(run.schedule_key == "marker" for run in await queued_runs(server_url))
+    assert [run.schedule_key for run in await queued_runs(nats_url, skip_key=CAUGHT_UP)] == ["entry"]

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import jobs
 from nats.js import JetStreamContext
-from test_promises import eventually_async
+from polling import eventually_async
 from test_worker import running_worker, url  # noqa: F401 - url is a fixture
 
 from naq_ipy import Queue

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_promises import eventually_async
+from polling import eventually_async
 from test_scheduler import queued_runs, store
 from test_worker import TESTS_DIR
 
