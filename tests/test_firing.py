@@ -11,10 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from naq_ipy.client.job import Job
+from naq_ipy.errors import SerializationError
 from naq_ipy.rules.times import next_cron_run, next_cron_runs
 from naq_ipy.schedules.fires import (
     ScheduleView,
     advanced,
+    check_plannable,
     fire_msg_id,
     next_regular_run,
     plan_fires,
@@ -266,3 +268,45 @@ def test_view_marks_corrupt_entries_once_per_revision(caplog: pytest.LogCaptureF
     assert view.corrupt_keys == {"other", "timeless", "zoned"} and len(view.due(NOW)) == 1
     view.prune({"bad"})
     assert view.corrupt_keys == set() and set(view.entries) == {"bad"}
+
+
+# --- edges found by mutation testing (scripts/mutation naq_ipy.schedules.fires) ---
+
+
+@pytest.mark.parametrize(("now", "expected"), [
+    (NOW - 5, NOW), (NOW, NOW + 10), (NOW + 9.999, NOW + 10), (NOW + 30, NOW + 40), (NOW + 10_000, NOW + 10_010),
+])
+def test_next_regular_run_is_the_first_grid_point_strictly_after_now(now: float, expected: float) -> None:
+    assert next_regular_run(record(interval_s=10.0), now) == expected
+
+
+def test_an_entry_due_exactly_now_fires_and_a_not_due_one_keeps_its_counts() -> None:
+    assert plan_fires(record(), NOW).due_times == (NOW,)
+    waiting = plan_fires(record(next_run_utc=NOW + 1, repeat=3), NOW)
+    assert (waiting.due_times, waiting.next_run_utc, waiting.repeat_left, waiting.done) == ((), NOW + 1, 3, False)
+
+
+def test_the_grace_window_is_60_s_by_default_and_its_edge_still_counts_as_on_time() -> None:
+    on_edge = record(interval_s=3600.0, next_run_utc=NOW - 60, misfire="skip")
+    assert plan_fires(on_edge, NOW).due_times == (NOW - 60,)
+    assert plan_fires(on_edge, NOW, grace_s=60).due_times == (NOW - 60,)
+    past_edge = record(interval_s=3600.0, next_run_utc=NOW - 60.5, misfire="skip")
+    assert plan_fires(past_edge, NOW).due_times == ()
+
+
+def test_catch_up_is_capped_at_100_by_default_and_at_least_one() -> None:
+    rec = record(interval_s=1.0, next_run_utc=NOW - 500, misfire="all")
+    assert len(plan_fires(rec, NOW).due_times) == 100
+    assert plan_fires(rec, NOW, max_catch_up=1).due_times == (NOW - 500,)
+    assert plan_fires(rec, NOW, max_catch_up=0).due_times == (NOW - 500,)
+
+
+def test_an_entry_with_no_runs_left_fires_nothing_and_is_done() -> None:
+    plan = plan_fires(record(repeat=0), NOW)
+    assert (plan.due_times, plan.repeat_left, plan.done, plan.next_run_utc) == ((), 0, True, None)
+
+
+def test_check_plannable_accepts_a_good_cron_entry_and_names_what_is_wrong() -> None:
+    check_plannable(record("cron", cron="0 6 * * *", tz="Europe/Berlin", key="daily"), "daily")
+    with pytest.raises(SerializationError, match="^unusable scheduled-job record: its key field is 'tick'$"):
+        check_plannable(record(), "other")
