@@ -228,6 +228,7 @@ def test_view_ignores_stale_revisions_and_tracks_deletes() -> None:
     assert not view.apply("a", 4, None, rec.to_bytes())  # the watch echoing our own write
     assert view.due(NOW) == [] and view.next_due() == NOW + 60
     view.deleted("a", 4)
+    assert view.entries == {} and view.next_due() is None  # our own delete takes it out at once
     assert not view.apply("a", 4, None, rec.to_bytes())  # a late copy of the deleted revision
     assert view.apply("a", 5, "DEL", None) and view.entries == {}
     assert view.apply("a", 6, None, rec.to_bytes()) and view.due(NOW) == [replace(rec, revision=6)]
@@ -249,6 +250,8 @@ def test_view_blocks_a_lost_entry_until_a_newer_revision() -> None:
     view = ScheduleView()
     rec = record(key="a")
     view.apply("a", 1, None, rec.to_bytes())
+    view.block("a", 0)  # lost at an older revision than the one in view: nothing to block
+    assert [r.revision for r in view.due(NOW)] == [1]
     view.block("a", 1)
     assert view.due(NOW) == [] and view.next_due() is None
     view.apply("a", 2, None, rec.to_bytes())
@@ -257,13 +260,15 @@ def test_view_blocks_a_lost_entry_until_a_newer_revision() -> None:
 
 def test_view_marks_corrupt_entries_once_per_revision(caplog: pytest.LogCaptureFixture) -> None:
     view = ScheduleView()
-    view.apply("bad", 1, None, b"\x00garbage")
-    view.apply("bad", 1, None, b"\x00garbage")
+    assert view.apply("bad", 1, None, b"\x00garbage")  # news: the timer looks again
+    assert not view.apply("bad", 1, None, b"\x00garbage")
     view.apply("other", 2, None, record(key="not-other").to_bytes())  # key field does not match its key
     view.apply("timeless", 3, None, replace(record(key="timeless"), interval_s=None).to_bytes())
     view.apply("zoned", 4, None, replace(record(key="zoned"), tz="Mars/Olympus").to_bytes())
     assert view.corrupt_keys == {"bad", "other", "timeless", "zoned"} and view.due(NOW) == []
-    assert sum("corrupt scheduled job 'bad'" in r.getMessage() for r in caplog.records) == 1
+    assert sum(r.getMessage().startswith("corrupt scheduled job 'bad' (revision 1) skipped: ")
+               for r in caplog.records) == 1
+    assert any("its key field is 'not-other'" in r.getMessage() for r in caplog.records)  # why, in the log
     view.apply("bad", 5, None, record(key="bad").to_bytes())
     assert view.corrupt_keys == {"other", "timeless", "zoned"} and len(view.due(NOW)) == 1
     view.prune({"bad"})
@@ -310,3 +315,14 @@ def test_check_plannable_accepts_a_good_cron_entry_and_names_what_is_wrong() -> 
     check_plannable(record("cron", cron="0 6 * * *", tz="Europe/Berlin", key="daily"), "daily")
     with pytest.raises(SerializationError, match="^unusable scheduled-job record: its key field is 'tick'$"):
         check_plannable(record(), "other")
+
+
+def test_view_forgets_a_deleted_key_and_its_corrupt_mark_and_keeps_its_highest_own_delete() -> None:
+    view = ScheduleView()
+    view.apply("a", 1, None, record(key="a").to_bytes())
+    view.apply("b", 2, None, b"garbage")
+    assert view.apply("a", 3, "DEL", None) and view.apply("b", 4, "PURGE", None)
+    assert view.entries == {} and view.corrupt_keys == set()
+    view.deleted("c", 7)
+    view.deleted("c", 5)  # an older delete acknowledged late
+    assert not view.apply("c", 6, None, record(key="c").to_bytes())
