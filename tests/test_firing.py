@@ -326,3 +326,12 @@ def test_view_forgets_a_deleted_key_and_its_corrupt_mark_and_keeps_its_highest_o
     view.deleted("c", 7)
     view.deleted("c", 5)  # an older delete acknowledged late
     assert not view.apply("c", 6, None, record(key="c").to_bytes())
+
+
+def test_an_interval_grid_is_start_plus_k_steps_not_a_running_sum() -> None:
+    # a running sum of 0.1 s drifts below the grid (run id ...799 instead of ...800): two schedulers
+    # that started summing at different points would then publish one fire under two ids
+    rec = record(interval_s=0.1, next_run_utc=NOW - 1.0, misfire="all")
+    plan = plan_fires(rec, NOW)
+    assert plan.due_times == tuple(NOW - 1.0 + k * 0.1 for k in range(11))
+    assert run_id(rec, plan.due_times[-1]) == f"tick.{int(NOW * 1000)}"
