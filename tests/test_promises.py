@@ -61,6 +61,8 @@ async def test_a_job_is_acked_only_after_its_outcome_is_recorded(
     path = str(tmp_path / "marks")
     async with running_worker(url, ack_wait_s=ACK_WAIT_S):
         job = await Queue("default", url).enqueue(jobs.slow, path, 0, "done")
+        await eventually(lambda: len(calls) == 2, timeout_s=20,
+                         what="the job whose outcome write died to come back (a message acked first is lost)")
         assert await job.result(timeout=20) == "done"
     assert len(calls) == 2 and len(jobs.marks(path, "start")) == 2
     status = await fetch_status(job.job_id, url)
