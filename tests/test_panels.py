@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,12 +13,15 @@ import pytest
 from polling import wait_until
 
 import naq_ipy
+import naq_ipy.wire.connection
 from naq_ipy.client.queue import Queue
 from naq_ipy.ipython import close_registered
 from naq_ipy.ipython.monitor_panel import QueueMonitor
 from naq_ipy.ipython.schedules_form import CONFLICT_MESSAGE
 from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
+from naq_ipy.schedules.record import new_record
 from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.names import SCHEDULED_JOBS_KV_NAME
 from naq_ipy.wire.server import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -215,7 +219,10 @@ def test_bad_cron_shows_why_and_writes_nothing(nats_url: str, open_panel: Callab
     editor.fields["cron"].value = "61 * * * *"
     assert "out of range" in editor.feedback.value and editor.save_button.disabled
     editor.save_button.click()
-    time.sleep(0.3)
+    # a change made elsewhere after the click reaches the panel's watch after any write the click made
+    schedule_jobs(nats_url, 1, prefix="later")
+    wait_until(lambda: "later000" in panel.model.records, what="the later change in the panel")
+    assert panel.model.records["job000"].revision == before.revision
     after = naq_ipy.get_scheduled_job_sync("job000", nats_url=nats_url)
     assert after.revision == before.revision and after.cron == "0 6 * * *"
 
@@ -487,3 +494,42 @@ def test_queue_monitor_cancel_buttons_on_running_and_pending_jobs(nats_url: str,
         worker.request_stop()
         thread.join(10)
         monitor.close()
+
+
+async def store_schedules_pipelined(url: str, count: int) -> None:
+    """`count` daily entries `s00000`... on queue `bulk`, written as the store writes them, but pipelined."""
+    conn = await naq_ipy.wire.connection.get_connection(url)
+    await conn.kv(SCHEDULED_JOBS_KV_NAME)
+    job = Queue("bulk", url).job(work, (1,))
+    template = new_record(job, key="s", schedule_type="cron", cron="0 6 * * *", next_run_utc=time.time() + 3600)
+    acks = [await conn.js.publish_async(f"$KV.{SCHEDULED_JOBS_KV_NAME}.s{i:05d}",
+                                        dataclasses.replace(template, key=f"s{i:05d}").to_bytes(), wait_stall=5)
+            for i in range(count)]
+    await asyncio.wait_for(asyncio.gather(*acks), 60)
+    await naq_ipy.wire.connection.close_all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ten_thousand_schedules_page_by_page(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]) -> None:
+    asyncio.run(store_schedules_pipelined(nats_url, 10_000))
+    panel = open_panel()
+    wait_until(lambda: len(panel.model.records) == 10_000, timeout_s=60, what="all 10,000 entries in the panel")
+    wait_until(lambda: panel.slot_keys[0] == "s00000", what="the first page")
+    assert panel.controls.pager.value.count("1–25 of 10,000 · page 1/400")
+    assert panel.slot_keys == [f"s{i:05d}" for i in range(25)]
+    panel.controls.next.click()
+    assert panel.slot_keys == [f"s{i:05d}" for i in range(25, 50)] and not panel.controls.prev.disabled
+    panel.go_to(399)
+    assert panel.slot_keys == [f"s{i:05d}" for i in range(9975, 10_000)] and panel.controls.next.disabled
+    assert panel.controls.pager.value.count("9,976–10,000 of 10,000 · page 400/400")
+    panel.go_to(10_000)  # past the end: clamped to the last page
+    assert panel.page == 399
+    panel.controls.text.value = "s0999"
+    assert [k for k in panel.slot_keys if k] == [f"s0999{i}" for i in range(10)]
+    assert panel.controls.pager.value.count("1–10 of 10 · page 1/1 · 10,000 in all") and panel.controls.next.disabled
+    panel.controls.text.value = ""
+    # an entry deleted elsewhere leaves the first page and the count
+    elsewhere(lambda: ScheduledJobManager(nats_url).delete("s00000"))
+    wait_until(lambda: "1–25 of 9,999 · page 1/400" in panel.controls.pager.value, what="the count to drop")
+    wait_until(lambda: panel.slot_keys[0] == "s00001", what="the deleted entry to leave the first page")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -78,6 +79,10 @@ def test_parse_duration_only_raises_configuration_error(text: str) -> None:
     except ConfigurationError:
         return
     assert seconds >= 0 and seconds != float("inf")
+    # case and surrounding blanks do not matter; a number of seconds that came out reads back the same
+    if text.upper().lower() == text.lower():
+        assert parse_duration(f"  {text.upper()}\t") == seconds
+    assert parse_duration(repr(seconds)) == seconds
 
 
 # ---- cron -------------------------------------------------------------------------------------
@@ -242,7 +247,15 @@ def test_parse_retry_delay_only_raises_configuration_error(text: str) -> None:
         spec = parse_retry_delay(text)
     except ConfigurationError:
         return
-    assert retry_delay_s(spec, 1) >= 0
+    delays = [retry_delay_s(spec, n, random.Random(0)) for n in range(1, 6)]
+    assert all(d >= 0 and math.isfinite(d) for d in delays)
+    items = text.strip().lower().split(",")
+    if isinstance(spec, tuple):  # each comma-separated item is one retry's delay, the last one repeats
+        assert delays == [parse_duration(items[min(n, len(items)) - 1]) for n in range(1, 6)]
+    elif isinstance(spec, float):
+        assert delays == [parse_duration(text)] * 5
+    elif not spec.jitter:  # exponential: never shrinks, never passes its cap
+        assert delays == sorted(delays) and max(delays) <= spec.max_s
 
 
 BACKOFFS = st.builds(

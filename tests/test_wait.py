@@ -12,6 +12,7 @@ import pytest
 from test_worker import running_worker
 
 import naq_ipy
+import naq_ipy.status.results
 from naq_ipy import ConfigurationError, JobExecutionError, Queue, WaitResult
 from naq_ipy.status.results import FAILED, FINISHED, RUNNING, JobStatus, write_status
 from naq_ipy.status.waiting import recent_runs, wait
@@ -152,3 +153,8 @@ def test_the_wait_bar_and_redrawing_while_a_cell_blocks() -> None:
 async def _divide_by_zero() -> float:
     await asyncio.sleep(0.3)
     return 1 / 0
+
+
+async def test_fetch_status_refuses_a_bad_job_id_naming_it(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^invalid job id 'no spaces': use letters"):
+        await naq_ipy.status.results.fetch_status("no spaces", url)
