@@ -20,7 +20,7 @@ import test_worker
 from IPython.core.error import UsageError
 from magic_shell import RaisingShell, schedules
 from nats.js import JetStreamContext, api
-from polling import eventually
+from polling import eventually, eventually_async
 from test_worker import Spawn, running_worker
 
 from naq_ipy import Queue, RefusedError, SerializationError
@@ -192,10 +192,10 @@ def test_the_digest_is_signed_so_a_swapped_payload_is_refused() -> None:
     data = packed_job.serialize(Packer(settings))
     header, _ = read_header(data)
     assert header["payload"]["buffers"][0][0].startswith("sha256-")
-    headers = signed_headers(settings, data)
-    assert refusal(data, headers, settings) is None
+    headers = signed_headers(settings, data, "default")
+    assert refusal(data, headers, settings, "default") is None
     swapped = data.replace(header["payload"]["buffers"][0][0].encode(), b"sha256-" + b"0" * 64)
-    assert swapped != data and refusal(swapped, headers, settings) == BAD_SIGNATURE
+    assert swapped != data and refusal(swapped, headers, settings, "default") == BAD_SIGNATURE
 
 
 async def test_payloads_of_finished_jobs_are_gone_after_their_ttl(url: str) -> None:
@@ -320,7 +320,7 @@ async def test_chunks_of_a_writer_that_died_are_invisible_and_swept_after_an_hou
 
 
 def test_the_job_display_shows_payload_sizes() -> None:
-    from naq_ipy.ipython.jobview import job_text
+    from naq_ipy.views.jobs import job_text
 
     status = results.JobStatus(job_id="j1", status=results.FINISHED, args_bytes=152_000_000, result_bytes=8_000_139)
     assert "args 152 MB · result 8.0 MB" in job_text("j1", "score", status)
@@ -361,3 +361,39 @@ async def test_the_periodic_sweep_runs_with_its_clock(url: str) -> None:
             await asyncio.sleep(0.05)
     finally:
         sweeping.cancel()
+
+
+@pytest.mark.slow
+async def test_cancelling_data_sized_jobs_drops_their_payloads(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delayed job's payload goes at its cancel; a queued one's when a worker drops its cancelled message."""
+    from naq_ipy.status import payload_sweep
+
+    monkeypatch.setattr(payload_sweep, "RECENT_UPLOAD_S", -1.0)  # as if uploaded long ago
+    delayed_value, queued_value, kept = np.ones(MB), np.zeros(MB), np.full(MB, 3.0)
+    queue = Queue("default", url)
+    delayed = await queue.enqueue_in(HOUR, payload_jobs.total, delayed_value)
+    queued = await queue.enqueue(payload_jobs.total, queued_value)
+    await queue.enqueue_in(HOUR, payload_jobs.total, kept)
+    assert len(await objects(url)) == 3
+    await delayed.cancel()
+    assert payloads.NAME_PREFIX + sha(delayed_value) not in await objects(url)
+    await queued.cancel()
+    async with running_worker(url):
+        await eventually_async(lambda: stored_names(url), {payloads.NAME_PREFIX + sha(kept)},
+                               "the cancelled queued job's payload to be dropped")
+
+
+async def stored_names(url: str) -> set[str]:
+    """Names of the live objects of the payload store."""
+    return set(await objects(url))
+
+
+def test_payload_settings_survive_pickling_without_secrets() -> None:
+    import pickle
+
+    settings = ConnectionSettings.resolve("nats://u:secret@127.0.0.1:1", payload_threshold_bytes=1000,
+                                          payload_max_bytes=10 * MB, payload_cache_bytes=5 * MB)
+    copied = pickle.loads(pickle.dumps(settings))
+    assert (copied.payload_threshold_bytes, copied.payload_max_bytes, copied.payload_cache_bytes) == (1000, 10 * MB,
+                                                                                                      5 * MB)
+    assert "secret" not in copied.url

@@ -76,8 +76,12 @@ class Packer:
     _seen: dict[tuple[int, int], PayloadRef] = field(default_factory=dict)
     _keep: list[Any] = field(default_factory=list)  # what `_seen` ids point at, alive until the batch is done
 
-    def pack(self, dump: Callable[[list[pickle.PickleBuffer] | None], bytes], what: str) -> Packed:
-        """Pickle with `dump(buffers)` (it appends out-of-band buffers to `buffers`, or pickles in-band on None)."""
+    def pack(self, dump: Callable[[list[pickle.PickleBuffer] | None], bytes], what: str, *,
+             in_band: bool = True) -> Packed:
+        """Pickle with `dump(buffers)` (it appends out-of-band buffers to `buffers`, or pickles in-band on None).
+
+        `in_band=False`: `dump` cannot pickle in band (a stream made elsewhere): its buffers are stored even when small.
+        """
         buffers: list[pickle.PickleBuffer] = []
         body = dump(buffers)
         views = [buffer.raw() for buffer in buffers]
@@ -85,7 +89,7 @@ class Packer:
         if total > self.settings.payload_max_bytes:
             raise SerializationError(f"{what} is {human_bytes(total)} ({total:,} bytes), over the payload cap of "
                                      f"{human_bytes(self.settings.payload_max_bytes)} (NAQ_PAYLOAD_MAX)")
-        if total <= self.settings.payload_threshold_bytes:
+        if total <= self.settings.payload_threshold_bytes and (in_band or not views):
             return Packed(dump(None) if views else body)
         refs = [self._ref(buffer, view) for buffer, view in zip(buffers, views, strict=True)]
         body_ref = None

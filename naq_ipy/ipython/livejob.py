@@ -14,16 +14,19 @@ import html
 import logging
 import threading
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.job import Job
-from naq_ipy.ipython import jobview
 from naq_ipy.ipython.livewait import run_redrawing
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
-from naq_ipy.ipython.panels import Panel, in_kernel
-from naq_ipy.status.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
+from naq_ipy.ipython.panel_base import Panel, in_kernel
+from naq_ipy.status.cancel import cancel as cancel_jobs
+from naq_ipy.status.results import FINISHED, SCHEDULED, STOPPING, JobStatus, fetch_result, fetch_status
+from naq_ipy.views import jobs as jobview
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME
+from naq_ipy.wire.settings import ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,20 @@ TICK_S = 1.0
 RESULT_WAIT_S = 5.0
 END_WAIT_S = 1.0
 SHOW, HIDE = "Show traceback", "Hide traceback"
+
+
+@dataclass(frozen=True)
+class JobParts:
+    """The widgets of a live job display, by name."""
+
+    title: Any
+    state: Any
+    bar: Any
+    message: Any
+    outcome: Any
+    toggle: Any
+    traceback: Any
+    cancel: Any
 
 
 class LiveJob(Panel):
@@ -46,7 +63,7 @@ class LiveJob(Panel):
         self.result: str | None = None
         self.loaded = threading.Event()
         self.ended = threading.Event()
-        self.parts: dict[str, Any] = {}
+        self.parts: JobParts | None = None  # the named widgets, once built
         self._lock = threading.Lock()
         self._render_soon = Coalescer(self.marshal, self._render)
         self._watch = LiveWatch(self.settings, JOB_STATUS_KV_NAME, JobStatus.from_bytes, self, tick_s=TICK_S,
@@ -132,15 +149,20 @@ class LiveJob(Panel):
             return
         status, scheduled, result = self._snapshot()
         state, p = jobview.state_of(status, scheduled), self.parts
-        p["title"].value = jobview.title_html(self.job_id, *self._names(status))
-        p["state"].value = jobview.state_html(state)
-        p["bar"].value = jobview.bar_value(status)
-        p["bar"].bar_style = jobview.bar_style(state)
-        p["message"].value = f"<span style='font-size:12px'>{html.escape(jobview.progress_text(status))}</span>"
-        p["outcome"].value = jobview.outcome_html(status, result)
+        assert p is not None
+        p.title.value = jobview.title_html(self.job_id, *self._names(status))
+        p.state.value = jobview.state_html(state)
+        p.bar.value = jobview.bar_value(status)
+        p.bar.bar_style = jobview.bar_style(state)
+        p.message.value = f"<span style='font-size:12px'>{html.escape(jobview.progress_text(status))}</span>"
+        p.outcome.value = jobview.outcome_html(status, result)
         traceback = status.traceback if status is not None else None
-        p["traceback"].value = jobview.traceback_html(traceback)
-        p["toggle"].layout.display = None if traceback else "none"
+        p.traceback.value = jobview.traceback_html(traceback)
+        p.toggle.layout.display = None if traceback else "none"
+        ended = status is not None and status.ended
+        p.cancel.layout.display = "none" if ended else None
+        p.cancel.disabled = state == STOPPING
+        p.cancel.description = "Stopping…" if state == STOPPING else "Cancel"
         self._show_status()
 
     def _names(self, status: JobStatus | None) -> tuple[str, str]:
@@ -149,33 +171,50 @@ class LiveJob(Panel):
             return self.func_name, self.queue_name
         return self.func_name or status.func_name or "", self.queue_name or status.queue_name or ""
 
+    def cancel(self) -> None:
+        """Cancel the job (the Cancel button): queued, it never starts; running, it is stopped."""
+        self.run_action("cancel", cancel_jobs(self.job_id, self.settings),
+                        lambda report: self.set_status(f"cancel: {report[self.job_id]}"))
+
     def toggle_traceback(self) -> None:
         """Show the whole remote traceback, or hide it again."""
-        showing = self.parts["toggle"].description == HIDE
-        self.parts["traceback"].layout.display = "none" if showing else None
-        self.parts["toggle"].description = SHOW if showing else HIDE
+        p = self.parts
+        assert p is not None
+        showing = p.toggle.description == HIDE
+        p.traceback.layout.display = "none" if showing else None
+        p.toggle.description = SHOW if showing else HIDE
 
     def _build(self, widgets: Any) -> Any:
-        p, make = self.parts, self.make
-        p["title"] = make(widgets.HTML)
-        p["state"] = make(widgets.HTML)
-        p["bar"] = make(widgets.FloatProgress, value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="16em"))
-        p["message"] = make(widgets.HTML)
-        p["outcome"] = make(widgets.HTML)
-        p["toggle"] = make(widgets.Button, description=SHOW, layout=widgets.Layout(width="auto", display="none"))
-        p["traceback"] = make(widgets.HTML, layout=widgets.Layout(display="none"))
-        p["toggle"].on_click(self.guarded("traceback", lambda _button: self.toggle_traceback()))
+        make = self.make
+        p = self.parts = JobParts(
+            title=make(widgets.HTML), state=make(widgets.HTML),
+            bar=make(widgets.FloatProgress, value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="16em")),
+            message=make(widgets.HTML), outcome=make(widgets.HTML),
+            toggle=make(widgets.Button, description=SHOW, layout=widgets.Layout(width="auto", display="none")),
+            traceback=make(widgets.HTML, layout=widgets.Layout(display="none")),
+            cancel=make(widgets.Button, description="Cancel", button_style="warning", icon="stop",
+                        layout=widgets.Layout(width="auto")),
+        )
+        p.toggle.on_click(self.guarded("traceback", lambda _button: self.toggle_traceback()))
+        p.cancel.on_click(self.guarded("cancel", lambda _button: self.cancel()))
         return make(widgets.VBox, [
-            make(widgets.HBox, [p["title"], p["state"]]), make(widgets.HBox, [p["bar"], p["message"]]),
-            p["outcome"], p["toggle"], p["traceback"], self._status,
+            make(widgets.HBox, [p.title, p.state, p.cancel]), make(widgets.HBox, [p.bar, p.message]),
+            p.outcome, p.toggle, p.traceback, self._status,
         ])
 
     # -- life cycle ----------------------------------------------------------------------------
-    def _start(self) -> None:
+    @property
+    def watching(self) -> bool:
+        """True while the status watch runs (it stops once the job ended)."""
+        return self._watch.running
+
+    def start_watching(self) -> None:
+        """Watch the job's status again, unless it already ended."""
         if not self.ended.is_set():
             self._watch.start()
 
-    def _stop(self) -> None:
+    def stop_watching(self) -> None:
+        """Stop the status watch."""
         self._watch.stop()
 
     # -- static fallback -----------------------------------------------------------------------

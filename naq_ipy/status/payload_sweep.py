@@ -27,11 +27,13 @@ from naq_ipy.errors import NaqException
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.wire import payloads
 from naq_ipy.wire.connection import Connection, nats_errors
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
     FAILED_STREAM_NAME,
     JOB_STREAM_NAME,
-    PAYLOAD_BUCKET_NAME,
+    QUEUE_SUBJECT_PREFIX,
     SCHEDULED_JOBS_KV_NAME,
+    kv_stream,
+    payload_subject_prefix,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,14 +70,14 @@ def job_payload_names(data: bytes) -> set[str]:
         return set()
 
 
-async def referenced_payloads(conn: Connection, subject: str = "naq.queue.>") -> set[str]:
+async def referenced_payloads(conn: Connection, subject: str = f"{QUEUE_SUBJECT_PREFIX}.>") -> set[str]:
     """Objects that jobs in the stream, failed jobs or schedules refer to."""
     used: set[str] = set()
     async for data in _stream_datas(conn, JOB_STREAM_NAME, subject):
         used |= job_payload_names(data)
     async for data in _stream_datas(conn, FAILED_STREAM_NAME, ">"):
         used |= job_payload_names(data)
-    async for data in _stream_datas(conn, f"KV_{SCHEDULED_JOBS_KV_NAME}", ">"):
+    async for data in _stream_datas(conn, kv_stream(SCHEDULED_JOBS_KV_NAME), ">"):
         try:
             used |= job_payload_names(ScheduledJob.from_bytes(data).job_data)
         except NaqException:
@@ -113,7 +115,7 @@ async def sweep_forever(conn: Connection, clock: Callable[[], float] = time.time
 
 
 async def _purge_orphan_chunks(conn: Connection, live_nuids: set[str], now: float) -> None:
-    prefix = f"$O.{PAYLOAD_BUCKET_NAME}.C."
+    prefix = payload_subject_prefix("C")
     for subject in await payloads.stored_subjects(conn, "C"):
         if subject[len(prefix):] in live_nuids:
             continue

@@ -32,15 +32,24 @@ from nats.js import api
 
 from naq_ipy.errors import NaqConnectionError, RefusedError, SerializationError
 from naq_ipy.wire.connection import Connection, nats_errors, publish
+from naq_ipy.wire.names import (
+    PAYLOAD_BUCKET_NAME,
+    PAYLOAD_KEEP_UNTIL_HEADER,
+    PAYLOAD_NAME_PREFIX,
+    PAYLOAD_STREAM_NAME,
+    ROLLUP_HEADER,
+    payload_chunk_subject,
+    payload_meta_subject,
+    payload_subjects,
+)
 from naq_ipy.wire.publish import publish_many
-from naq_ipy.wire.settings import PAYLOAD_BUCKET_NAME
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 512 * 1024  # nats-py writes 128 KiB; fewer, larger messages read faster (any size reads back)
-NAME_PREFIX = "sha256-"
-KEEP_UNTIL_HEADER = "Naq-Keep-Until"
-STREAM_NAME = f"OBJ_{PAYLOAD_BUCKET_NAME}"
+NAME_PREFIX = PAYLOAD_NAME_PREFIX
+KEEP_UNTIL_HEADER = PAYLOAD_KEEP_UNTIL_HEADER
+STREAM_NAME = PAYLOAD_STREAM_NAME
 IN_FLIGHT_BYTES = 32 * 2**20  # chunks sent ahead of their acks (the server refuses far more: "too many requests")
 _MMAP_MIN_BYTES = 2**20
 _MIN_RATE = 20 * 2**20  # bytes/s a transfer may not fall below before it times out
@@ -76,14 +85,6 @@ def _transfer_timeout_s(size: int) -> float:
     return 10.0 + size / _MIN_RATE
 
 
-def _meta_subject(name: str) -> str:
-    return f"$O.{PAYLOAD_BUCKET_NAME}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
-
-
-def _chunk_subject(nuid: str) -> str:
-    return f"$O.{PAYLOAD_BUCKET_NAME}.C.{nuid}"
-
-
 async def ensure_bucket(conn: Connection) -> None:
     """Create the payload bucket if missing (an existing one, with its limits, is kept as it is)."""
     if STREAM_NAME in conn._streams:
@@ -103,7 +104,7 @@ async def read_meta(conn: Connection, name: str) -> dict[str, object] | None:
     """The object's meta record, None if there is none (or it was deleted, or there is no bucket)."""
     try:
         async with nats_errors(conn.settings):
-            msg = await conn.js.get_msg(STREAM_NAME, subject=_meta_subject(name))
+            msg = await conn.js.get_msg(STREAM_NAME, subject=payload_meta_subject(name))
     except nats.js.errors.NotFoundError:
         return None
     try:
@@ -131,7 +132,7 @@ def _meta(ref: PayloadRef, nuid: str, chunks: int, chunk_bytes: int, until: floa
 
 
 async def _write_meta(conn: Connection, name: str, meta: dict[str, object]) -> None:
-    await publish(conn, _meta_subject(name), json.dumps(meta).encode(), headers={"Nats-Rollup": "sub"})
+    await publish(conn, payload_meta_subject(name), json.dumps(meta).encode(), headers={ROLLUP_HEADER: "sub"})
 
 
 async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: float) -> bool:
@@ -150,7 +151,7 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
                                                "mtime": datetime.now(UTC).isoformat()})
         return False
     nuid = os.urandom(11).hex()
-    subject = _chunk_subject(nuid)
+    subject = payload_chunk_subject(nuid)
     step = min(CHUNK_BYTES, conn.max_payload // 2)
     chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
     try:
@@ -193,7 +194,7 @@ async def fetch(conn: Connection, ref: PayloadRef) -> Buffer:
         raise SerializationError(f"payload {ref.name}: stored size {meta.get('size')} is not {ref.size}")
     buf = _allocate(ref.size)
     if ref.size:
-        digest = await _read_chunks(conn, _chunk_subject(nuid), memoryview(buf), chunks)
+        digest = await _read_chunks(conn, payload_chunk_subject(nuid), memoryview(buf), chunks)
     else:
         digest = hashlib.sha256().hexdigest()
     if digest != ref.digest:
@@ -245,7 +246,7 @@ async def delete(conn: Connection, name: str) -> bool:
     nuid = meta.get("nuid")
     await _write_meta(conn, name, {**meta, "deleted": True, "size": 0, "chunks": 0, "digest": ""})
     if isinstance(nuid, str):
-        await _purge_subject(conn, _chunk_subject(nuid))
+        await _purge_subject(conn, payload_chunk_subject(nuid))
     logger.info("deleted payload %s", name)
     return True
 
@@ -254,7 +255,7 @@ async def stored_subjects(conn: Connection, kind: str) -> list[str]:
     """The subjects holding messages in the bucket: `kind` "M" (metas) or "C" (chunks); none without a bucket."""
     try:
         async with nats_errors(conn.settings):
-            info = await conn.js.stream_info(STREAM_NAME, subjects_filter=f"$O.{PAYLOAD_BUCKET_NAME}.{kind}.>")
+            info = await conn.js.stream_info(STREAM_NAME, subjects_filter=payload_subjects(kind))
     except nats.js.errors.NotFoundError:  # no bucket yet (it is made on first upload): nothing stored
         return []
     return list(info.state.subjects or {})

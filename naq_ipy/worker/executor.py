@@ -4,7 +4,8 @@ Coroutine functions are awaited on the worker's loop and cancelled at their time
 functions run in a thread pool (an overrun cannot be stopped: it is reported at the
 deadline and its thread keeps its slot until it returns) or, in process mode, in one
 single-process `ProcessPoolExecutor` per slot, so an overrunning child can be killed by
-pid without touching the jobs of other slots.
+pid without touching the jobs of other slots. A cancelled job is stopped through its
+`StopHandle` (worker/stopping.py): its task cancelled, its thread interrupted, or its child killed.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cloudpickle
 
 from naq_ipy.client.job import Job, read_header
-from naq_ipy.client.offload import load_call_sync
-from naq_ipy.errors import SerializationError
+from naq_ipy.client.offload import Loaded, load_call_sync
+from naq_ipy.client.pickling import dumps_value
+from naq_ipy.errors import NaqConnectionError, SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
+from naq_ipy.status.results import PickledValue
 from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.worker.stopping import JobCancelled, StopHandle, ThreadCall
 
 ERROR_LINE_MAX = 500
 
@@ -52,6 +56,10 @@ def describe_exception(exc: BaseException) -> tuple[str, str]:
 def is_async_callable(func: Callable[..., Any]) -> bool:
     """True for coroutine functions, partials of them and objects with an `async def __call__`."""
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
+class UnreadableCall(Exception):
+    """The job's call could not be unpickled: unreadable input, rejected like a bad header."""
 
 
 class JobFailure(Exception):
@@ -85,21 +93,43 @@ def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:
         future.exception()
 
 
-def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None) -> tuple[str, bytes | str, str]:
-    """Process-mode entry: unpickle the job bytes here, run the call, return ("ok", pickled value) or an error.
+def run_in_child(data: bytes, progress_to: dict[str, Any] | None = None,
+                 ) -> tuple[str, bytes | tuple[bytes, list[bytes]] | str, str]:
+    """Process-mode entry: unpickle the job bytes here (never in the worker), run the call (a coroutine
+    function on its own loop), return ("ok", pickled value) or an error.
 
-    `progress_to`: the server the job's `progress` calls are written to from this process.
+    `progress_to`: the fields of the settings the job's `progress` calls are written with from this
+    process (a plain dict: pickled settings carry no credentials). A data-sized call's payload is
+    read here too (bytes, verified by digest, through this child's own cache), never by the worker.
     """
     try:
-        job = Job.deserialize(data, load_call_sync(progress_to or ConnectionSettings.resolve(), read_header(data)[0]))
-        with child_reporting(job.job_id, progress_to):
-            value = job.function(*job.args, **job.kwargs)
+        settings = ConnectionSettings(**progress_to) if progress_to is not None else ConnectionSettings.resolve()
+        job = Job.deserialize(data, load_call_sync(settings, read_header(data)[0]))
+    except SerializationError as e:
+        return "unreadable", str(e), ""
+    except NaqConnectionError as e:  # its payload could not be read now: a failure, retried
+        return ("error", *describe_exception(e))
+    try:
+        with child_reporting(job.job_id, None if progress_to is None else ConnectionSettings(**progress_to)):
+            call = functools.partial(job.function, *job.args, **job.kwargs)
+            value = asyncio.run(call()) if is_async_callable(job.function) else call()
     except (Exception, SystemExit) as e:
         return ("error", *describe_exception(e))
     try:
-        return "ok", cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), ""
+        return "ok", _pickled_result(value, settings), ""
     except Exception as e:
         return "unpicklable", f"result of job {job.job_id} cannot be pickled: {e}", ""
+
+
+def _pickled_result(value: Any, settings: ConnectionSettings) -> bytes | tuple[bytes, list[bytes]]:
+    """A child's result for the worker: in band, or (stream, out-of-band buffers) above the payload threshold."""
+    buffers: list[pickle.PickleBuffer] = []
+    stream = dumps_value(value, buffers)
+    if not buffers:
+        return stream
+    if len(stream) + sum(buffer.raw().nbytes for buffer in buffers) <= settings.payload_threshold_bytes:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return stream, [buffer.raw().tobytes() for buffer in buffers]  # bytes: the pool's pipe pickles at protocol 4
 
 
 def _exit_with_parent() -> None:
@@ -116,6 +146,25 @@ def _exit_with_parent() -> None:
 def _exit_when_ready(sentinel: int) -> None:
     multiprocessing.connection.wait([sentinel])
     os._exit(1)
+
+
+@dataclass(frozen=True)
+class _CoroutineCall:
+    """A loaded job whose function is a coroutine function: it runs on the worker's loop."""
+
+    job: Job
+
+
+def _load_and_call(data: bytes, loaded: Loaded | None = None) -> Any:
+    """Thread-mode entry: unpickle the job's call here (with its payload's buffers, `loaded`), off the
+    worker's loop, and make it unless it is async."""
+    try:
+        job = Job.deserialize(data, loaded)
+    except SerializationError as e:
+        raise UnreadableCall(str(e)) from None
+    if is_async_callable(job.function):
+        return _CoroutineCall(job)
+    return job.function(*job.args, **job.kwargs)
 
 
 @dataclass
@@ -155,13 +204,19 @@ class _ProcessSlots:
         self._busy.append(child)
         return child
 
-    async def run(self, data: bytes, timeout_s: float | None) -> Any:
-        """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
+    async def run(self, data: bytes, timeout_s: float | None, stop: StopHandle | None = None) -> Any:
+        """Run the job bytes in a child; kill it at the timeout, at a `stop` or when the caller is cancelled."""
         child = await self._take()
-        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child())
+        if stop is not None:
+            stop.set_stopper(child.kill)
+        delegate = delegate_to_child()
+        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data,
+                                                            None if delegate is None else asdict(delegate))
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
+            if stop is not None:
+                stop.clear()
             self._busy.remove(child)
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._idle.append(child)
@@ -174,8 +229,11 @@ class _ProcessSlots:
             kind, payload, tb = future.result()
         except BrokenProcessPool:
             raise JobFailure("ProcessError: the job's worker process died") from None
-        if kind == "ok":
-            return pickle.loads(payload)  # type: ignore[arg-type]
+        if kind == "ok":  # passed on as it is: the worker never unpickles what a job's code made
+            return PickledValue(payload[0], tuple(payload[1])) if isinstance(payload, tuple) \
+                else PickledValue(payload)  # type: ignore[arg-type]
+        if kind == "unreadable":
+            raise UnreadableCall(str(payload))
         if kind == "unpicklable":
             raise SerializationError(str(payload))
         raise JobFailure(str(payload), tb)
@@ -189,6 +247,19 @@ class _ProcessSlots:
         self._idle, self._busy = [], []
 
 
+async def _stoppable(coro: Any, stop: StopHandle) -> Any:
+    """Await `coro` in its own task, which `stop` cancels (then JobCancelled here)."""
+    task = asyncio.ensure_future(coro)
+    stop.set_stopper(task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if stop.requested and (current is None or not current.cancelling()):
+            raise JobCancelled from None
+        raise
+
+
 class Executor:
     """Runs job calls for one worker: `concurrency` threads, or child processes with `process_pool`."""
 
@@ -196,13 +267,28 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="naq-job")
         self._processes = _ProcessSlots() if process_pool else None
 
-    async def run(self, job: Job, data: bytes) -> Any:
-        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result."""
-        if is_async_callable(job.function):
-            return await self._run_coroutine(job)
+    @property
+    def loads_in_child(self) -> bool:
+        """Whether calls are unpickled in child processes (which then read their payloads themselves)."""
+        return self._processes is not None
+
+    async def run(self, job: Job, data: bytes, stop: StopHandle | None = None, buffers: Loaded | None = None) -> Any:
+        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result,
+        UnreadableCall if its call cannot be unpickled.
+
+        `job` may carry its options only (`Job.options_only`): the call is unpickled from `data` in a
+        pool thread, or in process mode in the child, never on the worker's event loop. `stop` lets the
+        worker stop the call when the job is cancelled (JobCancelled, or a JobFailure of a killed child,
+        with `stop.requested` set). `buffers`: the call's payload, read (bytes only) on the loop, for
+        the thread that unpickles it; a child reads its own.
+        """
         if self._processes is not None:
-            return await self._processes.run(data, job.timeout)
-        return await self._run_thread(job)
+            return await self._processes.run(data, job.timeout, stop)
+        value = await self._run_thread(job, data, stop, buffers)
+        if isinstance(value, _CoroutineCall):
+            coroutine = self._run_coroutine(value.job)
+            return await (coroutine if stop is None else _stoppable(coroutine, stop))
+        return value
 
     async def _run_coroutine(self, job: Job) -> Any:
         deadline = asyncio.timeout(job.timeout)
@@ -214,9 +300,14 @@ class Executor:
                 raise _timeout_failure(job.timeout, "it was cancelled") from None
             raise JobFailure.from_exception(e) from None
 
-    async def _run_thread(self, job: Job) -> Any:
+    async def _run_thread(self, job: Job, data: bytes, stop: StopHandle | None = None,
+                          buffers: Loaded | None = None) -> Any:
+        """Unpickle the call and make it in one pool thread (a coroutine function comes back as `_CoroutineCall`)."""
         # a copy of this task's context: `progress` in the thread sees the current job
-        call = functools.partial(contextvars.copy_context().run, job.function, *job.args, **job.kwargs)
+        call: Callable[[], Any] = functools.partial(contextvars.copy_context().run, _load_and_call, data,
+                                                       buffers)
+        if stop is not None:
+            call = ThreadCall(call, stop)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         done, _ = await asyncio.wait({future}, timeout=job.timeout)
         if not done:
@@ -224,6 +315,8 @@ class Executor:
             raise _timeout_failure(job.timeout, "its thread is still running", still_running=future)
         try:
             return future.result()
+        except UnreadableCall:
+            raise
         except (Exception, SystemExit) as e:
             raise JobFailure.from_exception(e) from None
 
