@@ -89,7 +89,7 @@ def _parse_when(text: str | None) -> Any:
 
 def list_workers(args: argparse.Namespace) -> int:
     """`naq list-workers`."""
-    from naq_ipy.worker.consumer import list_workers as fetch
+    from naq_ipy.status.workers import list_workers as fetch
 
     workers = run_sync(fetch(args.url))
     rows = [[w.get("worker_id"), w.get("host"), w.get("pid"), ",".join(w.get("queues", [])),

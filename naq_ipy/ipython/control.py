@@ -82,7 +82,7 @@ async def _live_schedulers(conn: Connection) -> list[str]:
 
 async def server_facts(url: str) -> list[tuple[str, str]]:
     """Message counts of naq's streams and buckets, live workers and schedulers at `url`."""
-    from naq_ipy.worker.consumer import list_workers
+    from naq_ipy.status.workers import list_workers
 
     conn = await get_connection(url)
     rows = [(label, await _stream_count(conn, stream)) for label, stream in _COUNTED_STREAMS]

@@ -23,6 +23,7 @@ from naq_ipy.ipython import monitor_table as mt
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel
 from naq_ipy.status.results import JobStatus, fetch_status
+from naq_ipy.status.workers import list_workers
 from naq_ipy.views.tables import format_table
 from naq_ipy.wire.connection import get_connection, nats_errors
 from naq_ipy.wire.settings import (
@@ -33,7 +34,6 @@ from naq_ipy.wire.settings import (
     WORKER_DURABLE_PREFIX,
     ConnectionSettings,
 )
-from naq_ipy.worker.consumer import list_workers
 from naq_ipy.worker.failed_store import FailedJob, list_failed, requeue_failed
 
 FAILED_ROWS = 10

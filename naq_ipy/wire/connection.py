@@ -81,7 +81,8 @@ class Connection:
             await self.kv(bucket)
             return True
         for name, prefix in ((names.JOB_STREAM_NAME, names.QUEUE_SUBJECT_PREFIX),
-                             (names.FAILED_STREAM_NAME, names.FAILED_SUBJECT_PREFIX)):
+                             (names.FAILED_STREAM_NAME, names.FAILED_SUBJECT_PREFIX),
+                             (names.LOGS_STREAM_NAME, names.LOGS_SUBJECT_PREFIX)):
             if subject.startswith(prefix + "."):
                 await self.ensure_stream(name)
                 return True
@@ -104,6 +105,16 @@ def _stream_config(name: str, replicas: int) -> api.StreamConfig:
             subjects=[f"{names.FAILED_SUBJECT_PREFIX}.>"],
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
+            num_replicas=replicas,
+        )
+    if name == names.LOGS_STREAM_NAME:
+        return api.StreamConfig(
+            name=name,
+            subjects=[f"{names.LOGS_SUBJECT_PREFIX}.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=names.DEFAULT_RESULT_TTL_S,  # a job's output lives as long as its result (per-message TTL)
+            allow_msg_ttl=True,
             num_replicas=replicas,
         )
     raise NaqException(f"unknown naq stream {name!r}")

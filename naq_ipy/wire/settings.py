@@ -24,6 +24,9 @@ RESULTS_KV_NAME = f"{NAQ_PREFIX}_results"
 WORKERS_KV_NAME = f"{NAQ_PREFIX}_workers"
 SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
 WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
+LOGS_STREAM_NAME = f"{NAQ_PREFIX}_job_logs"  # a job's captured stdout/stderr/logging, in batches
+LOGS_SUBJECT_PREFIX = f"{NAQ_PREFIX}.logs"
+OUTPUT_STREAM_HEADER = "Naq-Output"  # which stream a batch of output came from: `stdout` or `stderr`
 SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.wire.signing
 
 SCHEDULED_JOB_STATUS_ACTIVE = "active"
@@ -59,6 +62,11 @@ def validate_key(name: str, what: str = "schedule name") -> str:
 def queue_subject(queue_name: str) -> str:
     """The subject jobs of `queue_name` are published on: `naq.queue.<name>`."""
     return f"{QUEUE_SUBJECT_PREFIX}.{validate_queue_name(queue_name)}"
+
+
+def logs_subject(job_id: str) -> str:
+    """The subject a job's output is published on: `naq.logs.<job_id>`."""
+    return f"{LOGS_SUBJECT_PREFIX}.{validate_key(job_id, 'job id')}"
 
 
 def redact_url(url: str) -> str:

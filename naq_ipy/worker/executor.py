@@ -20,7 +20,6 @@ import os
 import pickle
 import signal
 import threading
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -33,6 +32,8 @@ from naq_ipy.client.job import Job
 from naq_ipy.errors import SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
 from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.worker import output
+from naq_ipy.worker.tracebacks import register_sources, remote_traceback
 
 ERROR_LINE_MAX = 500
 
@@ -45,7 +46,7 @@ def one_line(text: str, limit: int = ERROR_LINE_MAX) -> str:
 
 def describe_exception(exc: BaseException) -> tuple[str, str]:
     """(`Type: message` on one line, the full traceback text) of an exception raised by a job."""
-    return one_line(f"{type(exc).__name__}: {exc}"), "".join(traceback.format_exception(exc))
+    return one_line(f"{type(exc).__name__}: {exc}"), remote_traceback(exc)
 
 
 def is_async_callable(func: Callable[..., Any]) -> bool:
@@ -84,14 +85,17 @@ def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:
         future.exception()
 
 
-def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None) -> tuple[str, bytes | str, str]:
+def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None,
+                 output_to: ConnectionSettings | None = None) -> tuple[str, bytes | str, str]:
     """Process-mode entry: unpickle the job bytes here, run the call, return ("ok", pickled value) or an error.
 
-    `progress_to`: the server the job's `progress` calls are written to from this process.
+    `progress_to`: the server the job's `progress` calls are written to from this process;
+    `output_to`: the server its output is published to (None: not captured).
     """
     try:
         job = Job.deserialize(data)
-        with child_reporting(job.job_id, progress_to):
+        register_sources(job.sources, job.function)
+        with child_reporting(job.job_id, progress_to), output.child_capture(job.job_id, output_to, job.result_ttl):
             value = job.function(*job.args, **job.kwargs)
     except (Exception, SystemExit) as e:
         return ("error", *describe_exception(e))
@@ -157,7 +161,8 @@ class _ProcessSlots:
     async def run(self, data: bytes, timeout_s: float | None) -> Any:
         """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
         child = await self._take()
-        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child())
+        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child(),
+                                                            output.delegate_to_child())
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
@@ -197,6 +202,7 @@ class Executor:
 
     async def run(self, job: Job, data: bytes) -> Any:
         """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result."""
+        register_sources(job.sources, job.function)
         if is_async_callable(job.function):
             return await self._run_coroutine(job)
         if self._processes is not None:

@@ -40,6 +40,7 @@ from naq_ipy.wire.settings import (
 from naq_ipy.wire.signing import refusal
 from naq_ipy.worker.executor import Executor, JobFailure, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
+from naq_ipy.worker.output import capturing
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class JobRunner:
         self.concurrency = concurrency
         self.max_waiting = WAITING_PER_SLOT * concurrency
         self.processed = self.failed = 0
+        self.capture_output = True  # jobs' stdout, stderr, logging and warnings go to naq.logs.<job id>
         self._deliveries: dict[asyncio.Task[None], Delivery] = {}
         self._conn: Connection | None = None
         self._executor: Executor | None = None
@@ -260,7 +262,8 @@ class JobRunner:
         running_written = asyncio.ensure_future(write_status(self.conn, running))
         logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
-            async with reporting(job.job_id, self.conn, running_written) as progress:
+            async with (reporting(job.job_id, self.conn, running_written) as progress,
+                        capturing(job.job_id, self.conn, job.result_ttl, self.capture_output)):
                 value = await self._executor.run(job, msg.data)
             data = results.encode_result(self.conn, job.job_id, value)
         except JobFailure as failure:

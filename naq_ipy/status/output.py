@@ -1,0 +1,96 @@
+"""Reading a job's captured output (stream `naq_job_logs`, subject `naq.logs.<job_id>`), whole or followed.
+
+Each message is one batch of text; its `Naq-Output` header says `stdout` or `stderr`. The worker
+publishes a job's last batch before it writes the job's outcome, so once the status says ended,
+reading up to the subject's last message gives all of it. Reads use an ordered consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+
+from naq_ipy.client.bridge import run_sync
+from naq_ipy.status.results import wait_for_end
+from naq_ipy.wire.connection import Connection, get_connection, nats_errors
+from naq_ipy.wire.settings import LOGS_STREAM_NAME, OUTPUT_STREAM_HEADER, ConnectionSettings, logs_subject
+
+STDOUT, STDERR = "stdout", "stderr"
+POLL_S = 0.25  # a follow looks at the job's status this often while no output comes
+DRAIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """One batch of a job's output: `stream` is "stdout" or "stderr"."""
+
+    stream: str
+    text: str
+
+
+async def _last_seq(conn: Connection, subject: str) -> int:
+    """The stream sequence of the subject's last message, 0 if it has none."""
+    try:
+        async with nats_errors(conn.settings):
+            msg = await conn.js.get_last_msg(LOGS_STREAM_NAME, subject)
+    except nats.js.errors.NotFoundError:
+        return 0
+    return msg.seq or 0
+
+
+async def iter_output(job_id: str, *, follow: bool = False,
+                      url: str | ConnectionSettings | None = None) -> AsyncIterator[OutputChunk]:
+    """The job's output so far; with `follow`, also what comes until the job has ended."""
+    conn = await get_connection(url)
+    subject = logs_subject(job_id)
+    await conn.ensure_stream(LOGS_STREAM_NAME)
+    ended = asyncio.ensure_future(wait_for_end(job_id, url=conn.settings)) if follow else None
+    try:
+        last = None if follow else await _last_seq(conn, subject)
+        if last == 0:
+            return
+        async with nats_errors(conn.settings):
+            sub = await conn.js.subscribe(subject, stream=LOGS_STREAM_NAME, ordered_consumer=True)
+        try:
+            seen = 0
+            while last is None or seen < last:
+                if last is None and ended is not None and ended.done():
+                    ended.result()
+                    last = await _last_seq(conn, subject)
+                    continue
+                try:
+                    msg = await sub.next_msg(timeout=POLL_S if last is None else DRAIN_TIMEOUT_S)
+                except nats.errors.TimeoutError:
+                    if last is not None:
+                        return  # expired while being read
+                    continue
+                seen = msg.metadata.sequence.stream
+                yield OutputChunk((msg.headers or {}).get(OUTPUT_STREAM_HEADER, STDOUT),
+                                  msg.data.decode("utf-8", "replace"))
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+    finally:
+        if ended is not None:
+            ended.cancel()
+            await asyncio.gather(ended, return_exceptions=True)
+
+
+async def fetch_output(job_id: str, url: str | ConnectionSettings | None = None) -> str:
+    """The job's output so far (stdout and stderr as they were written), '' if none."""
+    return "".join([chunk.text async for chunk in iter_output(job_id, url=url)])
+
+
+def fetch_output_sync(job_id: str, url: str | ConnectionSettings | None = None) -> str:
+    """Blocking twin of `fetch_output`."""
+    return run_sync(fetch_output(job_id, url))
+
+
+def last_lines(text: str, count: int) -> str:
+    """The last `count` lines of `text`."""
+    return "".join(text.splitlines(keepends=True)[-count:])
