@@ -11,6 +11,8 @@ import threading
 import weakref
 from typing import Any, Protocol
 
+from naq_ipy.errors import JobExecutionError
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,6 +55,9 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     ipython.register_magics(NaqMagics(shell=ipython))
     register_formatter(ipython)
+    # a failed job shows its remote traceback only, unless `%xmode Verbose` asks for everything
+    JobExecutionError.show_local_frames = staticmethod(  # type: ignore[method-assign]
+        lambda: getattr(ipython.InteractiveTB, "mode", "") == "Verbose")
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -63,6 +68,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     from naq_ipy.local.processes import PROCESSES
 
     unregister_formatter(ipython)
+    JobExecutionError.show_local_frames = staticmethod(lambda: False)  # type: ignore[method-assign]
     magics = ipython.magics_manager.registry.pop(NaqMagics.__name__, None)
     for kind, names in NaqMagics.magics.items():
         for name in names:

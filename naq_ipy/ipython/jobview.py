@@ -120,6 +120,19 @@ def traceback_html(text: str | None) -> str:
     return f"<pre style='font-size:11px;max-height:24em;overflow:auto'>{html.escape(text)}</pre>"
 
 
+def hint_html(hint: str | None) -> str:
+    """Why a job is not moving (no worker serves its queue), in amber ('' for none)."""
+    return f"<span style='font-size:12px;color:{_AMBER}'>{html.escape(hint)}</span>" if hint else ""
+
+
+def output_html(text: str) -> str:
+    """A job's output as preformatted text ('' for none)."""
+    if not text:
+        return ""
+    return (f"<pre class='naq-output' style='font-size:11px;max-height:24em;overflow:auto;margin:2px 0'>"
+            f"{html.escape(text)}</pre>")
+
+
 def job_html(job_id: str, func_name: str, queue_name: str, status: JobStatus | None, scheduled: bool = False,
              result: str | None = None) -> str:
     """The static HTML form of a job's state (frontends without widgets)."""

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 
 from naq_ipy.client.bridge import run_sync
-from naq_ipy.status.results import wait_for_end
+from naq_ipy.errors import JobExecutionError
+from naq_ipy.status.results import fetch_result, wait_for_end
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
 from naq_ipy.wire.settings import LOGS_STREAM_NAME, OUTPUT_STREAM_HEADER, ConnectionSettings, logs_subject
+
+logger = logging.getLogger(__name__)
 
 STDOUT, STDERR = "stdout", "stderr"
 POLL_S = 0.25  # a follow looks at the job's status this often while no output comes
@@ -81,9 +86,14 @@ async def iter_output(job_id: str, *, follow: bool = False,
             await asyncio.gather(ended, return_exceptions=True)
 
 
+async def read_output(job_id: str, url: str | ConnectionSettings | None = None) -> list[OutputChunk]:
+    """The job's output so far, batch by batch."""
+    return [chunk async for chunk in iter_output(job_id, url=url)]
+
+
 async def fetch_output(job_id: str, url: str | ConnectionSettings | None = None) -> str:
     """The job's output so far (stdout and stderr as they were written), '' if none."""
-    return "".join([chunk.text async for chunk in iter_output(job_id, url=url)])
+    return "".join(chunk.text for chunk in await read_output(job_id, url))
 
 
 def fetch_output_sync(job_id: str, url: str | ConnectionSettings | None = None) -> str:
@@ -94,3 +104,37 @@ def fetch_output_sync(job_id: str, url: str | ConnectionSettings | None = None) 
 def last_lines(text: str, count: int) -> str:
     """The last `count` lines of `text`."""
     return "".join(text.splitlines(keepends=True)[-count:])
+
+
+async def relay_output(job_id: str, on_output: Callable[[OutputChunk], None],
+                       url: str | ConnectionSettings | None = None) -> None:
+    """Call `on_output(chunk)` for the job's output, from the start until the job has ended."""
+    async for chunk in iter_output(job_id, follow=True, url=url):
+        on_output(chunk)
+
+
+async def result_with_output(job_id: str, on_output: Callable[[OutputChunk], None], timeout: float | None = None,
+                             url: str | ConnectionSettings | None = None) -> Any:
+    """`fetch_result`, with the job's output handed to `on_output` as it comes, all of it before the outcome."""
+    relay = asyncio.ensure_future(relay_output(job_id, on_output, url))
+    try:
+        value = await fetch_result(job_id, timeout, url)
+    except JobExecutionError:
+        await _finish(relay, job_id)
+        raise
+    except BaseException:  # the wait ended (time limit, Ctrl-C), not the job: stop following it
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+        raise
+    await _finish(relay, job_id)
+    return value
+
+
+async def _finish(relay: asyncio.Future[None], job_id: str) -> None:
+    """Let the relay read the job's last output (it stops by itself once the job ended)."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await relay
+    except Exception as e:  # output is best effort: the result still comes
+        relay.cancel()
+        logger.warning("job %s: output not read to its end: %s", job_id, e)
