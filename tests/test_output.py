@@ -8,7 +8,10 @@ its traceback shows the notebook's source line and none of the worker's frames.
 
 from __future__ import annotations
 
+import asyncio
 import linecache
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -129,3 +132,22 @@ async def test_a_failed_notebook_function_keeps_its_output_and_shows_its_source_
     assert await job.logs() == "about to fail 7\n"
     rendered = failure.value._render_traceback_()
     assert rendered[0] == f"job {job.job_id} failed on a worker:" and rendered[-1] == "ValueError: bad 7"
+
+
+def naq_logs(url: str, job_id: str, *args: str) -> subprocess.Popen[str]:
+    """`naq logs ID ...` as a process, its stdout and stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "naq_ipy.cli", "logs", job_id, "--url", url, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def test_the_naq_logs_command_prints_a_jobs_output_and_follows_a_running_one(url: str, workers: Spawn) -> None:
+    workers(url)
+    queue = Queue("default", url)
+    done = await queue.enqueue(output_jobs.noisy_async, 2, "cli")
+    assert await done.result(RESULT_WAIT_S) == 2
+    printed = await asyncio.to_thread(naq_logs(url, done.job_id).communicate, timeout=RESULT_WAIT_S)
+    assert printed == ("cli 0\ncli 1\n", "cli to stderr\nWARNING:noisy:cli logged\n")
+    running = await queue.enqueue(output_jobs.chatter, "slow", 20, 0.05)
+    follower = naq_logs(url, running.job_id, "--follow")
+    out, err = await asyncio.to_thread(follower.communicate, timeout=RESULT_WAIT_S)
+    assert (out, err, follower.returncode) == ("".join(f"slow {i}\n" for i in range(20)), "", 0)

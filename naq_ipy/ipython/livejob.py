@@ -209,9 +209,10 @@ class LiveJob(Panel):
         p["output_toggle"] = make(widgets.Button, description=SHOW_ALL,
                                   layout=widgets.Layout(width="auto", display="none"))
         p["output_toggle"].on_click(self.guarded("output", lambda _button: self.toggle_output()))
+        lines = make(widgets.VBox, [p["hint"], p["output"], p["output_toggle"]])  # why it waits, what it printed
         return make(widgets.VBox, [
             make(widgets.HBox, [p["title"], p["state"]]), make(widgets.HBox, [p["bar"], p["message"]]),
-            p["hint"], p["output"], p["output_toggle"], p["outcome"], p["toggle"], p["traceback"], self._status,
+            lines, p["outcome"], p["toggle"], p["traceback"], self._status,
         ])
 
     # -- life cycle ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from naq_ipy.client.shortcuts import purge_queue
 from naq_ipy.ipython import monitor_table as mt
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panels import Panel
+from naq_ipy.status.output import output_tails
 from naq_ipy.status.results import JobStatus, fetch_status
 from naq_ipy.status.workers import list_workers
 from naq_ipy.views.tables import format_table
@@ -49,6 +50,7 @@ class Poll:
     failed: list[FailedJob] = field(default_factory=list)
     failed_state: tuple[int, int] | None = None
     tracebacks: dict[str, str | None] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # last lines of each failed job's output
     at: float = 0.0
 
 
@@ -158,10 +160,11 @@ class QueueMonitor(Panel):
         poll.workers = await list_workers(self.settings)
         poll.failed_state = (failed_info.state.last_seq, failed_info.state.messages)
         if poll.failed_state == previous.failed_state:
-            poll.failed, poll.tracebacks = previous.failed, previous.tracebacks
+            poll.failed, poll.tracebacks, poll.outputs = previous.failed, previous.tracebacks, previous.outputs
         else:
             poll.failed = sorted(await list_failed(self.settings), key=lambda f: -f.failed_at)
             poll.tracebacks = await self._tracebacks(poll.failed[:FAILED_ROWS], previous.tracebacks)
+            poll.outputs = await output_tails([f.job_id for f in poll.failed[:FAILED_ROWS]], url=self.settings)
         return poll
 
     async def _tracebacks(self, failed: list[FailedJob], known: dict[str, str | None]) -> dict[str, str | None]:
@@ -210,7 +213,7 @@ class QueueMonitor(Panel):
                 box.layout.display = "none"
                 continue
             line.value = mt.failed_html(job.job_id, job.func_name, job.reason, job.failed_at,
-                                        poll.tracebacks.get(job.job_id), self.zone)
+                                        poll.tracebacks.get(job.job_id), self.zone, poll.outputs.get(job.job_id))
             box.layout.display = None
 
     # -- actions -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 STDOUT, STDERR = "stdout", "stderr"
 POLL_S = 0.25  # a follow looks at the job's status this often while no output comes
 DRAIN_TIMEOUT_S = 5.0
+TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,14 @@ def fetch_output_sync(job_id: str, url: str | ConnectionSettings | None = None) 
 def last_lines(text: str, count: int) -> str:
     """The last `count` lines of `text`."""
     return "".join(text.splitlines(keepends=True)[-count:])
+
+
+async def output_tails(job_ids: Sequence[str], count: int = TAIL_LINES,
+                       url: str | ConnectionSettings | None = None) -> dict[str, str]:
+    """The last `count` lines of output of each job ('' for none or unreadable), for panels listing runs."""
+    found = await asyncio.gather(*(fetch_output(job_id, url) for job_id in job_ids), return_exceptions=True)
+    return {job_id: last_lines(text, count) if isinstance(text, str) else ""
+            for job_id, text in zip(job_ids, found, strict=True)}
 
 
 async def relay_output(job_id: str, on_output: Callable[[OutputChunk], None],

@@ -100,5 +100,5 @@ def remote_traceback(exc: BaseException) -> str:
     if hidden:
         last = max((i for i, line in enumerate(lines) if line == _HEADER), default=None)
         if last is not None:
-            lines[last] = f"Traceback (most recent call last; {hidden} frames of the naq worker hidden):\n"
+            lines.insert(last + 1, f"  [{hidden} frames of the naq worker hidden]\n")
     return "".join(lines)
