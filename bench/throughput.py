@@ -132,14 +132,18 @@ async def read_statuses(conn: Connection, keys: str = ">") -> dict[str, JobStatu
 
 
 async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int, worker: list[Child],
-                  workdir: Path, profile: str | None) -> NaqRun:
-    """Enqueue, start one worker subprocess (kept in `worker` for later phases), time the drain, verify."""
+                  workdir: Path, profile: str | None, worker_args: tuple[str, ...] = ()) -> NaqRun:
+    """Enqueue, start one worker subprocess (kept in `worker` for later phases), time the drain, verify.
+
+    `worker_args`: more `naq worker` flags (bench/output.py compares `--no-capture`).
+    """
     url = server.url
     queue = Queue(QUEUE, url)
     one, bulk, job_ids = await naq_enqueue(queue, n)
     say(f"naq: enqueue one-by-one {one:,.0f}/s, enqueue_many {bulk:,.0f}/s; starting the worker")
     spawned = time.time()
-    child = spawn("naq_ipy.cli", ["worker", QUEUE, "-c", str(concurrency), "--url", url], workdir / "worker.log")
+    child = spawn("naq_ipy.cli", ["worker", QUEUE, "-c", str(concurrency), "--url", url, *worker_args],
+                  workdir / "worker.log")
     worker.append(child)
     with py_spy(child.proc.pid, profile):
         cpu_before, server_before = cpu_s(child.proc.pid), cpu_s(server.pid)

@@ -43,11 +43,6 @@ def workers(spawn_worker: Spawn) -> Spawn:  # noqa: F811
     return spawn_worker
 
 
-def expected_lines(tag: str, n: int, fd: bool) -> list[str]:
-    lines = [f"{tag} {i}" for i in range(n)] + [f"{tag} to stderr", f"WARNING:noisy:{tag} logged"]
-    return lines + ([f"{tag} from fd 1"] if fd else [])
-
-
 async def test_thread_coroutine_and_process_jobs_output_reaches_logs_in_order(url: str, workers: Spawn) -> None:
     workers(url, "threads")
     workers(url, "children", "--process-pool")
@@ -60,13 +55,19 @@ async def test_thread_coroutine_and_process_jobs_output_reaches_logs_in_order(ur
     # a thread shares the worker's file descriptors: only a process-pool child's fd 1 is the job's own
     for job, tag, fd, warns in ((in_thread, "thread", False, True), (in_task, "task", False, False),
                                 (in_child, "child", True, True)):
-        lines = [line for line in (await job.logs()).splitlines() if "warnings.warn" not in line]
-        warned = [line for line in lines if "UserWarning" in line]
-        assert [line for line in lines if line not in warned] == expected_lines(tag, 3, fd), tag
-        assert warned == ([f"{output_jobs.__file__}:{WARN_LINE}: UserWarning: {tag} warned"] if warns else []), tag
-    streams = {chunk.stream for chunk in [c async for c in iter_output(in_thread.job_id, url=url)]
-               if "to stderr" in chunk.text}
-    assert streams == {"stderr"}
+        out, err = await output_by_stream(url, job.job_id)
+        assert out == [f"{tag} {i}" for i in range(3)] + ([f"{tag} from fd 1"] if fd else []), tag
+        warned = [f"{output_jobs.__file__}:{WARN_LINE}: UserWarning: {tag} warned", '  warnings.warn(f"{tag} warned"'
+                  ', UserWarning, stacklevel=1)'] if warns else []
+        assert err == [f"{tag} to stderr", f"WARNING:noisy:{tag} logged", *warned], tag
+
+
+async def output_by_stream(url: str, job_id: str) -> tuple[list[str], list[str]]:
+    """The job's stdout lines and stderr lines (each in order; stdout and stderr are separate streams)."""
+    text = {"stdout": "", "stderr": ""}
+    async for chunk in iter_output(job_id, url=url):
+        text[chunk.stream] += chunk.text
+    return text["stdout"].splitlines(), text["stderr"].splitlines()
 
 
 async def test_two_jobs_printing_at_once_in_one_worker_keep_their_own_lines(url: str, workers: Spawn) -> None:

@@ -62,6 +62,10 @@ def test_a_remote_job_feels_local_in_a_kernel(kernel_env: Path) -> None:  # noqa
         "%naq result idle",
         "%naq worker start -q nobody",
         "idle.result_sync(30), until(lambda: live.hint is None)",
+        "%%naq_schedule --interval 1h --paused cellfail\nprint('from the cell')\nx = 1\nx / 0",
+        "from naq_ipy.schedules.scheduler import run_now\nfrom naq_ipy.status.results import fetch_result\n"
+        "run_id = await run_now('cellfail', get_ipython().find_magic('naq').__self__.engine.url())",
+        "# raises\nawait fetch_result(run_id, 30, get_ipython().find_magic('naq').__self__.engine.url())",
     ], kernel_env)
     waited = cells[2]
     kinds = [out.output_type for out in waited.outputs]
@@ -89,3 +93,9 @@ def test_a_remote_job_feels_local_in_a_kernel(kernel_env: Path) -> None:  # noqa
     assert result(cells[9]) == repr("no worker serves queue 'nobody' — start one with `%naq worker start -q nobody`")
     assert "no worker serves queue 'nobody' — start one with `%naq worker start -q nobody`" in text(cells[10])
     assert result(cells[12]) == "(10, True)"
+
+    [cell_error] = [out for out in cells[15].outputs if out.output_type == "error"]
+    shown = "\n".join(cell_error.traceback)
+    assert 'File "<%%naq_schedule cellfail>", line 3, in <module>\n    x / 0' in shown
+    assert cell_error.traceback[-1] == "ZeroDivisionError: division by zero"
+    assert not [frame for frame in (*KERNEL_FRAMES, "cells.py") if frame in shown], shown
