@@ -49,10 +49,12 @@ def print_lines_to_devnull(n: int) -> int:
     return n
 
 
-async def noop_rates(server: NatsServer, jobs: int, rounds: int, workdir: Path) -> dict[str, list[float]]:
-    """processed/s of no-op jobs, capture on and off, `rounds` alternating runs each."""
+async def noop_rates(server: NatsServer, jobs: int, rounds: int,
+                     workdir: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """processed/s and worker CPU ms per job of no-op jobs, capture on and off, `rounds` alternating runs each."""
     conn = await get_connection(server.url)
     rates: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
     for i in range(rounds):
         for mode, args in (("on", ()), ("off", ("--no-capture",))):
             worker: list = []
@@ -62,8 +64,10 @@ async def noop_rates(server: NatsServer, jobs: int, rounds: int, workdir: Path) 
                 for child in worker:
                     child.stop()
             rates[mode].append(run.row.processed or 0.0)
-            say(f"round {i + 1} capture {mode}: {rates[mode][-1]:,.0f} jobs/s, lost {run.row.lost}")
-    return rates
+            cpu[mode].append(run.worker_cpu_ms_per_job)
+            say(f"round {i + 1} capture {mode}: {rates[mode][-1]:,.0f} jobs/s, {cpu[mode][-1]:.3f} ms CPU/job, "
+                f"lost {run.row.lost}")
+    return rates, cpu
 
 
 async def print_durations(server: NatsServer, lines: int, rounds: int, workdir: Path,
@@ -91,10 +95,11 @@ async def print_durations(server: NatsServer, lines: int, rounds: int, workdir: 
     return durations
 
 
-def report(args: argparse.Namespace, rates: dict[str, list[float]],
+def report(args: argparse.Namespace, rates: dict[str, list[float]], cpu: dict[str, list[float]],
            printing: dict[str, dict[str, list[float]]]) -> str:
     """The report text."""
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
     lines = [
         f"naq_ipy output-capture bench · {os.cpu_count()} cores, {mem_total_gib():.0f} GiB · "
         f"load {load_average()} · Python {sys.version.split()[0]}",
@@ -103,6 +108,8 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]],
         f"  capture on  {on:,.0f} jobs/s   (runs: {', '.join(f'{r:,.0f}' for r in rates['on'])})",
         f"  capture off {off:,.0f} jobs/s   (runs: {', '.join(f'{r:,.0f}' for r in rates['off'])})",
         f"  cost of capture: {100 * (off - on) / off:+.1f}% of throughput (goal < 5%)",
+        f"  worker CPU per job: {cpu_on:.3f} ms on, {cpu_off:.3f} ms off: {100 * (cpu_on - cpu_off) / cpu_off:+.1f}%"
+        " (less sensitive to other load than the rates)",
         "",
         f"a job printing {args.lines:,} lines vs the same prints to /dev/null ({args.rounds} runs, medians):",
     ]
@@ -119,14 +126,14 @@ async def run_all(args: argparse.Namespace) -> str:
         workdir = Path(folder)
         server = NatsServer(store_dir=workdir / "nats").start()
         try:
-            rates = await noop_rates(server, args.jobs, args.rounds, workdir)
+            rates, cpu = await noop_rates(server, args.jobs, args.rounds, workdir)
             printing = {"thread": await print_durations(server, args.lines, args.rounds, workdir, False),
                         "process": await print_durations(server, args.lines, args.rounds, workdir, True)}
         finally:
             with contextlib.suppress(Exception):
                 await close_all()
             server.stop()
-    return report(args, rates, printing)
+    return report(args, rates, cpu, printing)
 
 
 def main(argv: list[str] | None = None) -> int:

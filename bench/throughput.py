@@ -80,6 +80,7 @@ class NaqRun:
     row: Row
     job_ids: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    worker_cpu_ms_per_job: float = 0.0
 
 
 async def naq_enqueue(queue: Queue, n: int) -> tuple[float, float, list[str]]:
@@ -164,7 +165,7 @@ async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int
     ]
     row = Row(f"naq_ipy {version('naq_ipy')}", one, bulk, processed, lost=n - len(finished),
               note=f"enqueue_many; worker subprocess -c {concurrency}")
-    return NaqRun(row, job_ids, notes)
+    return NaqRun(row, job_ids, notes, 1e3 * cpu / max(len(finished), 1))
 
 
 # --- raw nats-py ----------------------------------------------------------------------------------
