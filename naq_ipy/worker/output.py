@@ -97,8 +97,15 @@ class JobOutput:
 
     def start(self) -> None:
         """Start looking for output every TICK_S (from any thread)."""
-        self._loop = self._loop or bridge_loop()
-        self._loop.call_soon_threadsafe(self._tick)
+        loop = self._loop = self._loop or bridge_loop()
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:  # the worker's own loop: no wake-up through its self-pipe
+            self._timer = loop.call_later(TICK_S, self._tick)
+        else:
+            loop.call_soon_threadsafe(self._tick)
 
     def _tick(self) -> None:
         if self.closed:
@@ -181,12 +188,18 @@ class JobOutput:
             await asyncio.shield(self._sender)
         await self._settle_acks()
 
-    async def aclose(self) -> None:
-        """Take no more writes, publish the rest and wait (at most FLUSH_TIMEOUT_S) for the acks."""
+    def close(self) -> bool:
+        """Take no more writes and send what is left (on the loop); True if publishing is still under way."""
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
-        await self.flush()
+        self._send(self._take())
+        return self._sender is not None or bool(self._acks)
+
+    async def aclose(self) -> None:
+        """`close`, then wait for the rest to be published and acked (at most FLUSH_TIMEOUT_S each)."""
+        if self.close():
+            await self.flush()
 
     async def _settle_acks(self) -> None:
         acks, self._acks = self._acks, []
@@ -250,7 +263,8 @@ async def capturing(job_id: str, conn: Connection, ttl_s: float | None = None,
     finally:
         if _active.get(job_id) is output:
             del _active[job_id]
-        await asyncio.shield(output.aclose())
+        if output.close():  # most jobs print nothing: no task, no wait for them
+            await asyncio.shield(output.flush())
 
 
 @contextlib.contextmanager
