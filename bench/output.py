@@ -4,8 +4,10 @@ Run by hand from the repository root:
 
     .venv/bin/python bench/output.py [--jobs 5000] [--rounds 3] [--lines 10000]
 
-1. no-op jobs with capture on vs off (`naq worker --no-capture`): processed/s of one worker
-   subprocess (`run_naq` of bench/throughput.py), rounds alternating, medians compared (goal: < 5%);
+1. no-op jobs with capture on vs off (`naq worker --no-capture`): processed/s and worker CPU per
+   job of one worker subprocess (`run_naq` of bench/throughput.py), rounds alternating, medians
+   compared (goal: < 5%); and the capture's own cost per job measured in-process (it does not
+   depend on other load on the machine the way the rates do);
 2. one job printing `--lines` lines vs the same job printing them to /dev/null: the job's run time
    (`started_at` → `finished_at`), median of the rounds, in a thread worker and a process-pool
    worker (goal: < 2x).
@@ -21,6 +23,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import BENCH_DIR, load_average, mem_total_gib, say, spawn, wait_for_log
@@ -29,6 +32,7 @@ from throughput import QUEUE, run_naq
 from naq_ipy.client.queue import Queue
 from naq_ipy.wire.connection import close_all, get_connection
 from naq_ipy.wire.server import NatsServer
+from naq_ipy.worker.output import capturing
 
 RESULTS_FILE = BENCH_DIR / "results" / "output.txt"
 JOB_WAIT_S = 120.0
@@ -47,6 +51,19 @@ def print_lines_to_devnull(n: int) -> int:
         for i in range(n):
             print("line", i, "of the job's output", file=sink)
     return n
+
+
+async def capture_cost_us(server: NatsServer, jobs: int) -> dict[bool, float]:
+    """Microseconds per job of entering and leaving the capture around a silent run, on and off (in-process)."""
+    conn = await get_connection(server.url)
+    cost: dict[bool, float] = {}
+    for enabled in (True, False, True, False):
+        start = time.perf_counter()
+        for i in range(jobs):
+            async with capturing(f"bench-{enabled}-{i}", conn, None, enabled):
+                pass
+        cost[enabled] = 1e6 * (time.perf_counter() - start) / jobs  # the second pass of each counts
+    return cost
 
 
 async def noop_rates(server: NatsServer, jobs: int, rounds: int,
@@ -96,10 +113,12 @@ async def print_durations(server: NatsServer, lines: int, rounds: int, workdir: 
 
 
 def report(args: argparse.Namespace, rates: dict[str, list[float]], cpu: dict[str, list[float]],
-           printing: dict[str, dict[str, list[float]]]) -> str:
+           printing: dict[str, dict[str, list[float]]], cost: dict[bool, float]) -> str:
     """The report text."""
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    paired = statistics.median(a / b for a, b in zip(cpu["on"], cpu["off"], strict=True))
+    extra_us = cost[True] - cost[False]
     lines = [
         f"naq_ipy output-capture bench · {os.cpu_count()} cores, {mem_total_gib():.0f} GiB · "
         f"load {load_average()} · Python {sys.version.split()[0]}",
@@ -109,7 +128,10 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], cpu: dict[st
         f"  capture off {off:,.0f} jobs/s   (runs: {', '.join(f'{r:,.0f}' for r in rates['off'])})",
         f"  cost of capture: {100 * (off - on) / off:+.1f}% of throughput (goal < 5%)",
         f"  worker CPU per job: {cpu_on:.3f} ms on, {cpu_off:.3f} ms off: {100 * (cpu_on - cpu_off) / cpu_off:+.1f}%"
-        " (less sensitive to other load than the rates)",
+        f" (median of the paired rounds' ratios: {100 * (paired - 1):+.1f}%)",
+        f"  the capture itself, in-process ({args.jobs:,} silent runs): {cost[True]:.1f} us per job on, "
+        f"{cost[False]:.1f} us off: +{extra_us:.1f} us = {100 * extra_us / (1e3 * cpu_off):.1f}% of the worker's "
+        "CPU per job",
         "",
         f"a job printing {args.lines:,} lines vs the same prints to /dev/null ({args.rounds} runs, medians):",
     ]
@@ -126,6 +148,7 @@ async def run_all(args: argparse.Namespace) -> str:
         workdir = Path(folder)
         server = NatsServer(store_dir=workdir / "nats").start()
         try:
+            cost = await capture_cost_us(server, args.jobs)
             rates, cpu = await noop_rates(server, args.jobs, args.rounds, workdir)
             printing = {"thread": await print_durations(server, args.lines, args.rounds, workdir, False),
                         "process": await print_durations(server, args.lines, args.rounds, workdir, True)}
@@ -133,7 +156,7 @@ async def run_all(args: argparse.Namespace) -> str:
             with contextlib.suppress(Exception):
                 await close_all()
             server.stop()
-    return report(args, rates, cpu, printing)
+    return report(args, rates, cpu, printing, cost)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import output_jobs
 import pytest
+from polling import eventually
 from test_worker import Spawn, spawn_worker  # noqa: F401  (its fixture, used through `workers`)
 
 from naq_ipy import JobExecutionError, Queue
@@ -152,3 +153,17 @@ async def test_the_naq_logs_command_prints_a_jobs_output_and_follows_a_running_o
     follower = naq_logs(url, running.job_id, "--follow")
     out, err = await asyncio.to_thread(follower.communicate, timeout=RESULT_WAIT_S)
     assert (out, err, follower.returncode) == ("".join(f"slow {i}\n" for i in range(20)), "", 0)
+
+
+async def test_a_thread_printing_past_its_timeout_keeps_its_output_until_then_and_the_rest_is_dropped(
+        url: str, workers: Spawn) -> None:
+    proc = workers(url)
+    job = await Queue("default", url).enqueue(output_jobs.chatter, "late", 150, 0.02, timeout=0.5)
+    with pytest.raises(JobExecutionError, match="timeout"):
+        await job.result(RESULT_WAIT_S)
+    lines = (await job.logs()).splitlines()
+    assert lines and lines == [f"late {i}" for i in range(len(lines))] and len(lines) < 150
+    log = proc.log_path  # type: ignore[attr-defined]
+    await eventually(lambda: f"job {job.job_id}: " in log.read_text() and "overrunning thread dropped" in
+                     log.read_text(), timeout_s=10, what="the overrun's later output dropped")
+    assert "late 149" not in log.read_text()  # nor written to the worker's log

@@ -1,8 +1,8 @@
 """A job's output captured and streamed live to `naq.logs.<job_id>` (stream `naq_job_logs`).
 
 Around each run the worker makes a `JobOutput` current (see `naq_ipy.worker.streams` for how
-prints, log records and warnings reach it). Writes only append to a deque per stream (a C call,
-thread-safe); a timer on the publishing loop looks every `TICK_S` and takes a batch every
+prints, log records and warnings reach it). Writes only append to a list per stream (a C call,
+atomic under the GIL); a timer on the publishing loop looks every `TICK_S` and takes a batch every
 `BATCH_S` (sooner once `TAKE_WRITES` writes wait), published pipelined (`publish_async`) in
 messages of at most `BATCH_CHARS`, a header saying `stdout` or `stderr`. At most `CAP_CHARS` per
 job are kept, then one "output truncated" line and the rest is dropped as it is taken, so a job
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -50,10 +49,9 @@ BATCH_S = 0.1
 TAKE_WRITES = 4096
 BATCH_CHARS = 16 * 1024
 CAP_CHARS = 1024 * 1024
-PENDING_MAX = 1_000_000  # writes held between takes at most (a stray thread printing after its job ended)
+SWEEP_S = 1.0  # how often the output of a thread still running after its job ended (an overrun) is dropped
 FLUSH_TIMEOUT_S = 5.0
 TRUNCATED = "\n[naq: output truncated at {cap:,} characters; the rest of this job's output was dropped]\n"
-LOST = "[naq: some output was lost: the job wrote faster than the worker could take it]\n"
 
 
 class JobOutput:
@@ -67,7 +65,7 @@ class JobOutput:
                  conn: Connection | None = None, ttl_s: float | None = None, cap_chars: int = CAP_CHARS) -> None:
         self.job_id = job_id
         self.settings = settings
-        self.pending: tuple[deque[str], deque[str]] = (deque(maxlen=PENDING_MAX), deque(maxlen=PENDING_MAX))
+        self.pending: tuple[list[str], list[str]] = ([], [])  # stdout, stderr: their `append` is the sink
         self.closed = False
         self.full = False  # the cap was reached: what comes is dropped
         self._subject = logs_subject(job_id)
@@ -128,13 +126,12 @@ class JobOutput:
             count = len(pending)
             if not count:
                 continue
+            # two single C operations, each atomic under the GIL: a write landing between them is
+            # appended after the copied part, so it stays for the next take
+            parts = pending[:count]
+            del pending[:count]
             if self.full:
-                pending.clear()  # dropped anyway: a write landing meanwhile may go too
                 continue
-            # popleft one by one: a write landing meanwhile stays for the next take, never lost
-            parts = [pending.popleft() for _ in range(count)]
-            if count == PENDING_MAX:
-                parts.insert(0, LOST)
             text = self._within_cap(parts)
             self._kept += len(text)
             messages.extend((stream, text[i:i + BATCH_CHARS]) for i in range(0, len(text), BATCH_CHARS))
@@ -188,13 +185,28 @@ class JobOutput:
             await asyncio.shield(self._sender)
         await self._settle_acks()
 
-    def close(self) -> bool:
-        """Take no more writes and send what is left (on the loop); True if publishing is still under way."""
+    def close(self, stray: asyncio.Future[Any] | None = None) -> bool:
+        """Take no more writes and send what is left (on the loop); True if publishing is still under way.
+
+        `stray`: the future of the job's thread when it overran and still runs: what it writes from
+        now on is dropped every SWEEP_S until it ends, so it cannot grow the worker.
+        """
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
         self._send(self._take())
+        if stray is not None and not stray.done():
+            self._sweep(stray)
         return self._sender is not None or bool(self._acks)
+
+    def _sweep(self, stray: asyncio.Future[Any]) -> None:
+        dropped = sum(map(len, self.pending))
+        for pending in self.pending:
+            del pending[:]
+        if dropped:
+            logger.info("job %s: %d writes of its overrunning thread dropped", self.job_id, dropped)
+        if not stray.done():
+            self._timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep, stray)
 
     async def aclose(self) -> None:
         """`close`, then wait for the rest to be published and acked (at most FLUSH_TIMEOUT_S each)."""
@@ -257,13 +269,17 @@ async def capturing(job_id: str, conn: Connection, ttl_s: float | None = None,
     output = JobOutput(job_id, conn.settings, asyncio.get_running_loop(), conn, ttl_s)
     output.start()
     _active[job_id] = output
+    stray = None
     try:
         with _current(output):
             yield output
+    except BaseException as e:
+        stray = getattr(e, "still_running", None)  # a JobFailure of a thread that overran
+        raise
     finally:
         if _active.get(job_id) is output:
             del _active[job_id]
-        if output.close():  # most jobs print nothing: no task, no wait for them
+        if output.close(stray):  # most jobs print nothing: no task, no wait for them
             await asyncio.shield(output.flush())
 
 

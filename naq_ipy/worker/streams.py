@@ -8,7 +8,7 @@ other's lines. `FdPipe` points a process-pool child's file descriptors 1 and 2 a
 so output of C extensions and subprocesses is kept.
 
 A proxy's `write` is a C-level property (`ContextVar.get` as its getter) returning the bound
-`append` of the job's deque: a print inside a job runs no Python code of ours. Outside a job the
+`append` of the job's list: a print inside a job runs no Python code of ours. Outside a job the
 getter returns its default, the proxy itself, whose `__call__` writes to the real stream.
 """
 
