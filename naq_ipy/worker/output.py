@@ -79,12 +79,6 @@ class JobOutput:
         self._outbox: list[tuple[str, str]] = []
         self._sender: asyncio.Task[None] | None = None
         self._acks: list[asyncio.Future[Any]] = []
-        self.published = 0  # messages sent
-
-    @property
-    def used(self) -> bool:
-        """True once anything was written."""
-        return self._kept > 0 or any(self.pending)
 
     def write(self, stream: str, text: str) -> bool:
         """Keep `text` of `stream` ("stdout" or "stderr"); False once closed (the caller writes it elsewhere)."""
@@ -174,7 +168,6 @@ class JobOutput:
                 ack = await conn.js.publish_async(self._subject, text.encode("utf-8", "replace"), wait_stall=1.0,
                                                   headers={OUTPUT_STREAM_HEADER: stream}, msg_ttl=self._ttl_s)
                 self._acks.append(ack)
-                self.published += 1
         except (NaqException, nats.errors.Error, OSError, TimeoutError) as e:  # output is best effort
             logger.warning("job %s: output not published: %s", self.job_id, e)
 
