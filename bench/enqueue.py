@@ -38,8 +38,8 @@ from nats.js import JetStreamContext
 
 from naq_ipy import Queue
 from naq_ipy.wire.connection import close_all
+from naq_ipy.wire.names import JOB_STREAM_NAME
 from naq_ipy.wire.server import NatsServer
-from naq_ipy.wire.settings import JOB_STREAM_NAME
 
 QUEUE = "bench"
 SUBJECT = f"naq.queue.{QUEUE}"

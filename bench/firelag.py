@@ -16,7 +16,7 @@ from naq_ipy.client.job import read_header
 from naq_ipy.client.queue import Queue
 from naq_ipy.status.results import FINISHED, JobStatus
 from naq_ipy.wire.connection import Connection
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, queue_subject
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, queue_subject
 
 LAG_LEAD_S = 2.0  # first scheduled run this long after the entries are written
 LAG_TARGET_MS = 100.0

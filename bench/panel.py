@@ -30,7 +30,7 @@ from naq_ipy.client.job import Job  # noqa: E402
 from naq_ipy.schedules.record import new_record  # noqa: E402
 from naq_ipy.schedules.store import ScheduledJobManager  # noqa: E402
 from naq_ipy.wire.connection import get_connection  # noqa: E402
-from naq_ipy.wire.settings import SCHEDULED_JOBS_KV_NAME  # noqa: E402
+from naq_ipy.wire.names import SCHEDULED_JOBS_KV_NAME  # noqa: E402
 
 SIZES = (100, 1_000, 10_000)
 UPDATES = 30

@@ -34,8 +34,8 @@ from naq_ipy.client.job import read_header
 from naq_ipy.client.queue import Queue
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import Connection, close_all, get_connection
+from naq_ipy.wire.names import JOB_STREAM_NAME, queue_subject
 from naq_ipy.wire.server import NatsServer
-from naq_ipy.wire.settings import JOB_STREAM_NAME, queue_subject
 
 RESULTS_FILE = BENCH_DIR / "results" / "schedules.txt"
 QUEUE = "soak-sched"

@@ -38,8 +38,8 @@ from naq_ipy.client.job import Job
 from naq_ipy.client.queue import Queue
 from naq_ipy.status.results import FINISHED, JobStatus
 from naq_ipy.wire.connection import Connection, close_all, get_connection
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
 from naq_ipy.wire.server import NatsServer, find_server_binary
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, JOB_STREAM_NAME
 
 RESULTS_FILE = BENCH_DIR / "results" / "throughput.txt"
 QUEUE = "bench"

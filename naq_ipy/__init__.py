@@ -44,11 +44,13 @@ from naq_ipy.errors import (
     PermissionDeniedError,
     RefusedError,
     SerializationError,
+    SignatureError,
 )
 from naq_ipy.rules.retry import ExponentialBackoff
 from naq_ipy.rules.times import next_cron_runs
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.schedules.scheduler import run_now, run_now_sync
+from naq_ipy.status.cancel import CancelReport, cancel, cancel_sync
 from naq_ipy.status.output import fetch_output
 from naq_ipy.status.progress import progress, progress_async
 from naq_ipy.status.results import fetch_result
@@ -62,8 +64,9 @@ moved.install()
 __all__ = [
     "ConfigurationError", "ConflictError", "ConnectionSettings", "ExponentialBackoff", "Job",
     "JobExecutionError", "JobNotFoundError", "NaqConnectionError", "NaqException", "PermissionDeniedError",
-    "Queue", "QueueMonitor", "RefusedError", "ScheduledJob", "ScheduledJobsPanel", "SerializationError", "WaitResult",
-    "cancel_scheduled_job", "cancel_scheduled_job_sync", "enqueue", "enqueue_at", "enqueue_at_sync",
+    "CancelReport", "Queue", "QueueMonitor", "RefusedError", "ScheduledJob", "ScheduledJobsPanel",
+    "SerializationError", "SignatureError", "WaitResult", "cancel", "cancel_scheduled_job", "cancel_scheduled_job_sync",
+    "cancel_sync", "enqueue", "enqueue_at", "enqueue_at_sync",
     "enqueue_in", "enqueue_in_sync", "enqueue_sync", "fetch_result", "get_scheduled_job", "get_scheduled_job_sync",
     "list_scheduled_jobs", "list_scheduled_jobs_sync", "modify_scheduled_job", "modify_scheduled_job_sync",
     "next_cron_runs", "pause_scheduled_job", "pause_scheduled_job_sync", "progress", "progress_async", "purge_queue",

@@ -23,6 +23,10 @@ class SerializationError(NaqException):
     """A job, an argument or a result cannot be pickled or unpickled."""
 
 
+class SignatureError(NaqException):
+    """A record or job is not signed by a key this process holds: refused before anything of it is unpickled."""
+
+
 class JobExecutionError(NaqException):
     """A job failed on a worker; carries the remote error text and traceback.
 

@@ -35,6 +35,7 @@ OLD_PATHS: dict[str, str] = {
     "naq_ipy.ipython.jobs_model": "naq_ipy.ipython.schedules_model",
     "naq_ipy.ipython.jobs_form": "naq_ipy.ipython.schedules_form",
     "naq_ipy.ipython.table": "naq_ipy.ipython.schedules_table",
+    "naq_ipy.ipython.jobview": "naq_ipy.views.jobs",
 }
 
 

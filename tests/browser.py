@@ -1,7 +1,8 @@
-"""A real JupyterLab on loopback, isolated from the user's config, driven by Playwright on Debian's Chromium.
+"""A real JupyterLab (or Notebook 7) on loopback, isolated from the user's config, driven by Playwright on Chromium.
 
-Used by the browser tests: `JupyterLab` starts `jupyter lab` with its own config, data, IPython
-and workspace dirs and a kernelspec for this interpreter; `chromium_page` opens a headless page.
+Used by the browser tests: `JupyterLab` starts `jupyter lab` (or, with `app="notebook"`, Jupyter
+Notebook 7) with its own config, data, IPython and workspace dirs and a kernelspec for this
+interpreter; `chromium_page` opens a headless page.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ NO_NEWS = {"fetchNews": "false"}
 
 
 class JupyterLab:
-    """One `jupyter lab` server process serving `workdir/root` with isolated Jupyter and IPython dirs."""
+    """One `jupyter lab` server process serving `workdir/root` with isolated Jupyter and IPython dirs.
 
-    def __init__(self, workdir: Path, python: str = sys.executable) -> None:
+    `app`: "jupyterlab", or "notebook" for Jupyter Notebook 7 (the same frontend parts, one document a tab).
+    """
+
+    def __init__(self, workdir: Path, python: str = sys.executable, app: str = "jupyterlab") -> None:
         self.workdir = workdir
+        self.app = app
         self.root = workdir / "root"
         self.python = python
         self.port = free_port()
@@ -59,11 +64,12 @@ class JupyterLab:
     def start(self, timeout_s: float = 90.0) -> JupyterLab:
         """Start the server and wait until it answers."""
         self.root.mkdir(parents=True, exist_ok=True)
+        app_class = "LabApp" if self.app == "jupyterlab" else "JupyterNotebookApp"
         command = [
-            self.python, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ip", "127.0.0.1",
+            self.python, "-m", self.app, "--allow-root", "--no-browser", "--ip", "127.0.0.1",
             "--port", str(self.port), "--IdentityProvider.token=", "--ServerApp.password=",
-            f"--ServerApp.root_dir={self.root}", f"--LabApp.workspaces_dir={self.workdir / 'workspaces'}",
-            "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=True",
+            f"--ServerApp.root_dir={self.root}", f"--{app_class}.workspaces_dir={self.workdir / 'workspaces'}",
+            f"--{app_class}.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=True",
         ]
         log = self.log_path.open("wb")
         self._process = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
@@ -71,14 +77,14 @@ class JupyterLab:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {self._process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.app} exited with {self._process.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/api/status", timeout=1) as reply:
                     if reply.status == 200:
                         return self
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"jupyter lab did not answer within {timeout_s} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.app} did not answer within {timeout_s} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         """Stop the server (and with it the kernels it started)."""
@@ -111,7 +117,9 @@ class JupyterLab:
         return path
 
     def notebook_url(self, name: str) -> str:
-        """A fresh workspace URL for the notebook, so no earlier tab is restored over it."""
+        """A fresh workspace URL for the notebook, so no earlier tab is restored over it (Notebook 7: its page)."""
+        if self.app == "notebook":
+            return f"{self.url}/notebooks/{name}"
         return f"{self.url}/lab/workspaces/w{uuid.uuid4().hex[:8]}/tree/{name}?reset"
 
     def __enter__(self) -> JupyterLab:

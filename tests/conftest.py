@@ -13,10 +13,10 @@ import nats.js.errors
 import pytest
 from magic_shell import RaisingShell, make_shell
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.js.api import RawStreamMsg, StorageType, StreamConfig
 
 import naq_ipy.client.bridge
-from naq_ipy.wire.server import NatsServer, free_port
+from naq_ipy.wire.server import NatsServer, free_ports
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,14 +32,26 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.stop()
 
 
+# A file stream never deleted, so that emptying the server never empties the account's `streams`
+# directory: nats-server removes that directory from a goroutine after the account's last stream is
+# deleted, and a stream created before it ran can lose the directory under it ("error creating store
+# for stream", 10049; the server's log says "could not create storage directory ... no such file").
+KEEPER_STREAM = "naq_test_keeper"
+
+
 async def _delete_all_streams(url: str) -> None:
     nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
         js = nc.jetstream()
+        try:
+            await js.stream_info(KEEPER_STREAM)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(StreamConfig(name=KEEPER_STREAM, subjects=[KEEPER_STREAM], storage=StorageType.FILE))
         # KV buckets and object stores are streams too (KV_*, OBJ_*); listed again until none is
         # left, so that no test starts beside the last one's leftovers
         for _ in range(50):
-            left = [info.config.name for info in await js.streams_info() if info.config.name]
+            left = [info.config.name for info in await js.streams_info()
+                    if info.config.name and info.config.name != KEEPER_STREAM]
             if not left:
                 return
             for name in left:
@@ -52,7 +64,7 @@ async def _delete_all_streams(url: str) -> None:
 
 @pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
-    """URL of the session server, emptied of every stream and KV bucket before the test."""
+    """URL of the session server, emptied of every stream and KV bucket (but `KEEPER_STREAM`) before the test."""
     # the sync bridge's pooled connection caches stream/bucket handles: start each test without it
     naq_ipy.client.bridge.stop_bridge()
     asyncio.run(_delete_all_streams(nats_server.url))
@@ -142,13 +154,23 @@ def kv_snapshot(raw_js: JetStreamContext) -> Callable[..., Awaitable[dict[str, t
 # --- a 3-node JetStream cluster (tests/test_cluster.py, tests/test_faults.py) ---
 
 
+def cluster_node_options(count: int = 3, prefix: str = "node") -> list[dict[str, Any]]:
+    """NatsServer keywords for `count` nodes routed to each other, every port (client, monitor, route) distinct.
+
+    The nodes start at once and bind their ports only then: ports picked one by one beforehand
+    could repeat, and a node whose route port is another node's client port never joins the meta group.
+    """
+    ports = free_ports(3 * count)
+    cluster_ports = ports[2 * count:]
+    routes = [f"nats://127.0.0.1:{port}" for port in cluster_ports]
+    return [dict(port=ports[2 * i], monitor_port=ports[2 * i + 1], server_name=f"{prefix}{i}", cluster_name="naq-test",
+                 cluster_port=cluster_ports[i], routes=routes) for i in range(count)]
+
+
 @pytest.fixture
 def nats_cluster_nodes(tmp_path: Path) -> Iterator[list[NatsServer]]:
     """Three JetStream nodes on loopback, routed to each other, each with its own store dir; stopped at teardown."""
-    cluster_ports = [free_port() for _ in range(3)]
-    routes = [f"nats://127.0.0.1:{port}" for port in cluster_ports]
-    nodes = [NatsServer(store_dir=tmp_path / f"node{i}", server_name=f"node{i}", cluster_name="naq-test",
-                        cluster_port=port, routes=routes) for i, port in enumerate(cluster_ports)]
+    nodes = [NatsServer(store_dir=tmp_path / options["server_name"], **options) for options in cluster_node_options()]
     try:
         for node in nodes:
             node.start(wait=False)

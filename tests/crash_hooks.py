@@ -15,6 +15,7 @@ from typing import Any
 from nats.js import api
 
 import naq_ipy.schedules.scheduler as scheduler
+from naq_ipy.cli.main import main
 
 _publish_run = scheduler.publish_run
 _published = 0
@@ -33,4 +34,5 @@ async def publish_run_then_crash(*args: Any, **kwargs: Any) -> api.PubAck:
 
 if __name__ == "__main__":
     scheduler.publish_run = publish_run_then_crash
-    sys.exit(scheduler.main(sys.argv[1:]))
+    verbose = [arg for arg in sys.argv[1:] if arg in ("-v", "--verbose")]  # the `naq` command's own option
+    sys.exit(main([*verbose, "scheduler", *(arg for arg in sys.argv[1:] if arg not in verbose)]))

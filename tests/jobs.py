@@ -131,3 +131,58 @@ def report_tightly(seconds: float) -> int:
         calls += 1
     naq_ipy.progress(1.0, "done")
     return calls + 1
+
+
+def opened_while_loading(marks_path: str, gate: str, wait_s: float) -> bool:
+    """Called while a pickle loads: mark `loading`, wait up to `wait_s` for file `gate`; True if it appeared."""
+    mark(marks_path, "loading")
+    deadline = time.monotonic() + wait_s
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return Path(gate).exists()
+
+
+class SlowToLoad:
+    """An argument whose unpickling blocks (up to `wait_s`) until file `gate` exists; loads as a bool."""
+
+    def __init__(self, marks_path: str, gate: str, wait_s: float) -> None:
+        self.args = (marks_path, gate, wait_s)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return opened_while_loading, self.args
+
+
+def identity(value: object) -> object:
+    """`value` itself."""
+    return value
+
+
+def create_file(path: str) -> str:
+    """Create file `path`."""
+    Path(path).touch()
+    return path
+
+
+def enqueue_children(count: int) -> list[Any]:
+    """Enqueue `count` jobs on queue `kids` (server and keys from this process's environment); return them."""
+    from naq_ipy import Queue
+
+    queue = Queue("kids")
+    return [queue.enqueue_sync(add, i, i) for i in range(count)]
+
+
+def busy_loop(path: str, limit_s: float = 120.0) -> str:
+    """Mark `start`, spin in pure Python (no sleeping, no C call that blocks) up to `limit_s`, mark `end`."""
+    mark(path, "start")
+    deadline = time.monotonic() + limit_s
+    spins = 0
+    while time.monotonic() < deadline:
+        spins += 1
+    mark(path, "end")
+    return "spun"
+
+
+def touch(path: str, value: object = None) -> object:
+    """Mark `ran` (the side effect a test looks for); return `value`."""
+    mark(path, "ran")
+    return value

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 logger = logging.getLogger("noisy")
 
@@ -52,3 +53,18 @@ def flood(total_mb: int) -> int:
 
 def quiet() -> None:
     """Print nothing."""
+
+
+def print_then_spin(tag: str, path: str) -> None:
+    """Print a line, mark `path` with `printed`, then spin in pure Python until cancelled."""
+    print(f"{tag} before the cancel")
+    Path(path).write_text("printed")
+    while True:
+        pass
+
+
+async def print_then_wait(tag: str, path: str) -> None:
+    """Coroutine twin of `print_then_spin`: waits until cancelled."""
+    print(f"{tag} before the cancel")
+    Path(path).write_text("printed")
+    await asyncio.sleep(3600)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -28,3 +28,21 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: st
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
     return value
+
+
+async def eventually_async(read: Callable[[], Awaitable[Any]], expected: Any, what: str,
+                           timeout_s: float = 20.0) -> None:
+    """Poll the coroutine function `read` until it returns `expected`; fail naming `what`."""
+    latest: list[Any] = []
+
+    async def poll() -> None:
+        while True:
+            latest[:] = [await read()]
+            if latest[0] == expected:
+                return
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), timeout_s)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {latest})")

@@ -13,16 +13,17 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import jobs
+import nats
 import pytest
-from polling import eventually
+from polling import eventually, eventually_async
 from test_scheduler import quarter_after
 from test_scheduler import running as running_scheduler
 from test_worker import running_worker
 
 from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
-from naq_ipy.status.results import fetch_result
-from naq_ipy.wire import settings as names
-from naq_ipy.wire.connection import close_all, connect, get_connection
+from naq_ipy.status.results import fetch_result, write_result
+from naq_ipy.wire import names
+from naq_ipy.wire.connection import close_all, connect, get_connection, kv_put
 from naq_ipy.wire.server import NatsServer
 from naq_ipy.worker.consumer import list_workers
 from naq_ipy.worker.failed_store import list_failed
@@ -122,3 +123,115 @@ async def test_enqueue_only_user_enqueues_but_schedules_are_permission_denied(se
     shown = " ".join([*(str(e) for e in errors), *(repr(e) for e in errors), repr(queue), repr(queue.settings)])
     assert_no_password(shown)
     assert violations(server) and all("naq-enqueue" in line for line in violations(server))
+
+
+@pytest.mark.slow
+async def test_notebooks_cannot_write_results(server: NatsServer) -> None:
+    """Only workers write result values; a notebook may write statuses (to cancel), which signatures guard."""
+    conn = await get_connection(as_role(server.url, "notebook"))
+    for bucket in (names.RESULTS_KV_NAME,):
+        with pytest.raises(PermissionDeniedError, match="permission denied"):
+            await kv_put(conn, bucket, "some-job", b'{"job_id":"some-job","status":"finished"}', ttl_s=60)
+    assert violations(server) and all("naq-notebook" in line for line in violations(server))
+
+
+async def test_notebook_may_cancel_jobs_and_enqueue_may_not(server: NatsServer, tmp_path: Path) -> None:
+    """`naq-notebook` cancels a queued and a running job (the worker stops it) without a violation;
+    `naq-enqueue` is told "permission denied" and its cancel changes nothing."""
+    from naq_ipy import cancel
+    from naq_ipy.status.results import fetch_status, wait_for_end
+
+    evidence = str(tmp_path / "spin")
+    notebook = Queue("reports", as_role(server.url, "notebook"))
+    queued = await notebook.enqueue(jobs.add, 1, 2)
+    assert str((await cancel(queued, notebook.settings))[queued.job_id]) == "cancelled"
+    spinning = await notebook.enqueue(jobs.busy_loop, evidence)
+    async with running_worker(as_role(server.url, "worker"), "reports", concurrency=1):
+        await eventually(lambda: jobs.marks(evidence, "start"), what="the job to start")
+        started = time.monotonic()
+        with pytest.raises(PermissionDeniedError, match="permission denied by NATS at"):
+            await cancel(spinning, as_role(server.url, "enqueue"))
+        assert time.monotonic() - started < DENIAL_BOUND_S
+        denied = violations(server)
+        assert denied and all("naq-enqueue" in line for line in denied)
+        assert (await fetch_status(spinning.job_id, notebook.settings)).status == "running"  # type: ignore[union-attr]
+        assert str((await cancel(spinning, notebook.settings))[spinning.job_id]) == "cancelled"
+        assert (await wait_for_end(spinning.job_id, 10, notebook.settings)).status == "cancelled"
+    assert (await fetch_status(queued.job_id, notebook.settings)).status == "cancelled"  # type: ignore[union-attr]
+    assert violations(server) == denied
+
+
+# What each role may NOT do (docs/nats-permissions.conf, "Roles"): (subject, why it must be refused).
+REFUSED = {
+    "notebook": [
+        ("$JS.API.STREAM.CREATE.naq_other", "creating streams and buckets is for naq-admin"),
+        ("$JS.API.STREAM.DELETE.naq_jobs", "deleting the job stream"),
+        ("$KV.naq_results.forged", "results are written by workers"),
+        ("$KV.naq_workers.fake-worker", "heartbeats are written by workers"),
+        ("naq.failed.reports", "failed jobs are recorded by workers"),
+        ("$JS.ACK.naq_jobs.naq-worker-reports.1.1.1.1.0", "acking a job it did not run"),
+    ],
+    "worker": [
+        ("naq.queue.reports", "a worker cannot enqueue"),
+        ("$KV.naq_scheduled_jobs.forged", "a worker cannot touch schedules"),
+        ("$JS.API.CONSUMER.CREATE.KV_naq_scheduled_jobs", "a worker cannot watch schedules"),
+        ("$JS.API.STREAM.PURGE.naq_jobs", "purging queues"),
+        ("$JS.API.STREAM.CREATE.naq_other", "creating streams"),
+    ],
+    "scheduler": [
+        ("$KV.naq_job_status.forged", "statuses are written by workers and notebooks"),
+        ("$KV.naq_results.forged", "results are written by workers"),
+        ("naq.failed.reports", "failed jobs are recorded by workers"),
+        ("$JS.API.CONSUMER.MSG.NEXT.naq_jobs.naq-worker-reports", "a scheduler does not take jobs"),
+        ("$JS.API.STREAM.PURGE.naq_jobs", "purging queues"),
+        ("$JS.API.STREAM.CREATE.naq_other", "creating streams"),
+    ],
+}
+
+
+async def refusals(url: str, role: str, subjects: list[str]) -> dict[str, str]:
+    """Publish once on each subject as `naq-<role>` (and subscribe to `naq.queue.>`): the server's -ERR for each."""
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error))
+
+    nc = await nats.connect(url, user=f"naq-{role}", password=PASSWORDS[role], error_cb=on_error,
+                            allow_reconnect=False)
+    found: dict[str, str] = {}
+    try:
+        for subject in [*subjects, "naq.queue.>"]:
+            if subject == "naq.queue.>":  # reading jobs straight off their subjects, past JetStream
+                await nc.subscribe(subject)
+            else:
+                await nc.publish(subject, b"{}")
+            await nc.flush()
+            await eventually_async(lambda s=subject: said(errors, s), True, f"the refusal of {subject}")
+            found[subject] = next(e for e in errors if f'"{subject.lower()}"' in e)
+    finally:
+        await nc.close()
+    return found
+
+
+async def said(errors: list[str], subject: str) -> bool:
+    """Whether the server refused `subject` (nats-py lower-cases the server's -ERR text)."""
+    return any(f'"{subject.lower()}"' in error for error in errors)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", sorted(REFUSED))
+async def test_each_role_is_refused_what_it_must_not_do_and_nothing_is_written(server: NatsServer, role: str) -> None:
+    refused = await refusals(server.url, role, [subject for subject, _ in REFUSED[role]])
+    assert all("permissions violation" in error for error in refused.values()), refused
+    admin = await get_connection(as_role(server.url, "admin"))
+    for stream in (names.JOB_STREAM_NAME, names.FAILED_STREAM_NAME, *(f"KV_{b}" for b in BUCKETS)):
+        assert (await admin.js.stream_info(stream)).state.messages == 0, f"{role} wrote to {stream}"
+    assert {info.config.name for info in await admin.js.streams_info()} == {
+        names.JOB_STREAM_NAME, names.FAILED_STREAM_NAME, *(f"KV_{b}" for b in BUCKETS)}
+    # and through naq itself: the refusal is a PermissionDeniedError, not a hang or a silent success
+    settings = as_role(server.url, role)
+    attempt = (Queue("reports", settings).enqueue(jobs.add, 1, 1) if role == "worker"
+               else write_result(await get_connection(settings), "forged", b"x"))
+    with pytest.raises(PermissionDeniedError, match="permission denied by NATS at"):
+        await attempt
+    assert violations(server) and all(f"naq-{role}" in line for line in violations(server))

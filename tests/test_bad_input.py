@@ -42,10 +42,10 @@ CASES: dict[str, tuple[Action, type[NaqException], str]] = {
     "cron-not-str": (lambda q: q.schedule(add, cron=5), ConfigurationError, "not a string"),
     "cron-random": (lambda q: q.schedule(add, cron="R * * * *"), ConfigurationError, "random"),
     # interval
-    "interval-zero": (lambda q: q.schedule(add, interval=0), ConfigurationError, "interval must be > 0"),
+    "interval-zero": (lambda q: q.schedule(add, interval=0), ConfigurationError, "0.1 s to 100 years"),
     "interval-negative": (lambda q: q.schedule(add, interval=-5), ConfigurationError, "invalid duration"),
-    "interval-zero-delta": (lambda q: q.schedule(add, interval=timedelta(0)), ConfigurationError, "> 0"),
-    "interval-zero-text": (lambda q: q.schedule(add, interval="0s"), ConfigurationError, "> 0"),
+    "interval-zero-delta": (lambda q: q.schedule(add, interval=timedelta(0)), ConfigurationError, "0.1 s to 100 years"),
+    "interval-zero-text": (lambda q: q.schedule(add, interval="0s"), ConfigurationError, "0.1 s to 100 years"),
     "interval-text": (lambda q: q.schedule(add, interval="often"), ConfigurationError, "invalid duration"),
     "interval-bool": (lambda q: q.schedule(add, interval=True), ConfigurationError, "invalid duration"),
     # repeat
@@ -98,6 +98,14 @@ CASES: dict[str, tuple[Action, type[NaqException], str]] = {
     "retry-delay-empty": (lambda q: q.enqueue(add, retry_delay=[]), ConfigurationError, "empty"),
     "depends-on": (lambda q: q.enqueue(add, depends_on=[3]), ConfigurationError, "depends_on"),
     "job-id": (lambda q: q.enqueue(add, job_id="has space"), ConfigurationError, "job id"),
+    "job-id-newline": (lambda q: q.enqueue(add, job_id="j1\n"), ConfigurationError, "job id"),
+    "job-id-dash": (lambda q: q.enqueue(add, job_id="-j1"), ConfigurationError, "job id"),
+    "schedule-name-long": (lambda q: q.schedule(add, interval=60, name="n" * 183), ConfigurationError,
+                           "invalid schedule name"),
+    "interval-tiny": (lambda q: q.schedule(add, interval=5e-324), ConfigurationError, "interval"),
+    "at-huge": (lambda q: q.enqueue_at(1e300, add), ConfigurationError, "invalid time"),
+    "at-before-1970": (lambda q: q.enqueue_at(-1e15, add), ConfigurationError, "invalid time"),
+    "at-inf": (lambda q: q.enqueue_at(float("inf"), add), ConfigurationError, "invalid time"),
     "at-text": (lambda q: q.enqueue_at("tomorrow", add), ConfigurationError, "invalid time"),
     "at-nan": (lambda q: q.enqueue_at(float("nan"), add), ConfigurationError, "invalid time"),
     "in-negative": (lambda q: q.enqueue_in(-5, add), ConfigurationError, "invalid duration"),
@@ -134,7 +142,8 @@ async def test_bad_input_writes_nothing(nats_url: str, populated: Callable[[], A
     assert list(after[1]) == ["existing"]
 
 
-@pytest.mark.parametrize("name", ["a.b", "a b", "", "a*", ">", "x" * 65, "naïve", None, 3])
+@pytest.mark.parametrize("name", ["a.b", "a b", "", "a*", ">", "x" * 65, "naïve", None, 3, "q1\n", "-q",
+                                  "--process-pool"])
 def test_invalid_queue_names(name: Any) -> None:
     with pytest.raises(ConfigurationError, match="invalid queue name"):
         Queue(name, nats_url="nats://127.0.0.1:1")

@@ -11,10 +11,12 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from pids import alive, outlived
 
+from naq_ipy.cli import dashboard
 from naq_ipy.wire.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +41,20 @@ print("LATER", queue.enqueue_in_sync(0.5, double, 5).result_sync(30), flush=True
 def test_requirements_install_the_repo_with_the_notebook_deps() -> None:
     lines = [line.strip() for line in (BINDER / "requirements.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
-    assert lines == ["-e .[lab]"]
+    assert lines == ["-e .[lab,dashboard]"]
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("jupyterlab") for dep in extras["lab"]) and "naq_ipy[notebooks]" in extras["lab"]
+    assert any(dep.startswith("voila") for dep in extras["dashboard"])
     assert any(dep.startswith("matplotlib") for dep in extras["notebooks"])
+
+
+def test_readme_binder_link_opens_the_packaged_dashboard() -> None:
+    links = re.findall(r"https://mybinder\.org/v2/gh/[^)\s]+", (ROOT / "README.md").read_text())
+    urlpaths = [parse_qs(urlsplit(link).query).get("urlpath", [""])[0] for link in links]
+    dashboards = [path for path in urlpaths if path.startswith("voila/render/")]
+    assert dashboards, links
+    assert all((ROOT / path.removeprefix("voila/render/")).is_file() for path in dashboards), dashboards
+    assert (ROOT / dashboards[0].removeprefix("voila/render/")).resolve() == dashboard.NOTEBOOK
 
 
 def test_start_is_an_executable_bash_script_ending_in_exec() -> None:

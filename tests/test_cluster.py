@@ -31,7 +31,7 @@ from test_worker import Spawn, spawn_worker  # noqa: F401 - spawn_worker is a fi
 from naq_ipy import ConnectionSettings, Job, NaqException, Queue
 from naq_ipy.client.job import read_header
 from naq_ipy.schedules.store import ScheduledJobManager
-from naq_ipy.wire import settings as names
+from naq_ipy.wire import names
 from naq_ipy.wire.connection import close_all, get_connection
 from naq_ipy.wire.server import NatsServer
 

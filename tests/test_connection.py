@@ -15,6 +15,7 @@ from typing import Any
 
 import nats
 import pytest
+from conftest import cluster_node_options
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StreamConfig
 
@@ -321,10 +322,7 @@ async def _retry(attempt: Callable[[], Awaitable[Any]], within_s: float = 20.0) 
 
 @pytest.mark.slow
 async def test_replicas_reach_stream_and_bucket_configs(nats_server_factory: Factory) -> None:
-    cluster_ports = [free_port() for _ in range(3)]
-    routes = [f"nats://127.0.0.1:{port}" for port in cluster_ports]
-    servers = [nats_server_factory(start=False, server_name=f"n{i}", cluster_name="naq-test",
-                                   cluster_port=cluster_ports[i], routes=routes) for i in range(3)]
+    servers = [nats_server_factory(start=False, **options) for options in cluster_node_options(prefix="n")]
     for server in servers:
         server.start(wait=False)
     for server in servers:

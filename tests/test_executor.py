@@ -13,14 +13,14 @@ from pathlib import Path
 from pids import descendants, wait_gone
 
 SCRIPT = textwrap.dedent("""
-    import asyncio, os, time
+    import asyncio, os, pickle, time
     from naq_ipy.worker.executor import Executor
     from naq_ipy.client.job import Job
 
     async def main():
         executor = Executor(2, process_pool=True)
         job, slow = Job(function=os.getpid), Job(function=time.sleep, args=(120,))
-        print(await executor.run(job, job.serialize()), flush=True)
+        print(pickle.loads((await executor.run(job, job.serialize())).data), flush=True)  # a child's pickle
         await asyncio.gather(*(executor.run(slow, slow.serialize()) for _ in range(2)))
 
     if __name__ == "__main__":

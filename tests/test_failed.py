@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import time
 from pathlib import Path
@@ -125,5 +126,23 @@ async def test_requeue_marks_the_job_queued_before_a_worker_sees_it(url: str) ->
         assert await job.result(timeout=10) == 3
 
 
+async def record_two_failures(url: str) -> list[Job]:
+    """Record a failed job on `default` and then one on `mail`, as a worker would."""
+    failed = [Queue(queue, url).job(jobs.add, (i, 1)) for i, queue in enumerate(("default", "mail"))]
+    conn = await connect(ConnectionSettings.resolve(url))
+    try:
+        for seq, job in enumerate(failed, 1):
+            await record_failed(conn, job.serialize(), queue_name=job.queue_name, reason=f"RuntimeError: {seq}",
+                                seq=seq, job_id=job.job_id, func_name=job.func_name)
+    finally:
+        await conn.nc.close()
+    return failed
+
+
 def test_sync_twin_lists_from_plain_code(nats_url: str) -> None:
     assert list_failed_sync(nats_url) == []
+    first, second = asyncio.run(record_two_failures(nats_url))
+    listed = list_failed_sync(nats_url)
+    assert [(e.job_id, e.queue_name, e.reason) for e in listed] == [
+        (first.job_id, "default", "RuntimeError: 1"), (second.job_id, "mail", "RuntimeError: 2")]
+    assert [e.job_id for e in list_failed_sync(nats_url, queue="mail")] == [second.job_id]

@@ -11,16 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from naq_ipy.client.job import Job
-from naq_ipy.rules.times import next_cron_run
-from naq_ipy.schedules.fires import (
-    ScheduleView,
-    advanced,
-    fire_msg_id,
-    next_regular_run,
-    plan_fires,
-    run_id,
-)
+from naq_ipy.errors import SerializationError
+from naq_ipy.rules.times import next_cron_run, next_cron_runs
+from naq_ipy.schedules.fires import ScheduleView, advanced, check_plannable, next_regular_run, plan_fires, run_id
 from naq_ipy.schedules.record import ScheduledJob, new_record
+from naq_ipy.wire.names import fire_msg_id
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -185,6 +180,39 @@ def test_cron_catch_up_across_dst_matches_day_by_day() -> None:
     assert list(plan.due_times) == day_by_day
 
 
+def _fired_step_by_step(cron: str, start: datetime, count: int, lag_s: float) -> list[float]:
+    """The due times a scheduler waking `lag_s` after each next run fires for `cron` in Berlin, `count` times."""
+    rec = record("cron", next_run_utc=next_cron_run(cron, start, "Europe/Berlin").timestamp(), cron=cron,
+                 tz="Europe/Berlin")
+    fired: list[float] = []
+    while len(fired) < count:
+        now = rec.next_run_utc + lag_s
+        plan = plan_fires(rec, now)
+        fired.extend(plan.due_times)
+        rec = advanced(rec, plan, now)
+    return fired[:count]
+
+
+@pytest.mark.parametrize(
+    ("cron", "start"),
+    [
+        ("0 * * * *", datetime(2026, 10, 24, 22, tzinfo=UTC)),  # fall-back: 02:00 CEST and 02:00 CET both fire
+        ("*/30 * * * *", datetime(2026, 10, 24, 23, tzinfo=UTC)),
+        ("30 2 * * *", datetime(2026, 10, 23, tzinfo=UTC)),  # fall-back: once, at 02:30 CEST
+        ("0 * * * *", datetime(2026, 3, 28, 22, tzinfo=UTC)),  # spring-forward: 01:00 CET, then 03:00 CEST
+        ("30 2 * * *", datetime(2026, 3, 27, tzinfo=UTC)),  # spring-forward: once, at 03:00 CEST
+        ("10,50 2 * * *", datetime(2026, 3, 27, tzinfo=UTC)),  # two skipped wall times, one fire at the jump
+    ],
+)
+@pytest.mark.parametrize("lag_s", [0.05, 45.0])
+def test_scheduler_advances_across_dst_without_double_fire_or_skip(cron: str, start: datetime, lag_s: float) -> None:
+    expected = [run.timestamp() for run in next_cron_runs(cron, start, "Europe/Berlin", count=8)]
+    assert _fired_step_by_step(cron, start, 8, lag_s) == expected
+    # A scheduler down over the change catches up on the same due times (misfire 'all').
+    rec = record("cron", next_run_utc=expected[0], cron=cron, tz="Europe/Berlin", misfire="all")
+    assert list(plan_fires(rec, expected[-1] + 1).due_times) == expected
+
+
 def test_view_ignores_stale_revisions_and_tracks_deletes() -> None:
     view = ScheduleView()
     rec = record(key="a")
@@ -193,6 +221,7 @@ def test_view_ignores_stale_revisions_and_tracks_deletes() -> None:
     assert not view.apply("a", 4, None, rec.to_bytes())  # the watch echoing our own write
     assert view.due(NOW) == [] and view.next_due() == NOW + 60
     view.deleted("a", 4)
+    assert view.entries == {} and view.next_due() is None  # our own delete takes it out at once
     assert not view.apply("a", 4, None, rec.to_bytes())  # a late copy of the deleted revision
     assert view.apply("a", 5, "DEL", None) and view.entries == {}
     assert view.apply("a", 6, None, rec.to_bytes()) and view.due(NOW) == [replace(rec, revision=6)]
@@ -214,6 +243,8 @@ def test_view_blocks_a_lost_entry_until_a_newer_revision() -> None:
     view = ScheduleView()
     rec = record(key="a")
     view.apply("a", 1, None, rec.to_bytes())
+    view.block("a", 0)  # lost at an older revision than the one in view: nothing to block
+    assert [r.revision for r in view.due(NOW)] == [1]
     view.block("a", 1)
     assert view.due(NOW) == [] and view.next_due() is None
     view.apply("a", 2, None, rec.to_bytes())
@@ -222,14 +253,78 @@ def test_view_blocks_a_lost_entry_until_a_newer_revision() -> None:
 
 def test_view_marks_corrupt_entries_once_per_revision(caplog: pytest.LogCaptureFixture) -> None:
     view = ScheduleView()
-    view.apply("bad", 1, None, b"\x00garbage")
-    view.apply("bad", 1, None, b"\x00garbage")
+    assert view.apply("bad", 1, None, b"\x00garbage")  # news: the timer looks again
+    assert not view.apply("bad", 1, None, b"\x00garbage")
     view.apply("other", 2, None, record(key="not-other").to_bytes())  # key field does not match its key
     view.apply("timeless", 3, None, replace(record(key="timeless"), interval_s=None).to_bytes())
     view.apply("zoned", 4, None, replace(record(key="zoned"), tz="Mars/Olympus").to_bytes())
     assert view.corrupt_keys == {"bad", "other", "timeless", "zoned"} and view.due(NOW) == []
-    assert sum("corrupt scheduled job 'bad'" in r.getMessage() for r in caplog.records) == 1
+    assert sum(r.getMessage().startswith("corrupt scheduled job 'bad' (revision 1) skipped: ")
+               for r in caplog.records) == 1
+    assert any("its key field is 'not-other'" in r.getMessage() for r in caplog.records)  # why, in the log
     view.apply("bad", 5, None, record(key="bad").to_bytes())
     assert view.corrupt_keys == {"other", "timeless", "zoned"} and len(view.due(NOW)) == 1
     view.prune({"bad"})
     assert view.corrupt_keys == set() and set(view.entries) == {"bad"}
+
+
+# --- edges found by mutation testing (scripts/mutation naq_ipy.schedules.fires) ---
+
+
+@pytest.mark.parametrize(("now", "expected"), [
+    (NOW - 5, NOW), (NOW, NOW + 10), (NOW + 9.999, NOW + 10), (NOW + 30, NOW + 40), (NOW + 10_000, NOW + 10_010),
+])
+def test_next_regular_run_is_the_first_grid_point_strictly_after_now(now: float, expected: float) -> None:
+    assert next_regular_run(record(interval_s=10.0), now) == expected
+
+
+def test_an_entry_due_exactly_now_fires_and_a_not_due_one_keeps_its_counts() -> None:
+    assert plan_fires(record(), NOW).due_times == (NOW,)
+    waiting = plan_fires(record(next_run_utc=NOW + 1, repeat=3), NOW)
+    assert (waiting.due_times, waiting.next_run_utc, waiting.repeat_left, waiting.done) == ((), NOW + 1, 3, False)
+
+
+def test_the_grace_window_is_60_s_by_default_and_its_edge_still_counts_as_on_time() -> None:
+    on_edge = record(interval_s=3600.0, next_run_utc=NOW - 60, misfire="skip")
+    assert plan_fires(on_edge, NOW).due_times == (NOW - 60,)
+    assert plan_fires(on_edge, NOW, grace_s=60).due_times == (NOW - 60,)
+    past_edge = record(interval_s=3600.0, next_run_utc=NOW - 60.5, misfire="skip")
+    assert plan_fires(past_edge, NOW).due_times == ()
+
+
+def test_catch_up_is_capped_at_100_by_default_and_at_least_one() -> None:
+    rec = record(interval_s=1.0, next_run_utc=NOW - 500, misfire="all")
+    assert len(plan_fires(rec, NOW).due_times) == 100
+    assert plan_fires(rec, NOW, max_catch_up=1).due_times == (NOW - 500,)
+    assert plan_fires(rec, NOW, max_catch_up=0).due_times == (NOW - 500,)
+
+
+def test_an_entry_with_no_runs_left_fires_nothing_and_is_done() -> None:
+    plan = plan_fires(record(repeat=0), NOW)
+    assert (plan.due_times, plan.repeat_left, plan.done, plan.next_run_utc) == ((), 0, True, None)
+
+
+def test_check_plannable_accepts_a_good_cron_entry_and_names_what_is_wrong() -> None:
+    check_plannable(record("cron", cron="0 6 * * *", tz="Europe/Berlin", key="daily"), "daily")
+    with pytest.raises(SerializationError, match="^unusable scheduled-job record: its key field is 'tick'$"):
+        check_plannable(record(), "other")
+
+
+def test_view_forgets_a_deleted_key_and_its_corrupt_mark_and_keeps_its_highest_own_delete() -> None:
+    view = ScheduleView()
+    view.apply("a", 1, None, record(key="a").to_bytes())
+    view.apply("b", 2, None, b"garbage")
+    assert view.apply("a", 3, "DEL", None) and view.apply("b", 4, "PURGE", None)
+    assert view.entries == {} and view.corrupt_keys == set()
+    view.deleted("c", 7)
+    view.deleted("c", 5)  # an older delete acknowledged late
+    assert not view.apply("c", 6, None, record(key="c").to_bytes())
+
+
+def test_an_interval_grid_is_start_plus_k_steps_not_a_running_sum() -> None:
+    # a running sum of 0.1 s drifts below the grid (run id ...799 instead of ...800): two schedulers
+    # that started summing at different points would then publish one fire under two ids
+    rec = record(interval_s=0.1, next_run_utc=NOW - 1.0, misfire="all")
+    plan = plan_fires(rec, NOW)
+    assert plan.due_times == tuple(NOW - 1.0 + k * 0.1 for k in range(11))
+    assert run_id(rec, plan.due_times[-1]) == f"tick.{int(NOW * 1000)}"

@@ -102,8 +102,8 @@ def test_rewrite_header_changes_fields_and_copies_the_pickle() -> None:
     assert (header["queue_name"], header["max_retries"], header["timeout"]) == ("other", 4, 9.0)
     back = Job.deserialize(changed)
     assert (back.queue_name, back.max_retries, back.timeout, back.job_id) == ("other", 4, 9.0, "j1")
-    with pytest.raises(ConfigurationError, match="unknown job fields: nope"):
-        rewrite_header(data, nope=1)
+    with pytest.raises(ConfigurationError, match="^unknown job fields: also, nope$"):
+        rewrite_header(data, nope=1, also=2)
 
 
 @pytest.mark.parametrize(

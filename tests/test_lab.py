@@ -145,11 +145,17 @@ def test_sigterm_stops_jupyterlab_its_kernels_and_the_stack(tmp_path: Path, lab_
         below = descendants(naq_lab.pid)
         kinds = {kind: [pid for pid, cmd in below.items() if marker in cmd] for kind, marker in (
             ("server", "nats-server -js"), ("worker", "-m naq_ipy.cli worker"),
-            ("scheduler", "-m naq_ipy.cli scheduler"),
-            ("lab", "-m jupyterlab"), ("kernel", "-m ipykernel_launcher"))}
+            ("scheduler", "-m naq_ipy.cli scheduler"), ("lab", "-m jupyterlab"), ("kernel", "-m ipykernel_launcher"),
+            ("dashboard", "-m naq_ipy.cli.dashboard"))}
         assert all(len(pids) == 1 for pids in kinds.values()), below
         url = environ(kinds["kernel"][0]).get("NAQ_URL")
         assert url is not None and url.startswith("nats://127.0.0.1:")
+        assert environ(kinds["dashboard"][0]).get("NAQ_URL") == url
+        # no "get notified about official Jupyter news?" prompt: the default is off for this launch only
+        notification = api(port, "/lab/api/settings/@jupyterlab/apputils-extension:notification")
+        assert isinstance(notification, dict)
+        assert notification["schema"]["properties"]["fetchNews"]["default"] == "false"
+        assert not list((tmp_path / "config").rglob("*.jupyterlab-settings"))
         naq_lab.send_signal(signal.SIGTERM)
         out, _ = naq_lab.communicate(timeout=60)
     finally:

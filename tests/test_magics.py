@@ -295,7 +295,7 @@ SCHEDULE_MISTAKES = [
     ("--cron '* * *' t", "1", "invalid cron expression '\\* \\* \\*'"),
     ("--cron '* * * * *' --interval 5s t", "1", "use only one of --cron and --interval"),
     ("t", "1", "say when: give --cron, --interval, --at or --in"),
-    ("--interval 0s t", "1", "interval must be > 0"),
+    ("--interval 0s t", "1", "interval must be a duration of 0.1 s"),
     ("--interval soon t", "1", "invalid duration 'soon'"),
     ("--cron '* * * * *' --tz Mars/X t", "1", "unknown time zone 'Mars/X'"),
     ("--interval 5s --tz Europe/Berlin t", "1", "--tz applies to --cron and --at only"),

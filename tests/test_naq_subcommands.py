@@ -21,6 +21,7 @@ from naq_ipy.wire.server import free_port
     ("pause nosuch", "no scheduled job named 'nosuch'"),
     ("run nosuch", "no scheduled job named 'nosuch'"),
     ("wait x", "'x' must hold a Job or a list of Jobs"),
+    ("cancel nosuch", "no job or schedule named 'nosuch'"),
 ])
 def test_naq_subcommand_mistakes(ip: RaisingShell, line: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -41,6 +42,36 @@ def test_pause_resume_cancel_list(ip: RaisingShell, nats_url: str, capsys: pytes
     out = capsys.readouterr().out
     assert "resumed schedule 'nightly'" in out and "paused schedule 'nightly'" in out
     assert "cancelled schedule 'nightly'" in out
+
+
+def test_cancel_jobs_by_variable_and_by_id(ip: RaisingShell, nats_url: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`%naq cancel VAR` takes a Job or a list of Jobs, `%naq cancel ID` an id; each says what happened."""
+    ip.run_cell("one = %naq_enqueue add(1)\ntwo = %naq_enqueue add(2)\nthree = %naq_enqueue add(3)\n"
+                "many = [two, three]")
+    ip.run_line_magic("naq", "cancel one")
+    ip.run_line_magic("naq", "cancel many")
+    ip.run_line_magic("naq", f"cancel {ip.user_ns['one'].job_id}")
+    out = capsys.readouterr().out
+    jobs = [ip.user_ns["one"], *ip.user_ns["many"]]
+    assert out.count(f"{jobs[0].job_id}: cancelled") == 2
+    assert f"{jobs[1].job_id}: cancelled" in out and f"{jobs[2].job_id}: cancelled" in out
+    assert {job.status_sync().status for job in jobs} == {"cancelled"}
+    ip.user_ns["n"] = 5
+    with pytest.raises(UsageError, match="'n' must hold a Job or a list of Jobs"):
+        ip.run_line_magic("naq", "cancel n")
+
+
+def test_cli_cancel_prints_each_job_and_exits_by_outcome(ip: RaisingShell, nats_url: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`naq cancel ID...`: 0 when all were cancelled, 2 when an id is unknown."""
+    from naq_ipy.cli import main as cli
+
+    job = ip.run_line_magic("naq_enqueue", "add(1)")
+    assert cli.main(["cancel", "--url", nats_url, job.job_id]) == 0
+    assert cli.main(["cancel", "--url", nats_url, job.job_id, "nosuch"]) == 2
+    out = capsys.readouterr().out
+    assert out.count(f"{job.job_id}: cancelled") == 2 and "nosuch: not found" in out
 
 
 def test_run_now_fires_once(ip: RaisingShell, nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,7 +111,7 @@ def test_workers_run_jobs_and_stop_without_leftovers(ip: RaisingShell, capsys: p
     assert ip.run_line_magic("naq", f"result {ip.user_ns['j1'].job_id} --wait 5") == 2
     status = repr(ip.run_line_magic("naq", "status"))
     assert "workers alive     1" in status and "this kernel       1 worker(s), 1 scheduler(s)" in status
-    assert "default other -c 2" in repr(ip.run_line_magic("naq", "worker status"))
+    assert "-c 2 -- default other" in repr(ip.run_line_magic("naq", "worker status"))  # names after --
     pids = [c.pid for c in PROCESSES.children]
     ip.run_line_magic("naq", "worker stop")
     ip.run_line_magic("naq", "scheduler stop")

@@ -15,11 +15,12 @@ from typing import Any
 import nbformat
 import pytest
 from pids import alive, wait_gone
+from squatter import Squatter, default_port_state, squat_default_port
 
 from naq_ipy.cli.lab import execute_notebook
 from naq_ipy.local.stack import LocalStack, local_url
 from naq_ipy.schedules.store import ScheduledJobManager
-from naq_ipy.wire.server import is_reachable
+from naq_ipy.wire.server import Answer, is_reachable
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -149,7 +150,7 @@ def schedules_left(url: str) -> list[str]:
     return asyncio.run(keys())
 
 
-def run(name: str, url: str, *, server_stays: bool = True) -> Any:
+def run(name: str, url: str | None, *, server_stays: bool = True) -> Any:
     started = time.monotonic()
     nb = execute_notebook(NOTEBOOKS / name, url, cell_timeout_s=CELL_TIMEOUT_S)
     elapsed = time.monotonic() - started
@@ -158,7 +159,7 @@ def run(name: str, url: str, *, server_stays: bool = True) -> Any:
         if cell.cell_type == "code":
             tagged = "raises-exception" in cell.metadata.get("tags", [])
             assert raised(cell) == tagged, f"{name}: {cell.source[:80]!r}\n{cell_text(cell)}"
-    if server_stays:
+    if server_stays and url is not None:
         assert schedules_left(url) == [], f"{name} left schedules behind"
     return nb
 
@@ -178,7 +179,7 @@ def test_quickstart(stack: LocalStack, jupyter_env: Path) -> None:
 @pytest.mark.slow
 def test_scheduling(stack: LocalStack, jupyter_env: Path) -> None:
     nb = run("02-scheduling.ipynb", stack.url)
-    assert "Sun 29 Mar 03:30 CEST = 01:30 UTC" in cell_text(output_of(nb, "next_cron_runs("))
+    assert "Sun 29 Mar 03:00 CEST = 01:00 UTC" in cell_text(output_of(nb, "next_cron_runs("))
     assert cell_text(output_of(nb, "interval=\"1s\", repeat=3")).count("digest for sre") == 3
     assert "('paused', 'cron 0 9 * * mon-fri (Europe/Berlin)', 20)" in cell_text(output_of(nb, "pause_scheduled"))
     assert "digest for new york, hourly" in cell_text(output_of(nb, "%naq run ny_sync"))
@@ -218,3 +219,79 @@ def test_quickstart_on_a_fresh_machine_starts_and_stops_everything(jupyter_env: 
     pids.append(int(server_pid.group(1)))
     assert wait_gone(pids) == [], f"left running: {[p for p in pids if alive(p)]}"
     assert not is_reachable(url)
+
+
+# --- zero config: no NAQ_URL, the default port 4222 ---------------------------------------------
+
+STAND_IN = re.compile(r"started a local NATS server at (nats://127\.0\.0\.1:\d+) for nats://127\.0\.0\.1:4222")
+
+
+def stand_in_url(nb: Any) -> str:
+    """The URL of the server the notebook's `%naq server start` started."""
+    found = STAND_IN.search(cell_text(output_of(nb, "%naq server start")))
+    assert found is not None, cell_text(output_of(nb, "%naq server start"))
+    return found.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # three notebook runs in fresh kernels
+def test_notebooks_when_a_listener_that_is_not_nats_holds_port_4222(jupyter_env: Path) -> None:
+    """No NAQ_URL and port 4222 taken: the stand-in elsewhere is the URL of the magics and the Python API alike."""
+    squatter = squat_default_port()
+    try:
+        for name in NAMES:
+            nb = run(name, None, server_stays=False)
+            started = cell_text(output_of(nb, "%naq server start"))
+            assert stand_in_url(nb) != "nats://127.0.0.1:4222", started
+            assert "port 4222 there is held by something that is not a NATS server, so every call of this kernel " \
+                   f"without a URL now goes to {stand_in_url(nb)}" in started
+    finally:
+        if squatter is not None:
+            squatter.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # nine notebook runs in fresh kernels: ~80 s on a quiet machine
+def test_notebooks_back_to_back_without_naq_url(jupyter_env: Path) -> None:
+    """Three rounds of the three notebooks, each in a fresh kernel: each gets port 4222 again when nothing holds it."""
+    state = default_port_state()
+    if state is Answer.NATS:
+        pytest.skip("a NATS server of someone else answers on 127.0.0.1:4222: the notebooks would use it")
+    for _ in range(3):
+        for name in NAMES:
+            nb = run(name, None, server_stays=False)
+            if state is None:  # 4222 was free: every notebook's own server must get it back
+                assert stand_in_url(nb) == "nats://127.0.0.1:4222", f"{name}: {stand_in_url(nb)}"
+
+
+@pytest.mark.slow
+def test_in_a_kernel_an_explicit_url_wins_and_a_port_that_is_not_nats_is_named(
+        jupyter_env: Path, nats_url: str, tmp_path: Path) -> None:
+    """NAQ_URL at a port a foreign listener holds: the stand-in elsewhere is the default, explicit URLs still win."""
+    with Squatter() as held, Squatter() as other:
+        cells = [
+            "%load_ext naq_ipy\n%naq server start",
+            "import naq_ipy\nfrom naq_ipy import Queue\n\ndef f():\n    return 1\n\n"
+            f"print('default', Queue().settings.url)\nprint('explicit', Queue(nats_url={nats_url!r}).settings.url)\n"
+            f"print('enqueued at', naq_ipy.enqueue_sync(f, nats_url={nats_url!r}).url.url)",
+            f"%config NaqMagics.url = {nats_url!r}\nprint('configured', Queue().settings.url)",
+            f"naq_ipy.enqueue_sync(f, nats_url={other.url!r})",
+            f"%config NaqMagics.auto_start = False\n%config NaqMagics.url = {other.url!r}\n%naq_enqueue f()",
+        ]
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+        for cell in nb.cells[3:]:
+            cell.metadata["tags"] = ["raises-exception"]
+        path = tmp_path / "urls.ipynb"
+        nbformat.write(nb, path)
+        ran = execute_notebook(path, held.url, cell_timeout_s=CELL_TIMEOUT_S)
+    code = [cell_text(cell) for cell in ran.cells]
+    stand_in = re.search(rf"started a local NATS server at (\S+) for {held.url}: port {held.port} there is held",
+                         code[0])
+    assert stand_in is not None and stand_in.group(1) != held.url, code[0]
+    assert f"default {stand_in.group(1)}\nexplicit {nats_url}\nenqueued at {nats_url}" in code[1]
+    assert f"configured {nats_url}" in code[2]
+    not_nats = f"127.0.0.1:{other.port} is not a NATS server: it accepts connections but sends no NATS INFO line"
+    assert f"NaqConnectionError: {not_nats}" in code[3]
+    assert f"UsageError: {not_nats}" in code[4]

@@ -21,7 +21,9 @@ from polling import eventually
 from test_worker import Spawn, spawn_worker  # noqa: F401  (its fixture, used through `workers`)
 
 from naq_ipy import JobExecutionError, Queue
+from naq_ipy.status.cancel import Outcome
 from naq_ipy.status.output import iter_output
+from naq_ipy.status.results import CANCELLED, wait_for_end
 from naq_ipy.wire.connection import close_all
 
 pytestmark = pytest.mark.slow
@@ -167,3 +169,18 @@ async def test_a_thread_printing_past_its_timeout_keeps_its_output_until_then_an
     await eventually(lambda: f"job {job.job_id}: " in log.read_text() and "overrunning thread dropped" in
                      log.read_text(), timeout_s=10, what="the overrun's later output dropped")
     assert "late 149" not in log.read_text()  # nor written to the worker's log
+
+
+async def test_a_cancelled_thread_or_coroutine_job_keeps_what_it_printed(url: str, workers: Spawn,
+                                                                       tmp_path: Path) -> None:
+    """A running job cancelled (JobCancelled in its thread, its task cancelled) keeps its output; no other job's."""
+    workers(url, "-c", "2")
+    queue = Queue("default", url)
+    marks = {tag: tmp_path / f"{tag}.txt" for tag in ("thread", "task")}
+    spinning = await queue.enqueue(output_jobs.print_then_spin, "thread", str(marks["thread"]))
+    waiting = await queue.enqueue(output_jobs.print_then_wait, "task", str(marks["task"]))
+    for job, tag in ((spinning, "thread"), (waiting, "task")):
+        await eventually(lambda tag=tag: marks[tag].exists(), RESULT_WAIT_S, f"the {tag} job to print")
+        assert await job.cancel() is Outcome.CANCELLED
+        assert (await wait_for_end(job.job_id, RESULT_WAIT_S, url)).status == CANCELLED
+        assert (await job.logs()).splitlines() == [f"{tag} before the cancel"]

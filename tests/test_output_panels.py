@@ -14,7 +14,7 @@ from naq_ipy.ipython.monitor_panel import QueueMonitor
 from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
 from naq_ipy.status.results import FAILED, JobStatus, write_status
 from naq_ipy.wire.connection import close_all, get_connection
-from naq_ipy.wire.settings import LOGS_STREAM_NAME, OUTPUT_STREAM_HEADER, logs_subject
+from naq_ipy.wire.names import LOGS_STREAM_NAME, OUTPUT_STREAM_HEADER, logs_subject
 from naq_ipy.worker.consumer import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,9 +37,9 @@ def test_the_queue_monitor_shows_a_failed_jobs_output(nats_url: str) -> None:
         assert monitor.wait_loaded(5) and monitor.widget is not None
         thread.start()
         failed = Queue("default", nats_url).enqueue_sync(loud_failure, 3)
-        wait_until(lambda: monitor._failed_keys[0] == failed.job_id, 10, "failed row")
-        wait_until(lambda: "working on 3" in monitor._failed_slots[0][1].value, 5, "output")
-        assert "ValueError: broken 3" in monitor._failed_slots[0][1].value
+        wait_until(lambda: monitor.failed_keys[0] == failed.job_id, 10, "failed row")
+        wait_until(lambda: "working on 3" in monitor.controls.failed[0].line.value, 5, "output")
+        assert "ValueError: broken 3" in monitor.controls.failed[0].line.value
     finally:
         worker.request_stop()
         thread.join(10)
@@ -61,9 +61,9 @@ def test_recent_runs_show_each_runs_output(nats_url: str) -> None:
     try:
         assert panel.wait_loaded(5) and panel.widget is not None
         panel.select_keys(["tick"])
-        panel._w["runs"].click()
-        wait_until(lambda: "tick said" in panel._w["runs_table"].value, 10, "the run's output")
-        table = panel._w["runs_table"].value
+        panel.controls.runs.click()
+        wait_until(lambda: "tick said" in panel.controls.runs_table.value, 10, "the run's output")
+        table = panel.controls.runs_table.value
         assert "<summary>2 lines</summary>" in table and "first line\ntick said &lt;hi&gt;\n" in table
     finally:
         panel.close()
@@ -83,13 +83,13 @@ def test_the_live_job_display_shows_the_last_lines_and_all_on_demand(nats_url: s
     try:
         assert view.wait_loaded(5) and view.widget is not None
         parts = view.parts
-        wait_until(lambda: "row 14" in parts["output"].value, 10, "the output's last line")
-        assert "row 4\n" not in parts["output"].value and "row 5\n" in parts["output"].value
-        assert parts["output_toggle"].layout.display is None and parts["output_toggle"].description == SHOW_ALL
-        parts["output_toggle"].click()
-        assert "row 0\n" in parts["output"].value and parts["output_toggle"].description == SHOW_TAIL
-        parts["output_toggle"].click()
-        assert "row 0\n" not in parts["output"].value
+        wait_until(lambda: "row 14" in parts.output.value, 10, "the output's last line")
+        assert "row 4\n" not in parts.output.value and "row 5\n" in parts.output.value
+        assert parts.output_toggle.layout.display is None and parts.output_toggle.description == SHOW_ALL
+        parts.output_toggle.click()
+        assert "row 0\n" in parts.output.value and parts.output_toggle.description == SHOW_TAIL
+        parts.output_toggle.click()
+        assert "row 0\n" not in parts.output.value
     finally:
         view.close()
         worker.request_stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,12 +13,15 @@ import pytest
 from polling import wait_until
 
 import naq_ipy
+import naq_ipy.wire.connection
 from naq_ipy.client.queue import Queue
 from naq_ipy.ipython import close_registered
 from naq_ipy.ipython.monitor_panel import QueueMonitor
 from naq_ipy.ipython.schedules_form import CONFLICT_MESSAGE
 from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
+from naq_ipy.schedules.record import new_record
 from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.names import SCHEDULED_JOBS_KV_NAME
 from naq_ipy.wire.server import NatsServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,15 +48,13 @@ def schedule_jobs(url: str, count: int, queue: str = "default", prefix: str = "j
 
 def row_text(panel: ScheduledJobsPanel, key: str) -> str | None:
     """The HTML drawn in the slot that shows `key`, or None if it is not on the page."""
-    for i, slot_key in enumerate(panel.slot_keys):
-        if slot_key == key:
-            return panel._slots[i][2].value
-    return None
+    return panel.drawn_html(key)
 
 
 def check_row(panel: ScheduledJobsPanel, key: str) -> None:
     """Tick the checkbox of `key`'s row, as a user would."""
-    panel._slots[panel.slot_keys.index(key)][1].value = True
+    assert panel.controls is not None
+    panel.controls.slots[panel.slot_keys.index(key)].check.value = True
 
 
 @pytest.fixture
@@ -77,17 +79,17 @@ def test_rows_paging_and_filters(nats_url: str, open_panel: Callable[..., Schedu
     schedule_jobs(nats_url, 2, queue="mail", prefix="mail")
     panel = open_panel(page_size=10)
     wait_until(lambda: panel.slot_keys[0] is not None, what="first page")
-    assert panel._w["pager"].value.count("1–10 of 29 · page 1/3")
-    assert sum(1 for box, _, _ in panel._slots if box.layout.display != "none") == 10
-    panel._w["next"].click()
-    panel._w["next"].click()
+    assert panel.controls.pager.value.count("1–10 of 29 · page 1/3")
+    assert sum(1 for slot in panel.controls.slots if slot.box.layout.display != "none") == 10
+    panel.controls.next.click()
+    panel.controls.next.click()
     assert panel.page == 2 and panel.slot_keys[:9] == [*(f"job{i:03d}" for i in range(20, 27)), "mail000", "mail001"]
-    assert panel._slots[9][0].layout.display == "none" and panel._w["next"].disabled
-    panel._w["queue"].value = "mail"
+    assert panel.controls.slots[9].box.layout.display == "none" and panel.controls.next.disabled
+    panel.controls.queue.value = "mail"
     assert panel.page == 0 and panel.slot_keys[:3] == ["mail000", "mail001", None]
-    assert list(panel._w["queue"].options) == ["(all)", "default", "mail"]
-    panel._w["queue"].value = "(all)"
-    panel._w["text"].value = "job02"
+    assert list(panel.controls.queue.options) == ["(all)", "default", "mail"]
+    panel.controls.queue.value = "(all)"
+    panel.controls.text.value = "job02"
     assert [k for k in panel.slot_keys if k] == [f"job{i:03d}" for i in range(20, 27)]
     assert "cron 0 6 * * *" in row_text(panel, "job020")
 
@@ -97,9 +99,9 @@ def test_queue_argument_preselects_a_queue(nats_url: str, open_panel: Callable[.
     schedule_jobs(nats_url, 1, queue="mail", prefix="mail")
     panel = open_panel(queue="mail")
     wait_until(lambda: panel.slot_keys[0] == "mail000", what="mail row")
-    assert panel.slot_keys[1] is None and panel._w["queue"].value == "mail"
+    assert panel.slot_keys[1] is None and panel.controls.queue.value == "mail"
     empty = open_panel(queue="nothing-yet")
-    assert empty._w["queue"].value == "nothing-yet" and empty.slot_keys[0] is None
+    assert empty.controls.queue.value == "nothing-yet" and empty.slot_keys[0] is None
 
 
 def test_failed_action_shows_in_the_status_line(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]
@@ -107,14 +109,14 @@ def test_failed_action_shows_in_the_status_line(nats_url: str, open_panel: Calla
     schedule_jobs(nats_url, 2)
     panel = open_panel()
     wait_until(lambda: "job001" in panel.slot_keys, what="rows")
-    panel._stop()  # the panel does not learn of the delete below
+    panel.stop_watching()  # the panel does not learn of the delete below
     elsewhere(lambda: naq_ipy.cancel_scheduled_job("job001", nats_url=nats_url))
     check_row(panel, "job000")
     check_row(panel, "job001")
-    panel._w["pause"].click()
+    panel.controls.pause.click()
     wait_until(lambda: panel.status_error, what="error shown")
     assert panel.status_text.startswith("pause 2 job(s) failed: 1 of 2 failed — job001: no scheduled job named")
-    assert "color:#b00020" in panel._status.value
+    assert "color:#b00020" in panel.status_html
 
 
 def test_pause_button_pauses_the_selected_row(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]) -> None:
@@ -122,31 +124,63 @@ def test_pause_button_pauses_the_selected_row(nats_url: str, open_panel: Callabl
     panel = open_panel()
     wait_until(lambda: "job001" in panel.slot_keys, what="rows")
     check_row(panel, "job001")
-    assert panel.selected == {"job001"} and "1 selected" in panel._w["selection"].value
-    panel._w["pause"].click()
+    assert panel.selected == {"job001"} and "1 selected" in panel.controls.selection.value
+    panel.controls.pause.click()
     manager = ScheduledJobManager(nats_url)
     wait_until(lambda: naq_ipy.run_sync(manager.get("job001")).paused, what="paused in KV")
     assert not naq_ipy.run_sync(manager.get("job000")).paused
     wait_until(lambda: ">paused<" in (row_text(panel, "job001") or ""), 1.0, "row shows paused")
     wait_until(lambda: panel.status_text.startswith("paused: job001"), what="status line")
-    panel._w["resume"].click()
+    panel.controls.resume.click()
     wait_until(lambda: not naq_ipy.run_sync(manager.get("job001")).paused, what="resumed in KV")
+
+
+def shown_buttons(widget: Any) -> list[str]:
+    """The labels of every button in `widget`'s displayed tree."""
+    if type(widget).__name__ == "Button":
+        return [widget.description]
+    return [label for child in getattr(widget, "children", ()) for label in shown_buttons(child)]
+
+
+ACTIONS = {"Pause", "Resume", "Run now", "Edit", "Cancel…", "Save", "Yes, cancel them", "Purge…", "Yes, purge",
+           "Requeue"}
+
+
+def test_read_only_panels_show_no_action_and_refuse_one(nats_url: str,
+                                                         open_panel: Callable[..., ScheduledJobsPanel]) -> None:
+    schedule_jobs(nats_url, 2)
+    assert {"Pause", "Edit", "Cancel…", "Save"} <= set(shown_buttons(open_panel().widget))
+    panel = open_panel(read_only=True)
+    assert set(shown_buttons(panel.widget)) == {"◀", "▶", "Recent runs"}
+    wait_until(lambda: "job001" in panel.slot_keys, what="rows")
+    check_row(panel, "job001")
+    panel.pause()
+    assert panel.status_text == "pause: this panel is read-only" and panel.status_error
+    assert not naq_ipy.run_sync(ScheduledJobManager(nats_url).get("job001")).paused
+    monitor = QueueMonitor(url=nats_url, refresh_s=0.2, read_only=True)
+    try:
+        assert monitor.wait_loaded(5)
+        assert not ACTIONS & set(shown_buttons(monitor.widget))
+        monitor.ask_purge()
+        assert monitor.status_text == "purge: this panel is read-only"
+    finally:
+        monitor.close()
 
 
 def test_cancel_asks_to_confirm_first(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]) -> None:
     schedule_jobs(nats_url, 2)
     panel = open_panel()
     wait_until(lambda: "job000" in panel.slot_keys, what="rows")
-    panel._w["cancel"].click()
+    panel.controls.cancel.click()
     assert "select the jobs to cancel first" in panel.status_text
     check_row(panel, "job000")
-    panel._w["cancel"].click()
-    assert panel._w["confirm"].layout.display is None and "job000" in panel._w["confirm_text"].value
-    panel._w["confirm_no"].click()
-    assert panel._w["confirm"].layout.display == "none"
+    panel.controls.cancel.click()
+    assert panel.controls.confirm.layout.display is None and "job000" in panel.controls.confirm_text.value
+    panel.controls.confirm_no.click()
+    assert panel.controls.confirm.layout.display == "none"
     assert len(naq_ipy.list_scheduled_jobs_sync(nats_url=nats_url)) == 2
-    panel._w["cancel"].click()
-    panel._w["confirm_yes"].click()
+    panel.controls.cancel.click()
+    panel.controls.confirm_yes.click()
     wait_until(lambda: [r.key for r in naq_ipy.list_scheduled_jobs_sync(nats_url=nats_url)] == ["job001"],
                what="deleted in KV")
     wait_until(lambda: [k for k in panel.slot_keys if k] == ["job001"], 1.0, "row removed")
@@ -158,7 +192,7 @@ def test_run_now_publishes_one_run(nats_url: str, open_panel: Callable[..., Sche
     panel = open_panel()
     wait_until(lambda: "job000" in panel.slot_keys, what="rows")
     check_row(panel, "job000")
-    panel._w["run_now"].click()
+    panel.controls.run_now.click()
     wait_until(lambda: panel.status_text.startswith("ran now: job000"), what="run now done")
 
     async def queued() -> int:
@@ -176,16 +210,19 @@ def test_bad_cron_shows_why_and_writes_nothing(nats_url: str, open_panel: Callab
     panel = open_panel()
     wait_until(lambda: "job000" in panel.slot_keys, what="rows")
     before = naq_ipy.get_scheduled_job_sync("job000", nats_url=nats_url)
-    panel._w["edit"].click()
+    panel.controls.edit.click()
     assert "select exactly one job to edit" in panel.status_text
     check_row(panel, "job000")
-    panel._w["edit"].click()
+    panel.controls.edit.click()
     editor = panel.editor
     assert editor.box.layout.display is None and editor.fields["cron"].value == "0 6 * * *"
     editor.fields["cron"].value = "61 * * * *"
     assert "out of range" in editor.feedback.value and editor.save_button.disabled
     editor.save_button.click()
-    time.sleep(0.3)
+    # a change made elsewhere after the click reaches the panel's watch after any write the click made
+    schedule_jobs(nats_url, 1, prefix="later")
+    wait_until(lambda: "later000" in panel.model.records, what="the later change in the panel")
+    assert panel.model.records["job000"].revision == before.revision
     after = naq_ipy.get_scheduled_job_sync("job000", nats_url=nats_url)
     assert after.revision == before.revision and after.cron == "0 6 * * *"
 
@@ -195,7 +232,7 @@ def test_edit_saves_and_previews_three_runs(nats_url: str, open_panel: Callable[
     panel = open_panel()
     wait_until(lambda: "job000" in panel.slot_keys, what="rows")
     check_row(panel, "job000")
-    panel._w["edit"].click()
+    panel.controls.edit.click()
     editor = panel.editor
     editor.fields["cron"].value = "*/10 * * * *"
     editor.fields["tz"].value = "Europe/Berlin"
@@ -235,9 +272,9 @@ def test_conflicting_edit_is_refused_and_reloaded(nats_url: str, open_panel: Cal
     panel = open_panel()
     wait_until(lambda: "job000" in panel.slot_keys, what="rows")
     check_row(panel, "job000")
-    panel._w["edit"].click()
+    panel.controls.edit.click()
     editor = panel.editor
-    panel._stop()  # so the panel cannot have seen the other change before the save
+    panel.stop_watching()  # so the panel cannot have seen the other change before the save
     elsewhere(lambda: naq_ipy.modify_scheduled_job("job000", nats_url=nats_url, cron="15 4 * * *"))
     editor.fields["cron"].value = "0 12 * * *"
     editor.save_button.click()
@@ -245,7 +282,7 @@ def test_conflicting_edit_is_refused_and_reloaded(nats_url: str, open_panel: Cal
     assert naq_ipy.get_scheduled_job_sync("job000", nats_url=nats_url).cron == "15 4 * * *"
     assert "cron 15 4 * * *" in (row_text(panel, "job000") or "")
     assert editor.fields["cron"].value == "15 4 * * *" and editor.shown is not None
-    assert "changed elsewhere, reloaded" in panel._status.value
+    assert "changed elsewhere, reloaded" in panel.status_html
 
 
 def test_last_run_outcome_is_read_for_visible_rows(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]
@@ -278,17 +315,17 @@ def test_static_fallback_and_repr(nats_url: str, open_panel: Callable[..., Sched
 def test_close_stops_the_watch_and_widgets(nats_url: str) -> None:
     panel = ScheduledJobsPanel(url=nats_url)
     root = panel.widget
-    assert panel._watch.running
+    assert panel.watching
     root._view_count = 1
     root._view_count = 0  # the output was cleared
-    assert not panel._watch.running
+    assert not panel.watching
     root._view_count = 1  # shown again (notebook reopened)
-    assert panel._watch.running
+    assert panel.watching
     close_registered()  # what %unload_ext does
-    assert panel.closed and not panel._watch.running and root.comm is None
+    assert panel.closed and not panel.watching and root.comm is None
     other = ScheduledJobsPanel(url=nats_url)
     other.widget.close()  # the frontend / user closed the widget
-    assert other.closed and not other._watch.running
+    assert other.closed and not other.watching
 
 
 def test_status_line_shows_server_gone_and_recovers(nats_server_factory: Callable[..., NatsServer]) -> None:
@@ -299,7 +336,7 @@ def test_status_line_shows_server_gone_and_recovers(nats_server_factory: Callabl
         assert panel.wait_loaded(5) and panel.widget is not None
         server.stop()
         wait_until(lambda: panel.problem and "unreachable" in panel.problem, 5, "server gone")
-        assert "unreachable" in panel._status.value
+        assert "unreachable" in panel.status_html
         server.start()
         wait_until(lambda: panel.problem is None, 15, "recovered")
         elsewhere(lambda: naq_ipy.pause_scheduled_job("job000", nats_url=server.url))
@@ -361,20 +398,20 @@ def test_queue_monitor_counts_requeues_and_purges(nats_url: str) -> None:
         failed = queue.enqueue_sync(broken, 1)
         wait_until(lambda: [s.cells() for s in monitor.queue_stats()] == [("default", "0", "0", "0", "3", "1")],
                    10, "counts")
-        wait_until(lambda: worker.worker_id in monitor._w["workers"].value, 5, "worker row")
-        wait_until(lambda: monitor._failed_keys[0] == failed.job_id, 5, "failed row")
-        assert "ValueError: broken 1" in monitor._failed_slots[0][1].value
-        wait_until(lambda: "Traceback" in monitor._failed_slots[0][1].value, 5, "traceback")
-        assert "broken" in monitor._w["recent"].value
+        wait_until(lambda: worker.worker_id in monitor.controls.workers.value, 5, "worker row")
+        wait_until(lambda: monitor.failed_keys[0] == failed.job_id, 5, "failed row")
+        assert "ValueError: broken 1" in monitor.controls.failed[0].line.value
+        wait_until(lambda: "Traceback" in monitor.controls.failed[0].line.value, 5, "traceback")
+        assert "broken" in monitor.controls.recent.value
         worker.request_stop()
         thread.join(10)
-        monitor._failed_slots[0][2].click()
+        monitor.controls.failed[0].requeue.click()
         wait_until(lambda: monitor.status_text == f"requeued {failed.job_id}", 5, "requeued")
         wait_until(lambda: monitor.poll.pending.get("default") == 1, 5, "requeued job waiting")
-        assert monitor._w["purge_queue"].value == "default"
-        monitor._w["purge"].click()
-        assert "Remove all 1 waiting job(s) of default?" in monitor._w["purge_text"].value
-        monitor._w["purge_yes"].click()
+        assert monitor.controls.purge_queue.value == "default"
+        monitor.controls.purge.click()
+        assert "Remove all 1 waiting job(s) of default?" in monitor.controls.purge_text.value
+        monitor.controls.purge_yes.click()
         wait_until(lambda: monitor.status_text == "purged 1 job(s) from default", 5, "purged")
         assert "default" in repr(monitor) and "<table" in monitor._repr_html_()
     finally:
@@ -395,10 +432,10 @@ def test_in_a_kernel_updates_go_through_the_kernel_loop_and_nbconvert_gets_a_tab
         "naq_ipy.Queue('default', URL).schedule_sync(f, 1, cron='0 6 * * *', name='static-one')\n"
         "panel = ScheduledJobsPanel(url=URL)\npanel",
         "naq_ipy.modify_scheduled_job_sync('static-one', nats_url=URL, interval='45s')\nstarted = time.monotonic()\n"
-        "while 'every 45 s' not in panel._slots[0][2].value and time.monotonic() - started < 5:\n"
+        "while 'every 45 s' not in panel.controls.slots[0].line.value and time.monotonic() - started < 5:\n"
         "    await asyncio.sleep(0.01)\n"
         "print('kernel loop:', panel.marshal.loop is asyncio.get_running_loop(), 'updated:',\n"
-        "      'every 45 s' in panel._slots[0][2].value)",
+        "      'every 45 s' in panel.controls.slots[0].line.value)",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nbclient.NotebookClient(notebook, kernel_name="python3", timeout=60, store_widget_state=False).execute()
@@ -416,8 +453,83 @@ def test_queue_monitor_reports_a_lost_server_and_recovers(nats_server_factory: C
         assert monitor.wait_loaded(5) and monitor.widget is not None and monitor.problem is None
         server.stop()
         wait_until(lambda: monitor.problem and "queue figures:" in monitor.problem, 15, "problem shown")
-        assert "queue figures:" in monitor._status.value
+        assert "queue figures:" in monitor.status_html
         server.start()
         wait_until(lambda: monitor.problem is None, 20, "recovered")
     finally:
         monitor.close()
+
+
+@pytest.mark.slow
+def test_queue_monitor_cancel_buttons_on_running_and_pending_jobs(nats_url: str, tmp_path: Any) -> None:
+    """The running list's Cancel stops a busy thread job; the pending list's Cancel drops a queued one."""
+    import jobs
+
+    from naq_ipy.status.results import fetch_status
+    from naq_ipy.worker.consumer import Worker
+
+    queue = Queue("default", nats_url)
+    evidence = str(tmp_path / "spin")
+    spinning = queue.enqueue_sync(jobs.busy_loop, evidence)
+    waiting = queue.enqueue_sync(jobs.touch, str(tmp_path / "waiting"))
+    monitor = QueueMonitor(url=nats_url, refresh_s=0.2)
+    worker = Worker("default", url=nats_url, heartbeat_s=0.2, concurrency=1)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
+    try:
+        assert monitor.wait_loaded(5) and monitor.widget is not None
+        thread.start()
+        running, pending = monitor.job_lists["running"], monitor.job_lists["pending"]
+        wait_until(lambda: running.shown[0] == spinning.job_id, 15, "the running row")
+        wait_until(lambda: pending.shown[0] == waiting.job_id, 5, "the pending row")
+        assert "jobs.touch" in pending.rows[0][1].value and "jobs.busy_loop" in running.rows[0][1].value
+        pending.rows[0][2].click()
+        wait_until(lambda: monitor.status_text == f"cancel {waiting.job_id}: cancelled", 5, "pending cancelled")
+        running.rows[0][2].click()
+        wait_until(lambda: monitor.status_text == f"cancel {spinning.job_id}: cancelled", 5, "running cancelled")
+        wait_until(lambda: running.shown[0] is None and pending.shown[0] is None, 15, "both lists empty")
+        for job in (spinning, waiting):
+            assert asyncio.run(fetch_status(job.job_id, nats_url)).status == "cancelled"  # type: ignore[union-attr]
+        assert not (tmp_path / "waiting").exists()
+    finally:
+        worker.request_stop()
+        thread.join(10)
+        monitor.close()
+
+
+async def store_schedules_pipelined(url: str, count: int) -> None:
+    """`count` daily entries `s00000`... on queue `bulk`, written as the store writes them, but pipelined."""
+    conn = await naq_ipy.wire.connection.get_connection(url)
+    await conn.kv(SCHEDULED_JOBS_KV_NAME)
+    job = Queue("bulk", url).job(work, (1,))
+    template = new_record(job, key="s", schedule_type="cron", cron="0 6 * * *", next_run_utc=time.time() + 3600)
+    acks = [await conn.js.publish_async(f"$KV.{SCHEDULED_JOBS_KV_NAME}.s{i:05d}",
+                                        dataclasses.replace(template, key=f"s{i:05d}").to_bytes(), wait_stall=5)
+            for i in range(count)]
+    await asyncio.wait_for(asyncio.gather(*acks), 60)
+    await naq_ipy.wire.connection.close_all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ten_thousand_schedules_page_by_page(nats_url: str, open_panel: Callable[..., ScheduledJobsPanel]) -> None:
+    asyncio.run(store_schedules_pipelined(nats_url, 10_000))
+    panel = open_panel()
+    wait_until(lambda: len(panel.model.records) == 10_000, timeout_s=60, what="all 10,000 entries in the panel")
+    wait_until(lambda: panel.slot_keys[0] == "s00000", what="the first page")
+    assert panel.controls.pager.value.count("1–25 of 10,000 · page 1/400")
+    assert panel.slot_keys == [f"s{i:05d}" for i in range(25)]
+    panel.controls.next.click()
+    assert panel.slot_keys == [f"s{i:05d}" for i in range(25, 50)] and not panel.controls.prev.disabled
+    panel.go_to(399)
+    assert panel.slot_keys == [f"s{i:05d}" for i in range(9975, 10_000)] and panel.controls.next.disabled
+    assert panel.controls.pager.value.count("9,976–10,000 of 10,000 · page 400/400")
+    panel.go_to(10_000)  # past the end: clamped to the last page
+    assert panel.page == 399
+    panel.controls.text.value = "s0999"
+    assert [k for k in panel.slot_keys if k] == [f"s0999{i}" for i in range(10)]
+    assert panel.controls.pager.value.count("1–10 of 10 · page 1/1 · 10,000 in all") and panel.controls.next.disabled
+    panel.controls.text.value = ""
+    # an entry deleted elsewhere leaves the first page and the count
+    elsewhere(lambda: ScheduledJobManager(nats_url).delete("s00000"))
+    wait_until(lambda: "1–25 of 9,999 · page 1/400" in panel.controls.pager.value, what="the count to drop")
+    wait_until(lambda: panel.slot_keys[0] == "s00001", what="the deleted entry to leave the first page")

@@ -1,4 +1,4 @@
-"""End to end: the scheduled-jobs panel in a real JupyterLab, in headless Chromium, against a real nats-server."""
+"""End to end: the panels in JupyterLab and in Jupyter Notebook 7, in headless Chromium, against a real nats-server."""
 
 from __future__ import annotations
 
@@ -43,13 +43,14 @@ NOTEBOOK = [
 ]
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[JupyterLab]:
-    with JupyterLab(tmp_path) as server:
+@pytest.fixture(params=["jupyterlab", "notebook"], ids=["jupyterlab", "notebook7"])
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JupyterLab]:
+    with JupyterLab(tmp_path, app=request.param) as server:
         yield server
 
 
-def test_panel_in_jupyterlab_pauses_shows_changes_and_stops_when_cleared(nats_url: str, lab: JupyterLab) -> None:
+def test_panel_pauses_shows_changes_and_stops_when_cleared(nats_url: str, lab: JupyterLab) -> None:
+    """The same in JupyterLab and in Notebook 7: renders, acts, updates live, stops watching when cleared."""
     lab.write_notebook("x.ipynb", [cell.format(url=nats_url) for cell in NOTEBOOK])
     with chromium_page() as page:
         page.goto(lab.notebook_url("x.ipynb"))
@@ -78,8 +79,9 @@ def test_panel_in_jupyterlab_pauses_shows_changes_and_stops_when_cleared(nats_ur
         latency_s = time.monotonic() - started
 
         page.mouse.move(0, 0)
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        panel.screenshot(path=str(SCREENSHOT))
+        if lab.app == "jupyterlab":
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            panel.screenshot(path=str(SCREENSHOT))
         text = notebook.inner_text()
         for bad in BAD_TEXTS:
             assert bad not in text, f"page shows {bad!r}:\n{text[-3000:]}"

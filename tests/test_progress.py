@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import jobs
+import nats
 import pytest
+from conftest import KEEPER_STREAM
 from test_worker import running_worker
 
 import naq_ipy
@@ -16,7 +18,7 @@ from naq_ipy import ConfigurationError, Queue
 from naq_ipy.status.progress import INTERVAL_S, check_fraction, check_message, current_job_id, write_progress
 from naq_ipy.status.results import FINISHED, RUNNING, JobStatus, write_status
 from naq_ipy.wire.connection import close_all, get_connection
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME
 
 
 @pytest.fixture
@@ -67,13 +69,26 @@ def reported(seen: list[JobStatus]) -> list[tuple[float | None, str | None]]:
     return pairs
 
 
+async def stream_names(url: str) -> list[str]:
+    """Names of the streams (and so KV buckets) on the server at `url`."""
+    nc = await nats.connect(url)
+    try:
+        return sorted(info.config.name for info in await nc.jetstream().streams_info())
+    finally:
+        await nc.close()
+
+
 STEPS = [(0.25, "step 1 of 3"), (0.5, "step 2 of 3"), (1.0, "step 3 of 3")]
 
 
-def test_outside_a_job_progress_does_nothing_but_still_checks_its_arguments() -> None:
+def test_outside_a_job_progress_does_nothing_but_still_checks_its_arguments(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NAQ_URL", nats_url)  # a server it could write to, if it wrongly tried
     assert current_job_id() is None
     naq_ipy.progress(0.5, "not in a job")
     asyncio.run(naq_ipy.progress_async(1.0))
+    assert asyncio.run(stream_names(nats_url)) == [KEEPER_STREAM], "progress outside a job wrote to NATS"
     with pytest.raises(ConfigurationError):
         naq_ipy.progress(float("nan"))
     with pytest.raises(ConfigurationError):

@@ -27,8 +27,8 @@ from naq_ipy.schedules.record import ScheduledJob, new_record
 from naq_ipy.schedules.scheduler import Scheduler, run_now, run_now_sync
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import get_connection
+from naq_ipy.wire.names import JOB_STREAM_NAME, SCHEDULED_JOBS_KV_NAME
 from naq_ipy.wire.server import NatsServer
-from naq_ipy.wire.settings import JOB_STREAM_NAME, SCHEDULED_JOBS_KV_NAME
 
 QUEUE = "sched"
 logger = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class Run:
     schedule_key: str | None
 
 
-async def queued_runs(url: str) -> list[Run]:
-    """Every message queued on `naq.queue.sched`, oldest first, read without consuming it."""
+async def queued_runs(url: str, *, skip_key: str | None = None) -> list[Run]:
+    """Every message queued on `naq.queue.sched`, oldest first, read without consuming it (but `skip_key`'s)."""
     conn = await get_connection(url)
     try:
         info = await conn.js.stream_info(JOB_STREAM_NAME)
@@ -64,7 +64,7 @@ async def queued_runs(url: str) -> list[Run]:
         assert msg.time is not None
         runs.append(Run(header["job_id"], (msg.headers or {}).get("Nats-Msg-Id", ""), msg.time.timestamp(),
                         header["enqueue_time"], header["schedule_key"]))
-    return runs
+    return [run for run in runs if skip_key is None or run.schedule_key != skip_key]
 
 
 def quarter_after(delay_s: float) -> float:
@@ -98,6 +98,24 @@ async def entry_gone(url: str, key: str) -> bool:
     return False
 
 
+CAUGHT_UP = "zz-caught-up"
+
+
+async def caught_up(url: str, timeout_s: float = 10.0) -> None:
+    """Wait until the running scheduler(s) fired a one-off entry due now, so they are past all that was due.
+
+    Negative checks wait for this rather than a fixed sleep: a fire that should not happen would
+    have happened by then (the timer fires every due entry of one pass together and advances them
+    before the next pass). `queued_runs(url, skip_key=CAUGHT_UP)` leaves its run out.
+    """
+    await store(url, CAUGHT_UP, time.time(), interval_s=3600.0, repeat=1)
+
+    async def fired() -> bool:
+        return any(run.schedule_key == CAUGHT_UP for run in await queued_runs(url))
+
+    await wait_until(fired, timeout_s, "the scheduler to fire an entry due now")
+
+
 @contextlib.asynccontextmanager
 async def running(url: str, **options: Any) -> AsyncIterator[Scheduler]:
     """An in-process scheduler, ready (clock synced, entries loaded) inside the block, stopped after."""
@@ -125,8 +143,8 @@ async def test_interval_fires_repeat_times_on_time_then_the_entry_is_gone(nats_u
         start = quarter_after(1.0)
         await store(nats_url, "tick", start, interval_s=1.0, repeat=3)
         await wait_until(lambda: entry_gone(nats_url, "tick"), 8, "the entry to finish")
-        await asyncio.sleep(0.3)
-    runs = await queued_runs(nats_url)
+        await caught_up(nats_url)
+    runs = await queued_runs(nats_url, skip_key=CAUGHT_UP)
     dues = interval_runs(start, 1.0, 3)
     assert [r.job_id for r in runs] == [f"tick.{int(d * 1000)}" for d in dues]
     assert [r.msg_id for r in runs] == [f"tick:{int(d * 1000)}" for d in dues]
@@ -160,46 +178,53 @@ async def test_three_scheduler_processes_enqueue_every_fire_exactly_once(nats_ur
             return all([await entry_gone(nats_url, key) for key in keys])
 
         await wait_until(all_done, 15, "every entry to finish")
-        await asyncio.sleep(0.3)
+        await caught_up(nats_url)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
         codes = [process.wait(10) for process in processes]
-    runs = await queued_runs(nats_url)
+    runs = await queued_runs(nats_url, skip_key=CAUGHT_UP)
     ids = [r.job_id for r in runs]
     expected = {f"{key}.{int(due * 1000)}" for k, key in enumerate(keys)
                 for due in interval_runs(start + k * 0.25, 1.0, 5)}
     assert len(ids) == 20 and set(ids) == expected, f"duplicates: {sorted(i for i in ids if ids.count(i) > 1)}"
     texts = [log.read_text() for log in logs]
-    assert sum(text.count(" fired ") for text in texts) == 20, "a duplicate publish was logged as a fire"
+    fires = sum(text.count(" fired ") - text.count(f" fired {CAUGHT_UP} ") for text in texts)
+    assert fires == 20, "a duplicate publish was logged as a fire"
     assert codes == [0, 0, 0], texts
 
 
 async def test_paused_entry_never_fires_and_resume_does_not_replay(nats_url: str) -> None:
     async with running(nats_url):
-        await store(nats_url, "napping", quarter_after(0.25), interval_s=0.25, paused=True)
-        await asyncio.sleep(1.2)
-        assert await queued_runs(nats_url) == []
+        start = quarter_after(0.25)
+        await store(nats_url, "napping", start, interval_s=0.25, paused=True)
+        await store(nats_url, "awake", start, interval_s=0.25, repeat=4)  # on the same grid, not paused
+        await wait_until(lambda: entry_gone(nats_url, "awake"), 10, "four runs of the entry beside it")
+        assert [run.schedule_key for run in await queued_runs(nats_url)] == ["awake"] * 4
         resumed_at = time.time()
         await Queue(QUEUE, nats_url).resume_scheduled_job("napping")
-        await asyncio.sleep(1.0)
-    runs = await queued_runs(nats_url)
-    assert 2 <= len(runs) <= 5
+
+        async def two_runs() -> bool:
+            return len([run for run in await queued_runs(nats_url) if run.schedule_key == "napping"]) >= 2
+
+        await wait_until(two_runs, 10, "two runs after the resume")
+    runs = [run for run in await queued_runs(nats_url) if run.schedule_key == "napping"]
+    assert len(runs) >= 2
     assert min(r.due for r in runs) >= resumed_at - 0.01, "a run missed while paused was replayed"
 
 
 async def test_modify_from_another_connection_takes_effect(nats_url: str) -> None:
     async with running(nats_url):
         await store(nats_url, "slow", time.time() + 60, interval_s=60.0)
-        await asyncio.sleep(0.3)
-        assert await queued_runs(nats_url) == []
+        await caught_up(nats_url)
+        assert await queued_runs(nats_url, skip_key=CAUGHT_UP) == []
         await Queue(QUEUE, nats_url).modify_scheduled_job("slow", interval=0.25)
 
         async def three_runs() -> bool:
-            return len(await queued_runs(nats_url)) >= 3
+            return len(await queued_runs(nats_url, skip_key=CAUGHT_UP)) >= 3
 
         await wait_until(three_runs, 3, "runs at the new interval")
-    dues = [r.due for r in await queued_runs(nats_url)]
+    dues = [r.due for r in await queued_runs(nats_url, skip_key=CAUGHT_UP)]
     assert all(b - a == pytest.approx(0.25) for a, b in zip(dues, dues[1:], strict=False))
 
 
@@ -246,8 +271,8 @@ async def test_missed_runs_follow_each_entrys_misfire_policy(nats_url: str) -> N
 
     async with running(nats_url):
         await wait_until(all_advanced, 5, "every entry to move past now")
-        await asyncio.sleep(0.3)
-    runs = await queued_runs(nats_url)
+        await caught_up(nats_url)
+    runs = await queued_runs(nats_url, skip_key=CAUGHT_UP)
     by_key = {key: [r.job_id for r in runs if r.schedule_key == key] for key in ("m-once", "m-skip", "m-all")}
     assert by_key["m-once"] == [f"m-once.{int(long_ago * 1000)}"]
     assert by_key["m-skip"] == []
@@ -262,8 +287,8 @@ async def test_a_late_fire_from_a_stale_view_is_checked_against_the_store(nats_u
         # a view frozen past the duplicate window (a suspended host) still has the entry, active and late
         scheduler._view.apply("ghost", ghost.revision, None, replace(ghost, status="active").to_bytes())
         scheduler._wake.set()
-        await asyncio.sleep(0.3)
-    assert await queued_runs(nats_url) == []
+        await caught_up(nats_url)
+    assert await queued_runs(nats_url, skip_key=CAUGHT_UP) == []
 
 
 async def test_run_now_publishes_one_run_and_keeps_the_timing(nats_url: str) -> None:
@@ -317,8 +342,8 @@ async def test_fires_continue_across_a_server_restart(nats_server_factory: Calla
         await wait_until(await at_least(before + 4), 20, "runs after the restart")
         await Queue(QUEUE, url).pause_scheduled_job("beat")  # seen only if the watch came back
         paused_at = time.time()
-        await asyncio.sleep(1.0)
-    runs = await queued_runs(url)
+        await caught_up(url)
+    runs = await queued_runs(url, skip_key=CAUGHT_UP)
     assert max(r.due for r in runs) < paused_at + 0.25, "the watch did not see the pause after the restart"
     assert [r.due for r in runs] == interval_runs(start, 0.25, len(runs)), "a run was lost or doubled"
     entry = await ScheduledJobManager(url).get("beat")

@@ -54,33 +54,36 @@ def keyed(url: str, *keys: str) -> ConnectionSettings:
 # --- the signature itself, without a server ---
 
 
-def test_signature_is_key_id_and_hmac_of_the_exact_bytes() -> None:
-    value = signature(b"job bytes", KEY)
+def test_signature_is_key_id_and_hmac_of_the_exact_bytes_and_queue() -> None:
+    value = signature(b"job bytes", KEY, "q")
     kid, _, mac = value.partition(":")
     assert kid == key_id(KEY) and len(kid) == 8 and len(mac) == 64
-    assert value == signature(b"job bytes", KEY) != signature(b"job bytez", KEY)
-    assert signed_headers(ConnectionSettings(), b"x") is None
-    assert signed_headers(ConnectionSettings(signing_keys=(KEY, OLD_KEY)), b"x", {"a": "b"}) == {
-        "a": "b", HEADER: signature(b"x", KEY)}
+    assert value == signature(b"job bytes", KEY, "q") != signature(b"job bytez", KEY, "q")
+    assert value != signature(b"job bytes", KEY, "q2")
+    assert signed_headers(ConnectionSettings(), b"x", "q") is None
+    assert signed_headers(ConnectionSettings(signing_keys=(KEY, OLD_KEY)), b"x", "q", {"a": "b"}) == {
+        "a": "b", HEADER: signature(b"x", KEY, "q")}
 
 
 @pytest.mark.parametrize(("headers", "data", "reason"), [
     (None, b"job", "unsigned job"),
     ({HEADER: ""}, b"job", "unsigned job"),
-    ({HEADER: signature(b"job", KEY)}, b"jobs", "bad signature"),
+    ({HEADER: signature(b"job", KEY, "q1")}, b"jobs", "bad signature"),
+    ({HEADER: signature(b"job", KEY, "q2")}, b"job", "bad signature"),
     ({HEADER: key_id(KEY) + ":" + "0" * 64}, b"job", "bad signature"),
     ({HEADER: key_id(KEY) + ":naïve"}, b"job", "bad signature"),
-    ({HEADER: signature(b"job", OTHER_KEY)}, b"job", f"bad signature: signed with unknown key {key_id(OTHER_KEY)}"),
+    ({HEADER: signature(b"job", OTHER_KEY, "q1")}, b"job",
+     f"bad signature: signed with unknown key {key_id(OTHER_KEY)}"),
     ({HEADER: "no-colon-at-all"}, b"job", "bad signature: signed with unknown key"),
-    ({HEADER: signature(b"job", KEY)}, b"job", None),
-    ({HEADER: signature(b"job", OLD_KEY)}, b"job", None),
+    ({HEADER: signature(b"job", KEY, "q1")}, b"job", None),
+    ({HEADER: signature(b"job", OLD_KEY, "q1")}, b"job", None),
 ])
 def test_refusal_reasons(headers: dict[str, str] | None, data: bytes, reason: str | None) -> None:
-    assert refusal(data, headers, ConnectionSettings(signing_keys=(KEY, OLD_KEY))) == reason
+    assert refusal(data, headers, ConnectionSettings(signing_keys=(KEY, OLD_KEY)), "q1") == reason
 
 
 def test_without_keys_nothing_is_refused() -> None:
-    assert refusal(b"anything", None, ConnectionSettings()) is None
+    assert refusal(b"anything", None, ConnectionSettings(), "q1") is None
 
 
 def test_keys_come_from_env_for_rotation_and_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,9 +115,9 @@ async def test_forged_jobs_are_never_unpickled_and_recorded_as_rejected(
     async with running_worker(keyed(url, KEY), "signed") as worker:
         await raw_js.publish("naq.queue.signed", unsigned.serialize())
         data = wrong_key.serialize()
-        await raw_js.publish("naq.queue.signed", data, headers={HEADER: signature(data, OTHER_KEY)})
+        await raw_js.publish("naq.queue.signed", data, headers={HEADER: signature(data, OTHER_KEY, "signed")})
         data = tampered.serialize()
-        await raw_js.publish("naq.queue.signed", data + b".", headers={HEADER: signature(data, KEY)})
+        await raw_js.publish("naq.queue.signed", data + b".", headers={HEADER: signature(data, KEY, "signed")})
         job = await good.enqueue(jobs.add, 2, 3)
         assert await job.result(timeout=10) == 5
         await eventually(lambda: worker.failed == 3, what="three rejections")

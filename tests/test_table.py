@@ -13,6 +13,7 @@ from naq_ipy.ipython import monitor_table as mt
 from naq_ipy.ipython import schedules_table as table
 from naq_ipy.schedules.record import ScheduledJob, new_record
 from naq_ipy.status.results import JobStatus
+from naq_ipy.views import schedules as view
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -33,39 +34,39 @@ def record(key: str = "report", *, cron: str | None = "0 6 * * *", tz: str | Non
 
 # -- rows ------------------------------------------------------------------------------------------
 def test_format_row_has_every_column_in_local_time() -> None:
-    row = table.format_row(record(repeat=5, run_count=2, last_run_id="report.1"), NOW, "finished", BERLIN)
+    row = view.format_row(record(repeat=5, run_count=2, last_run_id="report.1"), NOW, "finished", BERLIN)
     assert row.key == "report"
     assert row.cells == ("report", "default", f"{__name__}.work", "cron 0 6 * * *",
-                         "2026-03-01 13:03:00 (in 3 min)", "3", "2", "finished", "active")
-    assert len(row.cells) == len(table.COLUMNS)
+                         "2026-03-01 13:03:00 CET (in 3 min)", "5", "2", "—", "active", "finished")
+    assert len(row.cells) == len(view.PANEL_COLUMNS)
 
 
 def test_notebook_functions_are_shown_without_main() -> None:
-    assert table.short_function("__main__.build_report") == "build_report"
-    assert table.short_function("app.jobs.build") == "app.jobs.build"
+    assert view.short_function("__main__.build_report") == "build_report"
+    assert view.short_function("app.jobs.build") == "app.jobs.build"
 
 
-def test_repeat_left_forever_and_never_negative() -> None:
-    assert table.repeat_left(record()) == "∞"
-    assert table.repeat_left(record(repeat=2, run_count=5)) == "0"
+def test_repeat_left_is_the_stored_runs_left_not_minus_the_runs_again() -> None:
+    assert view.repeat_left(record()) == "∞"
+    assert view.repeat_left(record(repeat=2, run_count=5)) == "2"
 
 
 def test_last_run_column_before_any_run_while_loading_and_after() -> None:
-    assert table.format_row(record(), NOW).cells[7] == table.NO_RUN_YET
-    assert table.format_row(record(last_run_id="x.1"), NOW).cells[7] == table.LOADING
-    assert table.outcome_text("failed", "ValueError: bad\n  more") == "failed: ValueError: bad"
-    assert table.outcome_text(None) == "expired"
+    assert view.format_row(record(), NOW).cell("outcome") == view.NO_RUN_YET
+    assert view.format_row(record(last_run_id="x.1"), NOW).cell("outcome") == view.LOADING
+    assert view.outcome_text("failed", "ValueError: bad\n  more") == "failed: ValueError: bad"
+    assert view.outcome_text(None) == "expired"
 
 
 def test_paused_rows_are_flagged_and_greyed() -> None:
-    row = table.format_row(record(status="paused"), NOW)
-    assert row.paused and row.cells[-1] == "paused"
-    assert "color:#888" in table.row_html(row)
+    row = view.format_row(record(status="paused"), NOW)
+    assert row.paused and row.cell("state") == "paused"
+    assert "color:#888" in view.row_html(row)
 
 
 def test_interval_and_zone_schedules_are_described() -> None:
-    assert table.format_row(record(cron=None, interval_s=90), NOW).cells[3] == "every 1 min 30 s"
-    assert table.format_row(record(tz="Europe/Berlin"), NOW).cells[3] == "cron 0 6 * * * (Europe/Berlin)"
+    assert view.format_row(record(cron=None, interval_s=90), NOW).cells[3] == "every 1 min 30 s"
+    assert view.format_row(record(tz="Europe/Berlin"), NOW).cells[3] == "cron 0 6 * * * (Europe/Berlin)"
 
 
 # -- filter, sort, paging --------------------------------------------------------------------------
@@ -99,8 +100,8 @@ def test_caption_mentions_the_unfiltered_total() -> None:
 
 # -- diff ------------------------------------------------------------------------------------------
 def test_changed_slots_names_only_the_rows_that_differ() -> None:
-    a, b = table.format_row(record("a"), NOW), table.format_row(record("b"), NOW)
-    b2 = table.format_row(record("b", status="paused"), NOW)
+    a, b = view.format_row(record("a"), NOW), view.format_row(record("b"), NOW)
+    b2 = view.format_row(record("b", status="paused"), NOW)
     old = table.pad([a, b], 4)
     assert table.changed_slots(old, table.pad([a, b], 4)) == []
     assert table.changed_slots(old, table.pad([a, b2], 4)) == [1]
@@ -110,8 +111,8 @@ def test_changed_slots_names_only_the_rows_that_differ() -> None:
 
 def test_a_clock_tick_changes_only_rows_whose_label_moved() -> None:
     soon, later = record("soon", next_in_s=90), record("later", next_in_s=3 * 86400 + 100)
-    before = [table.format_row(r, NOW) for r in (soon, later)]
-    after = [table.format_row(r, NOW + 40) for r in (soon, later)]
+    before = [view.format_row(r, NOW) for r in (soon, later)]
+    after = [view.format_row(r, NOW + 40) for r in (soon, later)]
     assert table.changed_slots(before, after) == [0]
 
 
@@ -139,11 +140,19 @@ def test_check_edit_valid_cron_previews_the_next_three_runs_in_its_zone() -> Non
     assert [p[:16] for p in check.preview] == ["2026-03-02 02:30", "2026-03-03 02:30", "2026-03-04 02:30"]
 
 
+def test_check_edit_previews_the_repeated_hour_of_an_hourly_cron() -> None:
+    form = table.EditForm(mode="cron", cron="0 * * * *", tz="Europe/Berlin")
+    now = datetime(2026, 10, 24, 23, 30, tzinfo=UTC).timestamp()
+    check = table.check_edit(record(), form, now, BERLIN)
+    assert [p.split(" (")[0] for p in check.preview] == [
+        "2026-10-25 02:00:00 CEST", "2026-10-25 02:00:00 CET", "2026-10-25 03:00:00 CET"]
+
+
 def test_check_edit_bad_zone_interval_repeat_and_time() -> None:
     bad = [
         (table.EditForm(mode="cron", cron="0 6 * * *", tz="Mars/Olympus"), "unknown time zone"),
         (table.EditForm(mode="interval", interval="soon"), "invalid duration"),
-        (table.EditForm(mode="interval", interval="0"), "interval must be a positive"),
+        (table.EditForm(mode="interval", interval="0"), "interval must be a duration of 0.1 s"),
         (table.EditForm(mode="cron", cron="0 6 * * *", repeat="0"), "repeat must be"),
         (table.EditForm(mode="cron", cron="0 6 * * *", repeat="two"), "repeat must be"),
         (table.EditForm(mode="next run", next_run="tomorrow"), "invalid next run"),
@@ -165,13 +174,13 @@ def test_check_edit_interval_and_next_run() -> None:
 
 # -- static tables ---------------------------------------------------------------------------------
 def test_static_html_and_text_escape_and_show_every_column() -> None:
-    rows = [table.format_row(record("a<b>", queue="q1"), NOW, zone=BERLIN)]
-    page_html = table.table_html(rows, "Scheduled jobs: 1–1 of 1")
+    rows = [view.format_row(record("a<b>", queue="q1"), NOW, zone=BERLIN)]
+    page_html = view.rows_table(rows, "Scheduled jobs: 1–1 of 1")._repr_html_()
     assert "a&lt;b&gt;" in page_html and "<b>a" not in page_html
-    assert all(f">{c}<" in page_html for c in table.COLUMNS)
-    text = table.table_text(rows, "Scheduled jobs")
+    assert all(f">{c}<" in page_html for c in view.PANEL_COLUMNS)
+    text = repr(view.rows_table(rows, "Scheduled jobs"))
     assert text.splitlines()[1].split()[:3] == ["name", "queue", "function"] and "a<b>" in text
-    assert table.header_html().count("<div style") == len(table.COLUMNS)
+    assert view.header_html().count("<div style") == len(view.PANEL_COLUMNS)
 
 
 # -- monitor tally ---------------------------------------------------------------------------------

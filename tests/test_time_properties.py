@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -23,9 +24,17 @@ from naq_ipy.rules.retry import (
     retry_delay_to_json,
     validate_retry_delay,
 )
-from naq_ipy.rules.times import format_duration, next_cron_run, next_cron_runs, parse_duration, validate_cron
+from naq_ipy.rules.times import (
+    format_duration,
+    is_wildcard_cron,
+    next_cron_run,
+    next_cron_runs,
+    parse_duration,
+    validate_cron,
+)
 
-ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata")
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Sydney", "Australia/Lord_Howe", "Asia/Kolkata")
+DST_ZONES = ("Europe/Berlin", "America/New_York", "Australia/Sydney", "Australia/Lord_Howe")
 UNIT_S = {"ms": Fraction(1, 1000), "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 FIRST, LAST = datetime(2020, 1, 1), datetime(2030, 12, 31)
 RUNS = 5
@@ -70,6 +79,10 @@ def test_parse_duration_only_raises_configuration_error(text: str) -> None:
     except ConfigurationError:
         return
     assert seconds >= 0 and seconds != float("inf")
+    # case and surrounding blanks do not matter; a number of seconds that came out reads back the same
+    if text.upper().lower() == text.lower():
+        assert parse_duration(f"  {text.upper()}\t") == seconds
+    assert parse_duration(repr(seconds)) == seconds
 
 
 # ---- cron -------------------------------------------------------------------------------------
@@ -125,13 +138,36 @@ def zone_and_start(draw: st.DrawFn) -> tuple[str, datetime]:
     return zone_name, draw(st.datetimes(FIRST, LAST)).replace(tzinfo=UTC)
 
 
+def real_instants(wall: datetime, zone: ZoneInfo) -> list[datetime]:
+    """The UTC instants whose wall time in `zone` is naive `wall`: none in a gap, two in a repeated hour."""
+    mapped = {wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1)}
+    return sorted(when for when in mapped if when.astimezone(zone).replace(tzinfo=None) == wall)
+
+
+def jump_after(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The first minute with the new offset after the spring-forward gap holding naive `wall`, by walking."""
+    when = min(wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1))
+    offset = when.astimezone(zone).utcoffset()
+    while when.astimezone(zone).utcoffset() == offset:
+        when += timedelta(minutes=1)
+    return when
+
+
+def cron8_fires(expr: str, wall: datetime, zone: ZoneInfo) -> list[datetime]:
+    """cron(8): a wildcard job fires at every real instant of `wall`; a fixed one at the first, or after the jump."""
+    real = real_instants(wall, zone)
+    if expr.startswith("@hourly") or any(field.startswith("*") for field in expr.split()[:2]):
+        return real
+    return real[:1] or [jump_after(wall, zone)]
+
+
 def brute_force_runs(expr: str, after: datetime, zone: ZoneInfo) -> list[datetime]:
-    """The first RUNS distinct fires after `after`: all wall times near them, mapped with fold=0, sorted."""
+    """The first RUNS distinct fires after `after`: all wall times near them mapped by cron(8), sorted."""
     walls = croniter(expr, after.astimezone(zone).replace(tzinfo=None) - MARGIN)
     fires: set[datetime] = set()
     while True:
         wall = walls.get_next(datetime)
-        fires.add(wall.replace(tzinfo=zone).astimezone(UTC))
+        fires.update(cron8_fires(expr, wall, zone))
         later = sorted(fire for fire in fires if fire > after)
         if len(later) >= RUNS and wall > later[RUNS - 1].astimezone(zone).replace(tzinfo=None) + MARGIN:
             return later[:RUNS]
@@ -149,6 +185,47 @@ def test_cron_runs_strictly_increase_and_lose_nothing(expr: str, zone_start: tup
     assert all(later > earlier for earlier, later in pairwise(runs))
     assert all(next_cron_run(expr, earlier, zone_name) == later for earlier, later in pairwise(runs))
     assert runs == brute_force_runs(expr, start, ZoneInfo(zone_name))
+
+
+@fast
+@given(st.sampled_from(DST_ZONES), st.data())
+def test_fixed_time_jobs_fire_once_a_day_across_dst(zone_name: str, data: st.DataObject) -> None:
+    zone = ZoneInfo(zone_name)
+    change = data.draw(st.sampled_from(transitions(zone_name)))
+    local_hour = change.astimezone(zone).hour  # near the change half the time: the gap or the repeated hour
+    hour = data.draw(st.one_of(st.integers(max(0, local_hour - 2), min(23, local_hour + 1)), st.integers(0, 23)))
+    minute = data.draw(st.one_of(st.sampled_from([0, 15, 30, 45, 59]), st.integers(0, 59)))
+    first_day = change.astimezone(zone).date() - timedelta(days=2)
+    start = datetime.combine(first_day, datetime.min.time(), zone).astimezone(UTC) - timedelta(seconds=1)
+    runs = next_cron_runs(f"{minute} {hour} * * *", start, zone_name, count=5)
+    assert [run.astimezone(zone).date() for run in runs] == [first_day + timedelta(days=n) for n in range(5)]
+    for run in runs:
+        wall = datetime.combine(run.astimezone(zone).date(), datetime.min.time()).replace(hour=hour, minute=minute)
+        assert run == (real_instants(wall, zone)[:1] or [jump_after(wall, zone)])[0]
+
+
+def shift_minutes(zone_name: str, change: datetime) -> int:
+    """The size of the DST change of `zone_name` at UTC `change`, in minutes."""
+    zone = ZoneInfo(zone_name)
+    before, after = (when.astimezone(zone).utcoffset() for when in (change - timedelta(seconds=1), change))
+    assert before is not None and after is not None
+    return abs(int((after - before).total_seconds())) // 60
+
+
+@fast
+@given(st.sampled_from(DST_ZONES), st.data())
+def test_wildcard_jobs_keep_real_time_spacing_across_dst(zone_name: str, data: st.DataObject) -> None:
+    change = data.draw(st.sampled_from(transitions(zone_name)))
+    shift = shift_minutes(zone_name, change)
+    # Wall times repeat every `period` minutes; when the shift is a multiple of it, real time keeps that spacing.
+    period = data.draw(st.sampled_from([n for n in (1, 2, 3, 5, 6, 10, 12, 15, 20, 30, 60) if shift % n == 0]))
+    minutes = ",".join(str(minute) for minute in range(data.draw(st.integers(0, period - 1)), 60, period))
+    expr = data.draw(st.sampled_from([f"*/{period} * * * *", f"{minutes} * * * *"]))
+    assert is_wildcard_cron(expr)
+    start = change - timedelta(minutes=data.draw(st.integers(1, 150)))
+    runs = next_cron_runs(expr, start, zone_name, count=max(3, 240 // period))
+    assert runs[0] - start <= timedelta(minutes=period)
+    assert all(later - earlier == timedelta(minutes=period) for earlier, later in pairwise(runs))
 
 
 @settings(max_examples=60, deadline=None)
@@ -170,7 +247,15 @@ def test_parse_retry_delay_only_raises_configuration_error(text: str) -> None:
         spec = parse_retry_delay(text)
     except ConfigurationError:
         return
-    assert retry_delay_s(spec, 1) >= 0
+    delays = [retry_delay_s(spec, n, random.Random(0)) for n in range(1, 6)]
+    assert all(d >= 0 and math.isfinite(d) for d in delays)
+    items = text.strip().lower().split(",")
+    if isinstance(spec, tuple):  # each comma-separated item is one retry's delay, the last one repeats
+        assert delays == [parse_duration(items[min(n, len(items)) - 1]) for n in range(1, 6)]
+    elif isinstance(spec, float):
+        assert delays == [parse_duration(text)] * 5
+    elif not spec.jitter:  # exponential: never shrinks, never passes its cap
+        assert delays == sorted(delays) and max(delays) <= spec.max_s
 
 
 BACKOFFS = st.builds(

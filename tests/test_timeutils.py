@@ -15,6 +15,7 @@ from naq_ipy.rules.times import (
     format_duration,
     format_relative,
     from_timestamp,
+    is_wildcard_cron,
     next_cron_run,
     next_cron_runs,
     parse_duration,
@@ -269,7 +270,7 @@ def test_berlin_spring_forward_fires_missing_time_once() -> None:
     start, end = local(BERLIN, 2026, 3, 27), local(BERLIN, 2026, 4, 1, 23, 59)
     runs = runs_between("0 2 * * *", start, end, "Europe/Berlin")
     assert_one_run_per_local_day(runs, BERLIN, date(2026, 3, 27), date(2026, 4, 1))
-    # 02:00 does not exist on 2026-03-29: it fires at 03:00 CEST = 01:00 UTC.
+    # 02:00 does not exist on 2026-03-29: it fires right after the jump, at 03:00 CEST = 01:00 UTC.
     assert runs[1:4] == [utc(2026, 3, 28, 1), utc(2026, 3, 29, 1), utc(2026, 3, 30, 0)]
 
 
@@ -300,45 +301,142 @@ def test_berlin_day_by_day_from_local_midnight() -> None:
         ("America/New_York", utc(2026, 3, 7, 23), utc(2026, 3, 8, 12)),
     ],
 )
-def test_half_past_every_hour_never_goes_backwards(tz: str, start: datetime, end: datetime) -> None:
+def test_half_past_every_hour_keeps_real_hours(tz: str, start: datetime, end: datetime) -> None:
     runs = runs_between("30 * * * *", start, end, tz)
-    assert all(later > earlier for earlier, later in pairwise(runs))
-    walls = [run.astimezone(ZoneInfo(tz)).replace(tzinfo=None) for run in runs]
-    assert len(set(walls)) == len(walls)
-    assert all(wall.minute == 30 for wall in walls)
+    assert all(later - earlier == timedelta(hours=1) for earlier, later in pairwise(runs))
+    assert all(run.astimezone(ZoneInfo(tz)).minute == 30 for run in runs)
 
 
-def test_berlin_fall_back_hourly_skips_the_repeat() -> None:
+def test_berlin_fall_back_hourly_fires_in_the_repeat() -> None:
     runs = runs_between("30 * * * *", utc(2026, 10, 24, 23), utc(2026, 10, 25, 3), "Europe/Berlin")
-    # 02:30 CEST (00:30 UTC) fires; 02:30 CET (01:30 UTC) is the same wall time and does not.
-    assert runs == [utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 2, 30)]
+    # A wildcard job runs on real time: 02:30 CEST (00:30 UTC) and 02:30 CET (01:30 UTC) both fire.
+    assert runs == [utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30),
+                    utc(2026, 10, 25, 2, 30)]
 
 
-def test_after_in_repeated_hour_does_not_fire_again() -> None:
+def test_after_in_repeated_hour() -> None:
     second_pass = local(BERLIN, 2026, 10, 25, 2, 10, fold=1)
     assert next_cron_run("30 2 * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 26, 1, 30)
-    assert next_cron_run("*/20 * * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 25, 2)
+    # 02:20 CET, the second 02:20 of the night.
+    assert next_cron_run("*/20 * * * *", second_pass, "Europe/Berlin") == utc(2026, 10, 25, 1, 20)
 
 
 def test_new_york_transitions() -> None:
     spring = runs_between("30 2 * * *", utc(2026, 3, 7), utc(2026, 3, 10), "America/New_York")
-    # 02:30 does not exist on 2026-03-08: it fires at 03:30 EDT = 07:30 UTC.
-    assert spring == [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7, 30), utc(2026, 3, 9, 6, 30)]
+    # 02:30 does not exist on 2026-03-08: it fires right after the jump, at 03:00 EDT = 07:00 UTC.
+    assert spring == [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7), utc(2026, 3, 9, 6, 30)]
     fall = runs_between("30 1 * * *", utc(2026, 10, 31), utc(2026, 11, 3), "America/New_York")
     # 01:30 happens twice on 2026-11-01: only the first (EDT) fires.
     assert fall == [utc(2026, 10, 31, 5, 30), utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)]
 
 
-def test_gap_times_merge_with_the_real_times_they_land_on() -> None:
-    runs = runs_between("*/20 2,3 * * *", utc(2026, 3, 28, 22), utc(2026, 3, 29, 6), "Europe/Berlin")
+@pytest.mark.parametrize("expr", ["*/20 2,3 * * *", "0,20,40 2,3 * * *"])
+def test_gap_times_merge_with_the_real_times_after_the_jump(expr: str) -> None:
+    # Wildcard: 02:xx does not exist and does not fire. Fixed: 02:00, 02:20, 02:40 fire once at 03:00 CEST,
+    # which is also the fire of 03:00.
+    runs = runs_between(expr, utc(2026, 3, 28, 22), utc(2026, 3, 29, 6), "Europe/Berlin")
     assert runs == [utc(2026, 3, 29, 1), utc(2026, 3, 29, 1, 20), utc(2026, 3, 29, 1, 40)]
 
 
-def test_gap_times_are_not_lost_when_later_than_real_times() -> None:
-    # Lord Howe springs forward 30 min at 02:00: 02:20 is in the gap (fires as 02:50), 02:40 is real.
+def test_gap_times_fire_right_after_a_30_minute_jump() -> None:
+    # Lord Howe springs forward 30 min at 02:00: 02:20 is in the gap (fires at 02:30 LHDT), 02:40 is real.
     runs = next_cron_runs("20,40 2 * * *", utc(2026, 10, 3, 12), "Australia/Lord_Howe", count=3)
-    assert runs == [utc(2026, 10, 3, 15, 40), utc(2026, 10, 3, 15, 50), utc(2026, 10, 4, 15, 20)]
-    assert next_cron_run("10,50 2 * * *", utc(2026, 3, 29, 1, 10), "Europe/Berlin") == utc(2026, 3, 29, 1, 50)
+    assert runs == [utc(2026, 10, 3, 15, 30), utc(2026, 10, 3, 15, 40), utc(2026, 10, 4, 15, 20)]
+    # Both gap times of Berlin fired at the jump (01:00 UTC), before 01:10 UTC: next is the day after.
+    assert next_cron_run("10,50 2 * * *", utc(2026, 3, 29, 1, 10), "Europe/Berlin") == utc(2026, 3, 30, 0, 10)
+
+
+# ---- cron(8) at DST changes: wildcard jobs on real time, fixed-time jobs once -------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "wildcard"),
+    [
+        ("* * * * *", True),
+        ("*/15 * * * *", True),
+        ("0 * * * *", True),
+        ("0 */2 * * *", True),
+        ("* 2 * * *", True),
+        ("1-5 * * * *", True),
+        ("*/5 2 * * * 30", True),
+        (" @HOURLY ", True),
+        ("0 2 * * *", False),
+        ("0,30 1-3 * * *", False),
+        ("0-59 2 * * *", False),
+        ("0-59/5 0-23 * * *", False),
+        ("30 2 * * * *", False),
+        ("@daily", False),
+        ("@weekly", False),
+    ],
+)
+def test_is_wildcard_cron_reads_minute_and_hour_like_cronie(expr: str, wildcard: bool) -> None:
+    assert is_wildcard_cron(expr) is wildcard
+
+
+def test_berlin_fall_back_hourly_fires_every_real_hour() -> None:
+    runs = runs_between("0 * * * *", utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 2, 30), "Europe/Berlin")
+    # 02:00 CEST, 02:00 CET, 03:00 CET: no two-hour gap.
+    assert runs == [utc(2026, 10, 25, 0), utc(2026, 10, 25, 1), utc(2026, 10, 25, 2)]
+
+
+def test_berlin_fall_back_half_hourly_covers_the_repeated_hour() -> None:
+    runs = runs_between("*/30 * * * *", utc(2026, 10, 24, 23, 45), utc(2026, 10, 25, 2, 45), "Europe/Berlin")
+    assert runs == [utc(2026, 10, 25, 0) + timedelta(minutes=30 * n) for n in range(6)]
+    walls = [f"{run.astimezone(BERLIN):%H:%M %Z}" for run in runs]
+    assert walls == ["02:00 CEST", "02:30 CEST", "02:00 CET", "02:30 CET", "03:00 CET", "03:30 CET"]
+
+
+def test_berlin_spring_forward_fixed_time_fires_once_right_after_the_jump() -> None:
+    runs = next_cron_runs("30 2 * * *", utc(2026, 3, 28, 12), "Europe/Berlin", count=2)
+    assert runs == [utc(2026, 3, 29, 1), utc(2026, 3, 30, 0, 30)]
+    assert f"{runs[0].astimezone(BERLIN):%H:%M %Z}" == "03:00 CEST"
+
+
+def test_berlin_spring_forward_hourly_goes_on_at_the_new_wall_time() -> None:
+    runs = runs_between("0 * * * *", utc(2026, 3, 28, 23, 30), utc(2026, 3, 29, 2, 30), "Europe/Berlin")
+    assert [f"{run.astimezone(BERLIN):%H:%M %Z}" for run in runs] == ["01:00 CET", "03:00 CEST", "04:00 CEST"]
+    assert all(later - earlier == timedelta(hours=1) for earlier, later in pairwise(runs))
+
+
+def test_minute_wildcard_in_a_fixed_hour_is_a_wildcard_job() -> None:
+    # '* 2 * * *' runs on real time: no 02:xx on the spring-forward day, both 02:xx hours at fall-back.
+    assert next_cron_run("* 2 * * *", utc(2026, 3, 28, 2), "Europe/Berlin") == utc(2026, 3, 30, 0)
+    fall = runs_between("* 2 * * *", utc(2026, 10, 24, 12), utc(2026, 10, 25, 12), "Europe/Berlin")
+    assert len(fall) == 120 and fall[0] == utc(2026, 10, 25, 0) and fall[-1] == utc(2026, 10, 25, 1, 59)
+    # '0-59 2 * * *' is the same set of wall times as a fixed-time job: once at the jump, the first hour only.
+    assert next_cron_runs("0-59 2 * * *", utc(2026, 3, 28, 2), "Europe/Berlin", 2) == [utc(2026, 3, 29, 1),
+                                                                                       utc(2026, 3, 30, 0)]
+    fall = runs_between("0-59 2 * * *", utc(2026, 10, 24, 12), utc(2026, 10, 25, 12), "Europe/Berlin")
+    assert len(fall) == 60 and fall[-1] == utc(2026, 10, 25, 0, 59)
+
+
+@pytest.mark.parametrize(
+    ("tz", "fall", "spring"),
+    [
+        ("Europe/Berlin", utc(2026, 10, 25, 1), utc(2026, 3, 29, 1)),
+        ("America/New_York", utc(2026, 11, 1, 6), utc(2026, 3, 8, 7)),
+        ("Australia/Sydney", utc(2026, 4, 4, 16), utc(2026, 10, 3, 16)),
+    ],
+)
+def test_hourly_and_fixed_jobs_in_both_hemispheres(tz: str, fall: datetime, spring: datetime) -> None:
+    zone, hour = ZoneInfo(tz), timedelta(hours=1)
+    for change in (fall, spring):  # hourly: every real hour, also across the change
+        assert runs_between("0 * * * *", change - 2 * hour, change + 2 * hour, tz) == [
+            change + n * hour for n in range(-1, 3)
+        ]
+    # A wall time of the repeated hour fires once, the first time; one of the skipped hour once, at the change.
+    repeated = f"{(fall - hour / 2).astimezone(zone):%M %H} * * *"
+    assert runs_between(repeated, fall - 2 * hour, fall + 2 * hour, tz) == [fall - hour / 2]
+    skipped = f"{(spring - hour / 2).astimezone(zone) + hour:%M %H} * * *"
+    assert runs_between(skipped, spring - 2 * hour, spring + 2 * hour, tz) == [spring]
+
+
+def test_lord_howe_hourly_follows_the_wall_clock_through_a_30_minute_shift() -> None:
+    # 02:00 LHST jumps to 02:30 LHDT (15:30 UTC): minute 0 comes again at 03:00 LHDT, 1.5 h after 01:00 LHST.
+    runs = runs_between("0 * * * *", utc(2026, 10, 3, 14), utc(2026, 10, 3, 17), "Australia/Lord_Howe")
+    assert runs == [utc(2026, 10, 3, 14, 30), utc(2026, 10, 3, 16), utc(2026, 10, 3, 17)]
+    half_hourly = runs_between("*/30 * * * *", utc(2026, 10, 3, 14), utc(2026, 10, 3, 16), "Australia/Lord_Howe")
+    assert half_hourly == [utc(2026, 10, 3, 14) + timedelta(minutes=30 * n) for n in range(1, 5)]
 
 
 # ---- labels -------------------------------------------------------------------------------------

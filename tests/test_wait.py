@@ -12,11 +12,13 @@ import pytest
 from test_worker import running_worker
 
 import naq_ipy
+import naq_ipy.status.results
 from naq_ipy import ConfigurationError, JobExecutionError, Queue, WaitResult
-from naq_ipy.ipython.jobview import render_runs, wait_text
 from naq_ipy.status.results import FAILED, FINISHED, RUNNING, JobStatus, write_status
-from naq_ipy.status.waiting import recent_runs, run_due_ms, wait
+from naq_ipy.status.waiting import recent_runs, wait
+from naq_ipy.views.jobs import render_runs, wait_text
 from naq_ipy.wire.connection import close_all, get_connection
+from naq_ipy.wire.names import run_due_ms
 
 
 @pytest.fixture
@@ -112,14 +114,14 @@ def test_the_scheduled_jobs_panel_shows_the_recent_runs_of_the_selected_row(nats
     panel = ScheduledJobsPanel(url=nats_url)
     try:
         assert panel.wait_loaded(5) and panel.widget is not None
-        panel._w["runs"].click()
+        panel.controls.runs.click()
         assert panel.status_error and "select exactly one" in panel.status_text
         panel.select_keys(["tick"])
-        panel._w["runs"].click()
+        panel.controls.runs.click()
         deadline = time.monotonic() + 10
-        while "tick" not in panel._w["runs_table"].value and time.monotonic() < deadline:
+        while "tick" not in panel.controls.runs_table.value and time.monotonic() < deadline:
             time.sleep(0.02)
-        table = panel._w["runs_table"].value
+        table = panel.controls.runs_table.value
         assert "recent runs of tick" in table and "ValueError: bad tick" in table
         assert table.index(">2000<") < table.index(">1000<")
     finally:
@@ -151,3 +153,8 @@ def test_the_wait_bar_and_redrawing_while_a_cell_blocks() -> None:
 async def _divide_by_zero() -> float:
     await asyncio.sleep(0.3)
     return 1 / 0
+
+
+async def test_fetch_status_refuses_a_bad_job_id_naming_it(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^invalid job id 'no spaces': use letters"):
+        await naq_ipy.status.results.fetch_status("no spaces", url)

@@ -20,7 +20,7 @@ from typing import Any
 import jobs
 import pytest
 from nats.js import JetStreamContext
-from polling import eventually
+from polling import eventually, eventually_async
 
 from naq_ipy import ConfigurationError, JobExecutionError, NaqException, Queue
 from naq_ipy.status.results import FAILED, FINISHED, fetch_status
@@ -128,12 +128,13 @@ async def test_job_of_a_killed_worker_is_redelivered_and_finishes_once(
 
 
 @pytest.mark.slow
-async def test_job_longer_than_ack_wait_runs_exactly_once(url: str, tmp_path: Path) -> None:
+async def test_job_longer_than_ack_wait_runs_exactly_once(url: str, tmp_path: Path, raw_js: JetStreamContext) -> None:
     path = str(tmp_path / "marks")
     async with running_worker(url, concurrency=2, ack_wait_s=1) as worker:
         job = await Queue("default", url).enqueue(jobs.slow, path, 4, "long")
         assert await job.result(timeout=15) == "long"
-        await asyncio.sleep(0.3)  # room for a wrong redelivery to show
+        # acked (gone from the work-queue stream): no redelivery can come any more
+        await eventually_async(lambda: stream_count(raw_js), 0, "the job's ack")
     assert len(jobs.marks(path, "start")) == 1 and worker.processed == 1
     status = await fetch_status(job.job_id, url)
     assert status is not None and status.attempts == 1

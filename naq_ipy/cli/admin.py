@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.queue import Queue
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.rules.times import format_relative, from_timestamp, parse_duration
-from naq_ipy.schedules.record import ScheduledJob
+from naq_ipy.rules.times import from_timestamp, parse_duration, parse_iso_time
+from naq_ipy.schedules.record import ScheduleState
 from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.views.schedules import schedules_table
 from naq_ipy.views.tables import format_table
-
-
-def scheduled_rows(records: Iterable[ScheduledJob]) -> list[list[Any]]:
-    """Table rows for scheduled jobs: name, queue, function, schedule, next run, repeat, runs, state."""
-    now = from_timestamp(time.time())
-    return [
-        [r.key, r.queue_name, r.func_name, r.describe(),
-         f"{r.next_run:%Y-%m-%d %H:%M:%S} UTC ({format_relative(r.next_run, now)})",
-         "forever" if r.repeat is None else r.repeat, r.run_count, r.status]
-        for r in records
-    ]
-
-
-SCHEDULED_HEADERS = ("name", "queue", "function", "schedule", "next run", "repeat left", "runs", "state")
 
 
 def add_url_argument(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +23,14 @@ def add_url_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_list_scheduled_arguments(parser: argparse.ArgumentParser) -> None:
     add_url_argument(parser)
-    parser.add_argument("--status", choices=("active", "paused"), help="only entries in this state")
+    parser.add_argument("--status", choices=[state.value for state in ScheduleState], help="only entries in this state")
     parser.add_argument("--queue", help="only entries of this queue")
 
 
 def list_scheduled(args: argparse.Namespace) -> int:
     """`naq list-scheduled`."""
     records = run_sync(ScheduledJobManager(args.url).list(status=args.status, queue=args.queue))
-    print(format_table(SCHEDULED_HEADERS, scheduled_rows(records)) if records else "no scheduled jobs")
+    print(repr(schedules_table(records, UTC)) if records else "no scheduled jobs")
     return 0
 
 
@@ -65,7 +50,7 @@ def job_control(args: argparse.Namespace) -> int:
     queue = Queue(nats_url=args.url)
     if args.action == "reschedule":
         updates = {k: v for k, v in (("cron", args.cron), ("tz", args.tz), ("interval", args.interval),
-                                     ("repeat", args.repeat), ("next_run", _parse_when(args.next_run)))
+                                     ("repeat", args.repeat), ("next_run", _optional_time(args.next_run)))
                    if v is not None}
         if not updates:
             raise ConfigurationError("reschedule needs --cron, --interval, --repeat or --next-run")
@@ -77,15 +62,26 @@ def job_control(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_when(text: str | None) -> Any:
-    if text is None:
-        return None
-    from datetime import datetime
+def _optional_time(text: str | None) -> datetime | None:
+    return None if text is None else parse_iso_time(text)
 
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError as e:
-        raise ConfigurationError(f"invalid date/time {text!r}: use ISO 8601, e.g. 2026-12-01T06:00") from e
+
+def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    add_url_argument(parser)
+    parser.add_argument("job_ids", metavar="ID", nargs="+", help="ids of the jobs to cancel")
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """`naq cancel ID...`: one line per job; exit 0 all cancelled, 1 some had already ended, 2 some unknown."""
+    from naq_ipy.status.cancel import Outcome
+    from naq_ipy.status.cancel import cancel as cancel_jobs
+
+    report = run_sync(cancel_jobs(args.job_ids, args.url))
+    for job_id, outcome in report.outcomes.items():
+        print(f"{job_id}: {outcome}")
+    if report.ids(Outcome.NOT_FOUND):
+        return 2
+    return 1 if report.ids(Outcome.ALREADY_FINISHED) else 0
 
 
 def list_workers(args: argparse.Namespace) -> int:

@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import tempfile
 import time
+from datetime import UTC
 
-from naq_ipy.cli.admin import SCHEDULED_HEADERS, scheduled_rows
 from naq_ipy.client.queue import Queue
-from naq_ipy.views.tables import format_table
+from naq_ipy.views.schedules import schedules_table
 from naq_ipy.wire.connection import get_connection
+from naq_ipy.wire.names import JOB_STREAM_NAME
 from naq_ipy.wire.server import NatsServer
-from naq_ipy.wire.settings import JOB_STREAM_NAME
 
 
 def build_report(month: str) -> str:
@@ -49,8 +49,7 @@ async def _demo(url: str, seconds: float) -> None:
     await queue.schedule(build_report, "nightly", cron="0 6 * * *", tz="Europe/Berlin", name="nightly")
     info = await (await get_connection(url)).js.stream_info(JOB_STREAM_NAME)
     print(f"\nstream {JOB_STREAM_NAME}: {info.state.messages} job(s) waiting")
-    records = scheduled_rows(await queue.list_scheduled_jobs())
-    print(f"\nKV naq_scheduled_jobs:\n{format_table(SCHEDULED_HEADERS, records)}")
+    print(f"\nKV naq_scheduled_jobs:\n{schedules_table(await queue.list_scheduled_jobs(), UTC)!r}")
     worker, scheduler = Worker(["default"], url=url, concurrency=4), Scheduler(url)
     tasks = [asyncio.create_task(worker.run()), asyncio.create_task(scheduler.run())]
     print("\nworker and scheduler started; results:")
@@ -60,14 +59,14 @@ async def _demo(url: str, seconds: float) -> None:
     await scheduler.stop()
     await worker.stop()
     await asyncio.gather(*tasks)
-    records = scheduled_rows(await queue.list_scheduled_jobs())
-    print(f"\nscheduled jobs now (tick ran out of repeats):\n{format_table(SCHEDULED_HEADERS, records)}")
+    remaining = schedules_table(await queue.list_scheduled_jobs(), UTC)
+    print(f"\nscheduled jobs now (tick ran out of repeats):\n{remaining!r}")
 
 
 async def _show_runs(url: str, key: str, runs: int, timeout_s: float) -> None:
     """Print each run of schedule `key` as it finishes (a KV watch on `naq_job_status`)."""
     from naq_ipy.status.results import JobStatus, fetch_result
-    from naq_ipy.wire.settings import JOB_STATUS_KV_NAME
+    from naq_ipy.wire.names import JOB_STATUS_KV_NAME
 
     kv = await (await get_connection(url)).kv(JOB_STATUS_KV_NAME)
     watcher = await kv.watch(f"{key}.>")

@@ -1,8 +1,10 @@
 """`naq lab`: a local server, worker and scheduler, then JupyterLab on the demo notebooks — one command.
 
 It does locally what `binder/start` does on Binder. JupyterLab and its kernels get `NAQ_URL`,
-so `%load_ext naq_ipy` talks to the stack started here. Ctrl-C or SIGTERM stops JupyterLab
-(which shuts its kernels down), then the worker, the scheduler and the server.
+so `%load_ext naq_ipy` talks to the stack started here. With Voilà installed, the dashboard
+(`naq dashboard`) is served beside it. Ctrl-C or SIGTERM stops JupyterLab (which shuts its
+kernels down) and the dashboard, then the worker, the scheduler and the server. JupyterLab opens
+without its "get notified about official Jupyter news?" prompt: an override for this launch only.
 
 `naq lab --headless` runs notebooks top to bottom instead (default: the quickstart) through
 nbclient against the same stack and prints PASS/FAIL per notebook: the quickstart for CI.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -23,15 +24,21 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from naq_ipy.cli.children import interrupt, missing_modules, sigterm_as_interrupt, stop_process
+from naq_ipy.errors import NaqException
 from naq_ipy.local.stack import LocalStack, local_url
 from naq_ipy.wire.server import default_store_dir
+
+if TYPE_CHECKING:
+    from naq_ipy.cli.dashboard import DashboardServer
 
 QUICKSTART = "01-quickstart.ipynb"
 KERNEL_NAME = "naq-lab"
 CELL_TIMEOUT_S = 120.0
 LAB_STOP_TIMEOUT_S = 20.0
+NEWS_PLUGIN, NO_NEWS = "@jupyterlab/apputils-extension:notification", {"fetchNews": "false"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LAB_MISSING = "naq lab needs JupyterLab: pip install jupyterlab (or pip install 'naq_ipy[lab]')"
 HEADLESS_MISSING = "naq lab --headless needs nbclient and ipykernel: pip install 'naq_ipy[notebooks]'"
@@ -67,7 +74,7 @@ def default_notebooks() -> Path | None:
 def run(args: argparse.Namespace) -> int:
     """Start the stack, then JupyterLab (or the headless run); stop everything on exit, Ctrl-C or SIGTERM."""
     headless = args.headless is not None
-    missing = _missing_modules(("nbclient", "ipykernel") if headless else ("jupyterlab",))
+    missing = missing_modules(("nbclient", "ipykernel") if headless else ("jupyterlab",))
     if missing:
         print(HEADLESS_MISSING if headless else LAB_MISSING, file=sys.stderr)
         return EXIT_USAGE
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     url = args.url or os.environ.get("NAQ_URL") or local_url(args.nats_port)
     stack = LocalStack(url, data_dir=args.data_dir)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             stack.start()
             for line in stack.describe():
@@ -97,30 +104,15 @@ def run(args: argparse.Namespace) -> int:
                       + (" and the server" if stack.server is not None else ""), flush=True)
 
 
-def _missing_modules(names: tuple[str, ...]) -> list[str]:
-    return [name for name in names if importlib.util.find_spec(name) is None]
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread, so one cleanup path serves both."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 # --- JupyterLab ------------------------------------------------------------------------------
 
 
-def jupyterlab_command(notebooks: Path, *, port: int | None, browser: bool) -> list[str]:
+def jupyterlab_command(notebooks: Path, *, port: int | None, browser: bool,
+                       app_settings_dir: Path | None = None) -> list[str]:
     """`python -m jupyterlab` on `notebooks`, opening the quickstart if it is there."""
     cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={notebooks.resolve()}"]
+    if app_settings_dir is not None:
+        cmd.append(f"--LabApp.app_settings_dir={app_settings_dir}")
     if port is not None:
         cmd.append(f"--port={port}")
     if not browser:
@@ -133,28 +125,61 @@ def jupyterlab_command(notebooks: Path, *, port: int | None, browser: bool) -> l
 
 
 def run_jupyterlab(notebooks: Path, url: str, *, port: int | None, browser: bool) -> int:
-    """Run JupyterLab with `NAQ_URL=url` until it exits, or until Ctrl-C/SIGTERM stops it here."""
-    # its own session: a terminal Ctrl-C reaches only naq lab, which stops JupyterLab without its y/n prompt
-    lab = subprocess.Popen(jupyterlab_command(notebooks, port=port, browser=browser),
-                           env={**os.environ, "NAQ_URL": url}, start_new_session=True)
-    print(f"naq lab: JupyterLab pid {lab.pid} on {notebooks}; Ctrl-C stops everything", flush=True)
-    try:
-        return lab.wait()
-    finally:
-        stop_process(lab, LAB_STOP_TIMEOUT_S)
+    """Run JupyterLab (and the dashboard) with `NAQ_URL=url` until it exits, or until Ctrl-C/SIGTERM stops it here."""
+    with app_settings_without_news() as settings_dir:
+        # its own session: a terminal Ctrl-C reaches only naq lab, which stops JupyterLab without its y/n prompt
+        lab = subprocess.Popen(jupyterlab_command(notebooks, port=port, browser=browser,
+                                                  app_settings_dir=settings_dir),
+                               env={**os.environ, "NAQ_URL": url}, start_new_session=True)
+        print(f"naq lab: JupyterLab pid {lab.pid} on {notebooks}; Ctrl-C stops everything", flush=True)
+        dashboard: DashboardServer | None = None
+        try:
+            dashboard = start_dashboard(url)
+            return lab.wait()
+        finally:
+            stop_process(lab, LAB_STOP_TIMEOUT_S)
+            if dashboard is not None:
+                dashboard.stop()
 
 
-def stop_process(process: subprocess.Popen[Any], timeout_s: float) -> None:
-    """SIGTERM (JupyterLab then shuts its kernels down), SIGKILL to its group after `timeout_s`."""
-    if process.poll() is not None:
-        return
-    process.terminate()
+def start_dashboard(url: str) -> DashboardServer | None:
+    """The dashboard's Voilà on `url` if Voilà is installed (its address printed), else None."""
+    if missing_modules(("voila", "ipykernel")):
+        print("naq lab: no dashboard (pip install 'naq_ipy[dashboard]' adds it)", flush=True)
+        return None
+    from naq_ipy.cli.dashboard import DashboardServer
+
     try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        dashboard = DashboardServer(url).start()
+    except NaqException as e:  # JupyterLab is what was asked for: go on without the dashboard
+        print(f"naq lab: no dashboard: {e}", file=sys.stderr, flush=True)
+        return None
+    print(f"naq lab: dashboard {dashboard.address} (Voilà pid {dashboard.pid})", flush=True)
+    return dashboard
+
+
+@contextlib.contextmanager
+def app_settings_without_news() -> Iterator[Path]:
+    """JupyterLab's app settings folder for one launch: its own files, plus a default of `fetchNews: "false"`.
+
+    The override is the lowest of all (an administrator's overrides and the user's own choice win)
+    and nothing is written into the user's or the environment's settings: the folder is temporary.
+    """
+    from jupyterlab.commands import get_app_dir
+
+    own = Path(get_app_dir()) / "settings"
+    with tempfile.TemporaryDirectory(prefix="naq-lab-settings-") as tmp:
+        folder = Path(tmp)
+        for entry in own.iterdir() if own.is_dir() else ():
+            if entry.name != "overrides.d":
+                (folder / entry.name).symlink_to(entry)
+        overrides_d = folder / "overrides.d"
+        overrides_d.mkdir()
+        for entry in (own / "overrides.d").iterdir() if (own / "overrides.d").is_dir() else ():
+            (overrides_d / entry.name).symlink_to(entry)
+        # read first (files are applied in name order): every other override wins over it
+        (overrides_d / "00-naq-lab-no-news.json").write_text(json.dumps({NEWS_PLUGIN: NO_NEWS}))
+        yield folder
 
 
 # --- headless --------------------------------------------------------------------------------
@@ -176,7 +201,7 @@ def run_headless(notebooks: Path, names: list[str], url: str, cell_timeout_s: fl
         else:
             passed += 1
             print(f"PASS {path.name} ({time.monotonic() - started:.1f} s)", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)  # nbclient leaves SIGTERM at its default
+        signal.signal(signal.SIGTERM, interrupt)  # nbclient leaves SIGTERM at its default
     print(f"{passed} passed, {failed} failed", flush=True)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -225,9 +250,11 @@ class _StopOnSignal:
                 loop.add_signal_handler(sig, stop)
 
 
-def execute_notebook(path: Path, url: str, *, cell_timeout_s: float = CELL_TIMEOUT_S,
+def execute_notebook(path: Path, url: str | None, *, cell_timeout_s: float = CELL_TIMEOUT_S,
                      env: Mapping[str, str] | None = None) -> Any:
     """Run the notebook at `path` top to bottom in a fresh kernel of this Python with `NAQ_URL=url`.
+
+    `url=None`: the kernel gets no `NAQ_URL` at all (zero config, as a newcomer runs it).
 
     The kernel's working directory is the notebook's folder. Only cells tagged
     `raises-exception` may fail; any other error raises (nbclient's CellExecutionError).
@@ -249,7 +276,8 @@ def execute_notebook(path: Path, url: str, *, cell_timeout_s: float = CELL_TIMEO
         client = Client(nb, kernel_name=kernel_name, timeout=cell_timeout_s,
                         resources={"metadata": {"path": str(path.parent.resolve())}})
         try:
-            client.execute(env={**os.environ, **(env or {}), "NAQ_URL": url})
+            kernel_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "NAQ_URL"}
+            client.execute(env=kernel_env | ({"NAQ_URL": url} if url else {}))
         except BaseException:
             if stop.requested:  # nbclient reports the cancelled run as a dead kernel
                 raise KeyboardInterrupt from None

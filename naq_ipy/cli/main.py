@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "list-scheduled": ("naq_ipy.cli.admin", "add_list_scheduled_arguments", "list_scheduled", "list scheduled jobs"),
     "job-control": ("naq_ipy.cli.admin", "add_job_control_arguments", "job_control",
                     "cancel, pause, resume or reschedule a scheduled job"),
+    "cancel": ("naq_ipy.cli.admin", "add_cancel_arguments", "cancel",
+               "cancel jobs by id: queued ones never start, running ones are stopped"),
     "list-workers": ("naq_ipy.cli.admin", "add_url_argument", "list_workers", "list live workers"),
     "result": ("naq_ipy.cli.admin", "add_result_arguments", "result", "show a job's status and result"),
     "logs": ("naq_ipy.cli.admin", "add_logs_arguments", "logs", "print a job's output (stdout, stderr, logging)"),
@@ -33,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("naq_ipy.cli.demo", "add_arguments", "run", "run an end-to-end demo on an embedded server"),
     "lab": ("naq_ipy.cli.lab", "add_arguments", "run",
             "start a server, a worker and a scheduler, then JupyterLab on the demo notebooks"),
+    "dashboard": ("naq_ipy.cli.dashboard", "add_arguments", "run",
+                  "serve the scheduled-jobs panel and the queue monitor as one web page (Voilà)"),
 }
 
 

@@ -134,15 +134,25 @@ def run_sync(coro: Awaitable[T], timeout_s: float | None = None) -> T:
         raise NaqException("a *_sync call was made from the naq sync bridge thread: await the async API instead")
     if _mode == "nest" and _running_loop() is not None:
         return _run_nested(coro, timeout_s)
-    future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro, timeout_s), _bridge.loop)
+    return wait_polling(asyncio.run_coroutine_threadsafe(_as_coroutine(coro, timeout_s), _bridge.loop))
+
+
+def wait_polling(future: concurrent.futures.Future[T], slice_s: float = _WAIT_SLICE_S,
+                 tick: Callable[[], None] | None = None) -> T:
+    """The result of `future`, waited for in slices of `slice_s` so Ctrl-C gets through (and cancels it).
+
+    `tick` runs on this thread between slices (a live display redraws there).
+    """
     try:
         while True:
             try:
-                return future.result(_WAIT_SLICE_S)
+                return future.result(slice_s)
             except concurrent.futures.TimeoutError:
                 # the same class as the builtin TimeoutError: a coroutine that timed out lands here too
                 if future.done():
                     raise
+            if tick is not None:
+                tick()
     except KeyboardInterrupt:
         future.cancel()
         raise

@@ -25,7 +25,13 @@ from naq_ipy.client.pickling import PickledOnce, pickle_call, shared_pickle
 from naq_ipy.client.sources import function_sources
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.rules.retry import RetryDelay, retry_delay_from_json, retry_delay_to_json, validate_retry_delay
-from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_key, validate_queue_name
+from naq_ipy.wire.settings import (
+    DEFAULT_QUEUE_NAME,
+    ConnectionSettings,
+    strip_credentials,
+    validate_key,
+    validate_queue_name,
+)
 
 MAGIC = b"NAQJ"
 WIRE_VERSION = 1
@@ -51,18 +57,31 @@ def function_name(func: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
-def dependency_ids(depends_on: Any) -> tuple[str, ...]:
-    """Job ids from an id, a Job, or a list of either."""
-    if depends_on is None:
-        return ()
-    items = [depends_on] if isinstance(depends_on, str | Job) else list(depends_on)
+def validate_max_retries(retries: Any) -> int:
+    """Return `retries` if it is an integer >= 0, else raise ConfigurationError."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(f"max_retries must be an integer >= 0, got {retries!r}")
+    return retries
+
+
+def job_ids(jobs: Any, what: str) -> tuple[str, ...]:
+    """The ids of an id, a Job, or an iterable of either (each checked); ConfigurationError `what, got x`."""
+    if isinstance(jobs, str | Job):
+        jobs = [jobs]
+    elif not isinstance(jobs, Iterable):
+        raise ConfigurationError(f"{what}, got {jobs!r}")
     ids = []
-    for item in items:
+    for item in jobs:
         job_id = item.job_id if isinstance(item, Job) else item
         if not isinstance(job_id, str) or not job_id:
-            raise ConfigurationError(f"depends_on takes job ids or Jobs, got {item!r}")
+            raise ConfigurationError(f"{what}, got {item!r}")
         ids.append(validate_key(job_id, "job id"))
     return tuple(ids)
+
+
+def dependency_ids(depends_on: Any) -> tuple[str, ...]:
+    """Job ids from an id, a Job, or a list of either (None: no dependencies)."""
+    return () if depends_on is None else job_ids(depends_on, "depends_on takes job ids or Jobs")
 
 
 def _positive_or_none(name: str, value: Any) -> float | None:
@@ -101,8 +120,7 @@ class Job:
             raise ConfigurationError(f"a job needs a callable, got {self.function!r}")
         validate_queue_name(self.queue_name)
         validate_key(self.job_id, "job id")
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ConfigurationError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        validate_max_retries(self.max_retries)
         self.args = tuple(self.args)
         self.kwargs = dict(self.kwargs)
         self.retry_delay = validate_retry_delay(self.retry_delay)
@@ -112,6 +130,13 @@ class Job:
         self.func_name = self.func_name or function_name(self.function)
         if self.sources is None:
             self.sources = function_sources(self.function)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with a reference to its server, never credentials (settings pickle without them too)."""
+        state = dict(self.__dict__)
+        if isinstance(self.url, str):
+            state["url"] = strip_credentials(self.url)
+        return state
 
     def header(self) -> dict[str, Any]:
         """Every field but the pickled call, as JSON-ready values (`sources` only when there are some)."""
@@ -181,11 +206,17 @@ class Job:
     def deserialize(cls, data: bytes) -> Job:
         """Rebuild a Job from `serialize()` bytes; SerializationError for anything else."""
         header, body = read_header(data)
-        try:
-            function, args, kwargs = pickle.loads(body)
-        except Exception as e:
-            raise SerializationError(f"job {header.get('job_id')!r}: cannot unpickle its call: {e}") from e
-        return cls.from_header(header, function, args, kwargs)
+        return cls.from_header(header, *load_call(header, body))
+
+    @classmethod
+    def options_only(cls, data: bytes) -> Job:
+        """The Job of `serialize()` bytes with its call left unloaded (a placeholder): options and ids only.
+
+        A worker reads this on its event loop; the call itself may take any time to unpickle, so
+        `deserialize` runs where it cannot stall the loop (a thread, or the child process).
+        """
+        header, _ = read_header(data)
+        return cls.from_header(header, _call_not_loaded, (), {})
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], function: Callable[..., Any], args: Any, kwargs: Any) -> Job:
@@ -234,7 +265,7 @@ class Job:
     def _repr_html_(self) -> str:
         from naq_ipy.views.jobs import job_html
 
-        return job_html(self)
+        return job_html(self.job_id, self.func_name, self.queue_name, None)
 
     async def status(self) -> Any:
         """This job's current status record (see `naq_ipy.status.results.JobStatus`)."""
@@ -272,6 +303,18 @@ class Job:
 
         return run_sync(self.logs())
 
+    async def cancel(self) -> Any:
+        """Cancel this job (queued: never starts; running: stopped); `cancelled`, `already finished` or `not found`."""
+        from naq_ipy.status.cancel import cancel
+
+        return (await cancel(self, url=self.url))[self.job_id]
+
+    def cancel_sync(self) -> Any:
+        """Blocking twin of `cancel`."""
+        from naq_ipy.client.bridge import run_sync
+
+        return run_sync(self.cancel())
+
 
 def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
     """`[job.serialize() for job in jobs]`, but a function shared by several jobs is pickled once.
@@ -290,6 +333,19 @@ def serialize_many(jobs: Sequence[Job]) -> list[bytes]:
         once = shared.get(key)
         out.append(job._serialize_call(once) if once is not None else job.serialize())
     return out
+
+
+def _call_not_loaded(*args: Any, **kwargs: Any) -> Any:
+    raise SerializationError("this job's call was not unpickled (Job.options_only)")
+
+
+def load_call(header: Mapping[str, Any], body: bytes) -> tuple[Callable[..., Any], Any, Any]:
+    """Unpickle a job's `(function, args, kwargs)`: runs code of whoever made the pickle, and may take any time."""
+    try:
+        function, args, kwargs = pickle.loads(body)
+    except Exception as e:
+        raise SerializationError(f"job {header.get('job_id')!r}: cannot unpickle its call: {e}") from e
+    return function, args, kwargs
 
 
 _HEADER_TYPES: dict[str, tuple[type, ...]] = {
@@ -328,6 +384,8 @@ def read_header(data: bytes) -> tuple[dict[str, Any], bytes]:
     end = _PREFIX.size + length
     try:
         header = json.loads(bytes(data[_PREFIX.size:end]))
+    except RecursionError:  # deeply nested JSON: the decoder stops at the recursion limit
+        raise SerializationError("not a naq job: unreadable header (nested too deep)") from None
     except ValueError as e:
         raise SerializationError(f"not a naq job: unreadable header ({e})") from e
     if not isinstance(header, dict) or len(data) <= end:

@@ -21,20 +21,12 @@ from naq_ipy.client.job import JOB_OPTIONS, Job, serialize_many
 from naq_ipy.errors import ConfigurationError, RefusedError
 from naq_ipy.rules.times import parse_duration, to_timestamp
 from naq_ipy.schedules.fires import next_regular_run
-from naq_ipy.schedules.record import ScheduledJob, first_run_utc, validate_timing
+from naq_ipy.schedules.record import ScheduledJob, ScheduleState, first_run_utc, validate_interval, validate_timing
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
+from naq_ipy.wire.names import JOB_STREAM_NAME, queue_subject
 from naq_ipy.wire.publish import publish_many
-from naq_ipy.wire.settings import (
-    DEFAULT_QUEUE_NAME,
-    JOB_STREAM_NAME,
-    SCHEDULED_JOB_STATUS_ACTIVE,
-    SCHEDULED_JOB_STATUS_PAUSED,
-    ConnectionSettings,
-    queue_subject,
-    validate_key,
-    validate_queue_name,
-)
+from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, validate_queue_name, validate_schedule_name
 from naq_ipy.wire.signing import signed_headers
 
 logger = logging.getLogger(__name__)
@@ -48,14 +40,6 @@ def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
         return {}, {}
     options = {k: kwargs[k] for k in JOB_OPTIONS if k in kwargs}
     return options, {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS}
-
-
-def interval_seconds(interval: timedelta | float | int | str) -> float:
-    """An interval (seconds, timedelta or duration text) in seconds, > 0."""
-    seconds = parse_duration(interval)
-    if seconds <= 0:
-        raise ConfigurationError(f"interval must be > 0, got {interval!r}")
-    return seconds
 
 
 class Queue:
@@ -108,7 +92,7 @@ class Queue:
         conn = await self._connection()
         try:
             await publish(conn, queue_subject(job.queue_name), data, msg_id=job.job_id,
-                          headers=signed_headers(self.settings, data))
+                          headers=signed_headers(self.settings, data, job.queue_name))
         except nats.js.errors.APIError as e:  # stored nothing: a full stream, a limit set by an operator
             raise RefusedError(f"NATS at {self.settings.safe_url} refused job {job.job_id} "
                                f"({getattr(e, 'description', None) or e})", refused=[job]) from None
@@ -136,7 +120,7 @@ class Queue:
                                               job_id=template.job_id if "job_id" in options else None))
         subjects = {name: queue_subject(name) for name in {job.queue_name for job in jobs}}
         datas = serialize_many(jobs)
-        messages = [(subjects[job.queue_name], data, job.job_id, signed_headers(self.settings, data))
+        messages = [(subjects[job.queue_name], data, job.job_id, signed_headers(self.settings, data, job.queue_name))
                     for job, data in zip(jobs, datas, strict=True)]
         try:
             await publish_many(await self._connection(), messages)
@@ -182,8 +166,8 @@ class Queue:
         paused: bool = False, start_at: datetime | float | None = None, at: datetime | float | None = None,
     ) -> tuple[ScheduledJob, bool]:
         """Store a schedule for a prepared job; returns (record, created). `at` alone makes a one-off."""
-        key = validate_key(name) if name is not None else job.job_id
-        interval_s = interval_seconds(interval) if interval is not None else None
+        key = validate_schedule_name(name if name is not None else job.job_id)
+        interval_s = validate_interval(interval) if interval is not None else None
         if at is not None:
             if cron is not None or interval_s is not None:
                 raise ConfigurationError("a one-off run (at) cannot also have cron or interval")
@@ -223,7 +207,7 @@ class Queue:
 
     async def pause_scheduled_job(self, job_id: str) -> bool:
         """Stop a scheduled job from firing until resumed."""
-        return await self._scheduled_job_manager.update_job_status(job_id, SCHEDULED_JOB_STATUS_PAUSED)
+        return await self._scheduled_job_manager.update_job_status(job_id, ScheduleState.PAUSED)
 
     async def resume_scheduled_job(self, job_id: str, catch_up: bool = False) -> bool:
         """Let a paused job fire again; runs missed while paused are skipped unless `catch_up`."""
@@ -233,14 +217,14 @@ class Queue:
             now = time.time()
             if not catch_up and next_run < now and record.schedule_type != "once":
                 next_run = next_regular_run(record, now) or next_run
-            return record.evolve(status=SCHEDULED_JOB_STATUS_ACTIVE, next_run_utc=next_run)
+            return record.evolve(status=ScheduleState.ACTIVE, next_run_utc=next_run)
 
         await self._scheduled_job_manager.update(job_id, resume)
         return True
 
     async def modify_scheduled_job(self, job_id: str, **updates: Any) -> bool:
-        """Change a scheduled job: cron, interval, repeat, next_run, tz, misfire, queue, max_retries,
-        retry_delay, timeout. Validated before anything is written."""
+        """Change a scheduled job: cron, interval, repeat (runs left from now), next_run, tz, misfire, queue,
+        max_retries, retry_delay, timeout. Validated before anything is written."""
         return await self._scheduled_job_manager.modify_job(job_id, **updates)
 
     enqueue_sync = sync_twin(enqueue)

@@ -1,48 +1,21 @@
 """The IPython face of naq_ipy: `%load_ext naq_ipy` registers the magics, `%unload_ext` undoes it all.
 
-Importing this package does not import IPython (workers import `cellfunc` from it to run
-scheduled cells); the magics module is imported by `load_ipython_extension` only.
+Importing this package does not import IPython; the magics module is imported by
+`load_ipython_extension` only.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
-from typing import Any, Protocol
+from typing import Any
+
+from naq_ipy.ipython.closing import close_registered, register_closable
+
+__all__ = ["close_registered", "load_ipython_extension", "register_closable", "unload_ipython_extension"]
 
 from naq_ipy.errors import JobExecutionError
 
 logger = logging.getLogger(__name__)
-
-
-class Closable(Protocol):
-    """Anything with a `close()`: panels, live watches."""
-
-    def close(self) -> None: ...
-
-
-# weak: a panel that is gone (closed, output cleared, collected) is not kept alive by this registry
-_closables: weakref.WeakSet[Closable] = weakref.WeakSet()
-_closables_lock = threading.Lock()
-
-
-def register_closable(obj: Closable) -> None:
-    """Have `obj.close()` called when the extension unloads (panels register their watches here)."""
-    with _closables_lock:
-        _closables.add(obj)
-
-
-def close_registered() -> None:
-    """Close everything registered so far; a failing close is logged, never raised."""
-    with _closables_lock:
-        items = list(_closables)
-        _closables.clear()
-    for obj in items:
-        try:
-            obj.close()
-        except Exception:  # one broken panel must not stop the unload
-            logger.warning("closing %r failed", obj, exc_info=True)
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -66,6 +39,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     from naq_ipy.ipython.livejob import unregister_formatter
     from naq_ipy.ipython.magics import NaqMagics
     from naq_ipy.local.processes import PROCESSES
+    from naq_ipy.wire.settings import clear_default_url
 
     unregister_formatter(ipython)
     JobExecutionError.show_local_frames = staticmethod(lambda: False)  # type: ignore[method-assign]
@@ -77,4 +51,5 @@ def unload_ipython_extension(ipython: Any) -> None:
         ipython.configurables.remove(magics)
     close_registered()
     PROCESSES.stop_all()
+    clear_default_url()
     stop_bridge()

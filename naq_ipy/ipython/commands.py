@@ -24,17 +24,22 @@ from typing import Any, NamedTuple, Protocol
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
+from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.cells import free_names, make_cell_function
-from naq_ipy.client.job import Job
-from naq_ipy.client.queue import Queue, interval_seconds
+from naq_ipy.client.job import job_ids
+from naq_ipy.client.queue import Queue
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.ipython import render
 from naq_ipy.ipython.livejob import result_live
 from naq_ipy.local.processes import PROCESSES, loopback_port
 from naq_ipy.rules.retry import NormalRetryDelay, parse_retry_delay
-from naq_ipy.rules.times import parse_duration, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.rules.times import parse_duration, parse_iso_time, resolve_zone, to_timestamp, validate_cron
+from naq_ipy.schedules.record import validate_interval
+from naq_ipy.schedules.scheduler import run_now
+from naq_ipy.views.schedules import schedule_line
+from naq_ipy.views.schedules import when as time_text
+from naq_ipy.views.tables import Note
 from naq_ipy.wire.server import is_reachable
-from naq_ipy.wire.settings import redact_url, validate_key, validate_queue_name
+from naq_ipy.wire.settings import clear_default_url, redact_url, set_default_url, validate_key, validate_queue_name
 
 _OPEN, _CLOSE, _QUOTES = "([{", ")]}", "'\""
 _COLLECT = "__naq_collect__"
@@ -99,16 +104,6 @@ def wait_seconds(value: float | None) -> float | None:
     return value
 
 
-def parse_when(text: str) -> datetime:
-    """An ISO 8601 time (naive or with an offset)."""
-    try:
-        return datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigurationError(
-            f"invalid time {text!r}: use ISO 8601, e.g. 2026-11-28T09:00 or 2026-11-28T09:00+01:00"
-        ) from None
-
-
 def _optional(convert: Callable[[str], Any], text: str | None) -> Any:
     return None if text is None else convert(text)
 
@@ -148,7 +143,7 @@ class EnqueueCommand:
         return cls(
             call=line[words[len(words) - len(rest)][0]:].strip(),
             queue=_optional(validate_queue_name, ns.queue),
-            at=_optional(parse_when, ns.at),
+            at=_optional(parse_iso_time, ns.at),
             delay_s=_optional(parse_duration, ns.delay),
             retries=ns.retries,
             retry_delay=_optional(parse_retry_delay, ns.retry_delay) or 0.0,
@@ -196,8 +191,8 @@ class ScheduleCommand:
         return cls(
             name=validate_key(ns.name), body=body,
             cron=_optional(validate_cron, ns.cron), tz=ns.tz,
-            interval_s=_optional(interval_seconds, ns.interval),
-            at=_optional(parse_when, ns.at), delay_s=_optional(parse_duration, ns.delay),
+            interval_s=_optional(validate_interval, ns.interval),
+            at=_optional(parse_iso_time, ns.at), delay_s=_optional(parse_duration, ns.delay),
             repeat=ns.repeat, queue=_optional(validate_queue_name, ns.queue), retries=ns.retries,
             retry_delay=_optional(parse_retry_delay, ns.retry_delay) or 0.0,
             timeout_s=_optional(parse_duration, ns.timeout), misfire=ns.misfire,
@@ -231,6 +226,7 @@ class EngineConfig(Protocol):
     """The settings the engine reads (NaqMagics' traits)."""
 
     url: str
+    url_given: bool  # set by the user (`%config NaqMagics.url`, profile config), not the default
     default_queue: str
     timezone: str
     auto_start: bool
@@ -272,17 +268,14 @@ class NaqEngine:
     """What the magics do: evaluate calls, build jobs and schedules, send them, run `%naq` subcommands."""
 
     def __init__(self, shell: Any, config: EngineConfig) -> None:
-        from naq_ipy.ipython.control import Control
-
         self.shell = shell
         self.config = config
         self._queues: dict[tuple[str, str], Queue] = {}
         self._checked_urls: set[str] = set()
-        self._handlers = Control(self).handlers()
 
-    def say(self, text: str | render.Note, level: str = "info") -> None:
+    def say(self, text: str | Note, level: str = "info") -> None:
         """Show one line (text and HTML)."""
-        display(text if isinstance(text, render.Note) else render.Note(text, level))
+        display(text if isinstance(text, Note) else Note(text, level))
 
     def url(self, *, start: bool = True) -> str:
         """The URL to talk to: the configured one, or the local server this kernel started in its place.
@@ -292,8 +285,11 @@ class NaqEngine:
         """
         configured = self.config.url
         server = PROCESSES.server
-        if server is not None and server.running and PROCESSES.served_url == configured:
-            return server.url
+        if server is not None and PROCESSES.served_url == configured:
+            if server.running:
+                return server.url
+            PROCESSES.stop_server()  # it died: calls without a URL must not keep going to it
+            self.publish_url()
         if configured in self._checked_urls or not start:
             return configured
         if self.config.auto_start and loopback_port(configured) is not None and not is_reachable(configured):
@@ -302,11 +298,31 @@ class NaqEngine:
         return configured
 
     def start_server(self, configured: str) -> Any:
-        """Start the embedded nats-server standing in for `configured`, and say so."""
+        """Start the embedded nats-server standing in for `configured`, and say which URL the kernel now uses."""
         server = PROCESSES.start_server(configured)
-        self.say(f"started a local NATS server at {server.url} for {redact_url(configured)} "
+        self.publish_url()
+        elsewhere = "" if server.url == configured else (
+            f": port {loopback_port(configured)} there is held by something that is not a NATS server, "
+            f"so every call of this kernel without a URL now goes to {server.url}")
+        self.say(f"started a local NATS server at {server.url} for {redact_url(configured)}{elsewhere} "
                  f"(pid {server.pid}, data in {server.store_dir}, log {server.log_file})")
         return server
+
+    def publish_url(self) -> None:
+        """Make the kernel's URL the default of calls given none (`Queue()`, the helpers, panels, `Job`s).
+
+        A URL the user configured applies always (it ranks above `$NAQ_URL`); the local server
+        standing in for the configured URL applies in place of that URL only, while it runs.
+        """
+        server, stand_in = PROCESSES.server, None
+        if server is not None and server.running and PROCESSES.served_url == self.config.url:
+            stand_in = server.url
+        if self.config.url_given:
+            set_default_url(stand_in or self.config.url)
+        elif stand_in is not None:
+            set_default_url(stand_in, instead_of=self.config.url)
+        else:
+            clear_default_url()
 
     def queue(self, name: str | None) -> Queue:
         """The Queue `name` (default queue if None) at the current URL, cached."""
@@ -334,10 +350,7 @@ class NaqEngine:
         for item in items:
             value = self.shell.user_ns.get(item, item) if item.isidentifier() else item
             values = value if isinstance(value, list | tuple) else [value]
-            for one in values:
-                if not isinstance(one, Job | str):
-                    raise ConfigurationError(f"--depends-on {item}: expected job ids or Jobs, got {one!r}")
-                ids.append(one.job_id if isinstance(one, Job) else validate_key(one, "job id"))
+            ids += job_ids(values, f"--depends-on {item}: expected job ids or Jobs")
         return tuple(ids)
 
     def run_at(self, at: datetime | None, delay_s: float | None, tz: str | None) -> float | None:
@@ -358,7 +371,7 @@ class NaqEngine:
             queue.enqueue_job_sync(job)
         else:
             queue.schedule_job_sync(job, at=when)
-            self.say(f"job {job.job_id} will run at {render.when(when, self.config.timezone)}")
+            self.say(f"job {job.job_id} will run at {time_text(when, self.config.timezone)}")
         if cmd.out:
             self.shell.user_ns[cmd.out] = job
         if not cmd.wait:
@@ -389,10 +402,12 @@ class NaqEngine:
             job, cron=cmd.cron, interval=cmd.interval_s, repeat=cmd.repeat, tz=zone if cmd.cron else None,
             name=cmd.name, misfire=cmd.misfire, paused=cmd.paused, at=at,
         )
-        self.say(render.schedule_line(record, created, self.config.timezone))
+        self.say(schedule_line(record, created, self.config.timezone))
         if cmd.run_now:
-            self._handlers["run"](argparse.Namespace(key=record.key))
+            self.fire_now(record.key)
 
-    def run(self, cmd: NaqCommand) -> Any:
-        """`%naq SUBCOMMAND`: call the handler for `cmd.key` from the table."""
-        return self._handlers[cmd.key](cmd.args)
+    def fire_now(self, key: str) -> str:
+        """Fire the scheduled job `key` once now, leaving its timing alone; returns the run id."""
+        run_id = run_sync(run_now(key, self.url()))
+        self.say(f"fired {key!r} now as job {run_id}")
+        return run_id

@@ -1,6 +1,7 @@
 """The `%naq` subcommands: status, the kernel's processes, schedules, results and panels.
 
-`Control.handlers()` is the dispatch table `NaqEngine.run` looks commands up in.
+`Control(engine).handlers()` is the dispatch table the `%naq` magic looks commands up in; the control
+uses the engine, never the reverse.
 """
 
 from __future__ import annotations
@@ -9,38 +10,37 @@ import argparse
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.js.errors
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.job import Job
-from naq_ipy.errors import ConfigurationError
+from naq_ipy.errors import ConfigurationError, JobNotFoundError
+from naq_ipy.ipython.commands import NaqEngine, wait_seconds
 from naq_ipy.ipython.liveoutput import OutputRelay
 from naq_ipy.ipython.livewait import run_redrawing, wait_with_bar
-from naq_ipy.ipython.render import Table, every, schedules_table
 from naq_ipy.local.processes import PROCESSES
-from naq_ipy.rules.times import format_relative, from_timestamp
+from naq_ipy.rules.times import format_relative, from_timestamp, resolve_zone
 from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.status.cancel import Outcome, cancel_sync, names_schedule
 from naq_ipy.status.output import read_output, relay_output
 from naq_ipy.status.results import fetch_result, fetch_status
 from naq_ipy.status.workers import idle_queue_hint, list_workers
+from naq_ipy.views.schedules import every, schedules_table
+from naq_ipy.views.tables import Table
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
-from naq_ipy.wire.server import is_reachable
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
     FAILED_STREAM_NAME,
     JOB_STATUS_KV_NAME,
     JOB_STREAM_NAME,
     RESULTS_KV_NAME,
     SCHEDULED_JOBS_KV_NAME,
     SCHEDULER_CLOCK_KV_NAME,
-    redact_url,
-    validate_key,
-    validate_queue_name,
+    kv_stream,
 )
-
-if TYPE_CHECKING:
-    from naq_ipy.ipython.commands import NaqEngine
+from naq_ipy.wire.server import is_reachable
+from naq_ipy.wire.settings import default_url, redact_url, validate_key, validate_queue_name
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -50,9 +50,9 @@ SCHEDULER_FRESH_S = 150.0
 _COUNTED_STREAMS = (
     ("jobs waiting", JOB_STREAM_NAME),
     ("failed jobs", FAILED_STREAM_NAME),
-    ("scheduled jobs", f"KV_{SCHEDULED_JOBS_KV_NAME}"),
-    ("job statuses", f"KV_{JOB_STATUS_KV_NAME}"),
-    ("results", f"KV_{RESULTS_KV_NAME}"),
+    ("scheduled jobs", kv_stream(SCHEDULED_JOBS_KV_NAME)),
+    ("job statuses", kv_stream(JOB_STATUS_KV_NAME)),
+    ("results", kv_stream(RESULTS_KV_NAME)),
 )
 
 
@@ -148,8 +148,13 @@ class Control:
     def server_stop(self, args: argparse.Namespace) -> None:
         """Stop the nats-server this kernel started (never someone else's)."""
         server = PROCESSES.stop_server()
-        self.engine.say(f"stopped the NATS server at {server.url} (pid {server.pid})" if server
-                        else "this kernel runs no NATS server")
+        self.engine.publish_url()
+        if server is None:
+            self.engine.say("this kernel runs no NATS server")
+            return
+        now = default_url()
+        again = "" if now == server.url else f"; calls without a URL go to {redact_url(now)} again"
+        self.engine.say(f"stopped the NATS server at {server.url} (pid {server.pid}){again}")
 
     def server_status(self, args: argparse.Namespace) -> Table:
         """URL, reachability, and the embedded server's pid, data dir and log."""
@@ -166,8 +171,8 @@ class Control:
         queues = [validate_queue_name(q) for q in args.queues or [self.engine.config.default_queue]]
         if args.concurrency is not None and args.concurrency < 1:
             raise ConfigurationError(f"-c takes a number of jobs >= 1, got {args.concurrency}")
-        argv = queues + ([] if args.concurrency is None else ["-c", str(args.concurrency)])
-        child = PROCESSES.start("worker", argv, url=self.engine.url())
+        argv = [] if args.concurrency is None else ["-c", str(args.concurrency)]
+        child = PROCESSES.start("worker", argv, url=self.engine.url(), names=queues)
         self.engine.say(f"started worker pid {child.pid} on {', '.join(queues)} (log {child.log_path})")
 
     def scheduler_start(self, args: argparse.Namespace) -> None:
@@ -198,7 +203,7 @@ class Control:
     def list_schedules(self, args: argparse.Namespace) -> Table:
         """Every scheduled job as a table."""
         records = run_sync(ScheduledJobManager(self.engine.url()).list())
-        return schedules_table(records, self.engine.config.timezone)
+        return schedules_table(records, resolve_zone(self.engine.config.timezone))
 
     def pause(self, args: argparse.Namespace) -> None:
         """Pause a scheduled job by name or id."""
@@ -211,16 +216,26 @@ class Control:
         self.engine.say(f"resumed schedule {args.key!r}")
 
     def cancel(self, args: argparse.Namespace) -> None:
-        """Delete a scheduled job."""
-        self.engine.queue(None).cancel_scheduled_job_sync(args.key)
-        self.engine.say(f"cancelled schedule {args.key!r}")
+        """Cancel jobs (a variable holding Jobs, or a job id), or delete the schedule of that name."""
+        value = self.engine.shell.user_ns.get(args.key) if args.key.isidentifier() else None
+        if value is not None:
+            jobs = [value] if isinstance(value, Job) else list(value) if isinstance(value, list | tuple) else []
+            if not jobs or not all(isinstance(job, Job) for job in jobs):
+                raise ConfigurationError(f"{args.key!r} must hold a Job or a list of Jobs, got {type(value).__name__}")
+            self.engine.say(cancel_sync(jobs, self.engine.url()).text())
+            return
+        if run_sync(names_schedule(args.key, self.engine.url())):
+            self.engine.queue(None).cancel_scheduled_job_sync(args.key)
+            self.engine.say(f"cancelled schedule {args.key!r}")
+            return
+        report = cancel_sync(args.key, self.engine.url())
+        if report[args.key] is Outcome.NOT_FOUND:
+            raise JobNotFoundError(f"no job or schedule named {args.key!r}")
+        self.engine.say(report.text())
 
     def run_schedule(self, args: argparse.Namespace) -> None:
         """Fire a scheduled job once now, leaving its timing alone."""
-        from naq_ipy.schedules.scheduler import run_now
-
-        run_id = run_sync(run_now(args.key, self.engine.url()))
-        self.engine.say(f"fired {args.key!r} now as job {run_id}")
+        self.engine.fire_now(args.key)
 
     def _job(self, name: str) -> tuple[str, str | None]:
         """(job id, queue name if known) of a job id or of a variable holding a Job."""
@@ -254,8 +269,6 @@ class Control:
         job_id, queue_name = self._job(args.job)
         url = self.engine.url()
         if args.wait is not None:
-            from naq_ipy.ipython.commands import wait_seconds
-
             with self.engine.waiting(f"job {job_id}", f"%naq result {job_id} --wait"):
                 return run_sync(fetch_result(job_id, wait_seconds(args.wait), url))
             return None

@@ -14,18 +14,21 @@ import html
 import logging
 import threading
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.job import Job
-from naq_ipy.ipython import jobview
 from naq_ipy.ipython.liveoutput import TAIL_LINES, IdleQueueCheck, OutputRelay, OutputTail
 from naq_ipy.ipython.livewait import run_redrawing
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
-from naq_ipy.ipython.panels import Panel, in_kernel
+from naq_ipy.ipython.panel_base import Panel, in_kernel
+from naq_ipy.status.cancel import cancel as cancel_jobs
 from naq_ipy.status.output import result_with_output
-from naq_ipy.status.results import FINISHED, SCHEDULED, JobStatus, fetch_result, fetch_status
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
+from naq_ipy.status.results import FINISHED, SCHEDULED, STOPPING, JobStatus, fetch_result, fetch_status
+from naq_ipy.views import jobs as jobview
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME
+from naq_ipy.wire.settings import ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,23 @@ RESULT_WAIT_S = 5.0
 END_WAIT_S = 1.0
 SHOW, HIDE = "Show traceback", "Hide traceback"
 SHOW_ALL, SHOW_TAIL = "Show all output", "Show last lines"
+
+
+@dataclass(frozen=True)
+class JobParts:
+    """The widgets of a live job display, by name."""
+
+    title: Any
+    state: Any
+    bar: Any
+    message: Any
+    outcome: Any
+    toggle: Any
+    traceback: Any
+    cancel: Any
+    hint: Any  # why the job is not moving
+    output: Any  # the last lines of what it printed (or all of them)
+    output_toggle: Any
 
 
 class LiveJob(Panel):
@@ -52,7 +72,7 @@ class LiveJob(Panel):
         self.result: str | None = None
         self.loaded = threading.Event()
         self.ended = threading.Event()
-        self.parts: dict[str, Any] = {}
+        self.parts: JobParts | None = None  # the named widgets, once built
         self._lock = threading.Lock()
         self._render_soon = Coalescer(self.marshal, self._render)
         self._watch = LiveWatch(self.settings, JOB_STATUS_KV_NAME, JobStatus.from_bytes, self, tick_s=TICK_S,
@@ -154,16 +174,21 @@ class LiveJob(Panel):
             return
         status, scheduled, result = self._snapshot()
         state, p = jobview.state_of(status, scheduled), self.parts
-        p["title"].value = jobview.title_html(self.job_id, *self._names(status))
-        p["state"].value = jobview.state_html(state)
-        p["bar"].value = jobview.bar_value(status)
-        p["bar"].bar_style = jobview.bar_style(state)
-        p["message"].value = f"<span style='font-size:12px'>{html.escape(jobview.progress_text(status))}</span>"
-        p["outcome"].value = jobview.outcome_html(status, result)
+        assert p is not None
+        p.title.value = jobview.title_html(self.job_id, *self._names(status))
+        p.state.value = jobview.state_html(state)
+        p.bar.value = jobview.bar_value(status)
+        p.bar.bar_style = jobview.bar_style(state)
+        p.message.value = f"<span style='font-size:12px'>{html.escape(jobview.progress_text(status))}</span>"
+        p.outcome.value = jobview.outcome_html(status, result)
         traceback = status.traceback if status is not None else None
-        p["traceback"].value = jobview.traceback_html(traceback)
-        p["toggle"].layout.display = None if traceback else "none"
-        p["hint"].value = jobview.hint_html(self.hint)
+        p.traceback.value = jobview.traceback_html(traceback)
+        p.toggle.layout.display = None if traceback else "none"
+        ended = status is not None and status.ended
+        p.cancel.layout.display = "none" if ended else None
+        p.cancel.disabled = state == STOPPING
+        p.cancel.description = "Stopping…" if state == STOPPING else "Cancel"
+        p.hint.value = jobview.hint_html(self.hint)
         self._render_output()
         self._show_status()
 
@@ -171,14 +196,16 @@ class LiveJob(Panel):
         if self._tail is None:
             return
         p = self.parts
-        showing_all = p["output_toggle"].description == SHOW_TAIL
-        p["output"].value = jobview.output_html(self._tail.text(all_lines=showing_all))
+        assert p is not None
+        showing_all = p.output_toggle.description == SHOW_TAIL
+        p.output.value = jobview.output_html(self._tail.text(all_lines=showing_all))
         lines = self._tail.line_count()
-        p["output_toggle"].layout.display = None if lines > TAIL_LINES else "none"
+        p.output_toggle.layout.display = None if lines > TAIL_LINES else "none"
 
     def toggle_output(self) -> None:
         """Show all of the job's output, or its last lines again."""
-        toggle = self.parts["output_toggle"]
+        assert self.parts is not None
+        toggle = self.parts.output_toggle
         toggle.description = SHOW_ALL if toggle.description == SHOW_TAIL else SHOW_TAIL
         self._render_output()
 
@@ -188,40 +215,56 @@ class LiveJob(Panel):
             return self.func_name, self.queue_name
         return self.func_name or status.func_name or "", self.queue_name or status.queue_name or ""
 
+    def cancel(self) -> None:
+        """Cancel the job (the Cancel button): queued, it never starts; running, it is stopped."""
+        self.run_action("cancel", cancel_jobs(self.job_id, self.settings),
+                        lambda report: self.set_status(f"cancel: {report[self.job_id]}"))
+
     def toggle_traceback(self) -> None:
         """Show the whole remote traceback, or hide it again."""
-        showing = self.parts["toggle"].description == HIDE
-        self.parts["traceback"].layout.display = "none" if showing else None
-        self.parts["toggle"].description = SHOW if showing else HIDE
+        p = self.parts
+        assert p is not None
+        showing = p.toggle.description == HIDE
+        p.traceback.layout.display = "none" if showing else None
+        p.toggle.description = SHOW if showing else HIDE
 
     def _build(self, widgets: Any) -> Any:
-        p, make = self.parts, self.make
-        p["title"] = make(widgets.HTML)
-        p["state"] = make(widgets.HTML)
-        p["bar"] = make(widgets.FloatProgress, value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="16em"))
-        p["message"] = make(widgets.HTML)
-        p["outcome"] = make(widgets.HTML)
-        p["toggle"] = make(widgets.Button, description=SHOW, layout=widgets.Layout(width="auto", display="none"))
-        p["traceback"] = make(widgets.HTML, layout=widgets.Layout(display="none"))
-        p["toggle"].on_click(self.guarded("traceback", lambda _button: self.toggle_traceback()))
-        p["hint"] = make(widgets.HTML)
-        p["output"] = make(widgets.HTML)
-        p["output_toggle"] = make(widgets.Button, description=SHOW_ALL,
-                                  layout=widgets.Layout(width="auto", display="none"))
-        p["output_toggle"].on_click(self.guarded("output", lambda _button: self.toggle_output()))
-        lines = make(widgets.VBox, [p["hint"], p["output"], p["output_toggle"]])  # why it waits, what it printed
+        make = self.make
+        p = self.parts = JobParts(
+            title=make(widgets.HTML), state=make(widgets.HTML),
+            bar=make(widgets.FloatProgress, value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="16em")),
+            message=make(widgets.HTML), outcome=make(widgets.HTML),
+            toggle=make(widgets.Button, description=SHOW, layout=widgets.Layout(width="auto", display="none")),
+            traceback=make(widgets.HTML, layout=widgets.Layout(display="none")),
+            cancel=make(widgets.Button, description="Cancel", button_style="warning", icon="stop",
+                        layout=widgets.Layout(width="auto")),
+            hint=make(widgets.HTML), output=make(widgets.HTML),
+            output_toggle=make(widgets.Button, description=SHOW_ALL,
+                               layout=widgets.Layout(width="auto", display="none")),
+        )
+        p.toggle.on_click(self.guarded("traceback", lambda _button: self.toggle_traceback()))
+        p.cancel.on_click(self.guarded("cancel", lambda _button: self.cancel()))
+        p.output_toggle.on_click(self.guarded("output", lambda _button: self.toggle_output()))
+        lines = make(widgets.VBox, [p.hint, p.output, p.output_toggle])  # why it waits, what it printed
         return make(widgets.VBox, [
-            make(widgets.HBox, [p["title"], p["state"]]), make(widgets.HBox, [p["bar"], p["message"]]),
-            lines, p["outcome"], p["toggle"], p["traceback"], self._status,
+            make(widgets.HBox, [p.title, p.state, p.cancel]), make(widgets.HBox, [p.bar, p.message]),
+            lines, p.outcome, p.toggle, p.traceback, self._status,
         ])
 
     # -- life cycle ----------------------------------------------------------------------------
-    def _start(self) -> None:
+    @property
+    def watching(self) -> bool:
+        """True while the status watch runs (it stops once the job ended)."""
+        return self._watch.running
+
+    def start_watching(self) -> None:
+        """Watch the job's status again, unless it already ended."""
         if not self.ended.is_set():
             self._watch.start()
             self._start_followers()
 
-    def _stop(self) -> None:
+    def stop_watching(self) -> None:
+        """Stop the status watch."""
         self._watch.stop()
         self._idle.stop()
         if self._tail is not None:

@@ -9,17 +9,16 @@ redraw is always of the newest state.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from naq_ipy.client.bridge import bridge_loop, get_loop_mode, run_sync
-from naq_ipy.ipython import jobview
-from naq_ipy.ipython.panels import in_kernel
+from naq_ipy.client.bridge import bridge_loop, get_loop_mode, run_sync, wait_polling
+from naq_ipy.ipython.panel_base import in_kernel
 from naq_ipy.status.waiting import Jobs, WaitResult, job_ids_and_url, wait
+from naq_ipy.views import jobs as jobview
 from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
@@ -42,16 +41,7 @@ def run_redrawing(coro: Coroutine[Any, Any, T], redraw: Callable[[], None]) -> T
         return run_sync(coro)
     future = asyncio.run_coroutine_threadsafe(coro, bridge_loop())
     try:
-        while True:
-            try:
-                return future.result(REDRAW_S)
-            except concurrent.futures.TimeoutError:
-                if future.done():  # the coroutine's own TimeoutError
-                    raise
-            _redraw_safely(redraw)
-    except KeyboardInterrupt:
-        future.cancel()
-        raise
+        return wait_polling(future, REDRAW_S, lambda: _redraw_safely(redraw))
     finally:
         _redraw_safely(redraw)
 

@@ -23,6 +23,7 @@ from nats.js.kv import KeyValue
 from naq_ipy.client.bridge import bridge_loop, in_bridge_thread
 from naq_ipy.errors import NaqConnectionError, NaqException, SerializationError
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
+from naq_ipy.wire.names import KV_DELETE_OPERATIONS
 from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ POLL_S = 0.5
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 10.0
 STOP_WAIT_S = 2.0
-_DELETED = ("DEL", "PURGE")
 
 
 class Marshal:
@@ -119,15 +119,18 @@ class _Resync(Exception):
 class LiveWatch(Generic[T]):
     """One watch of a KV bucket on the bridge loop: snapshot, then changes; restarts with backoff.
 
-    `keys` narrows the watch to one key or a subject pattern (default: every key).
+    `keys` narrows the watch to one key or a subject pattern (default: every key). An entry `parse`
+    refuses is logged and skipped, or shown as `unreadable(key, revision, error)` when that is given.
     """
 
     def __init__(self, url: str | ConnectionSettings | None, bucket: str, parse: Callable[[bytes, int], T],
-                 sink: WatchSink[T], tick_s: float | None = None, keys: str = ">") -> None:
+                 sink: WatchSink[T], tick_s: float | None = None, keys: str = ">",
+                 unreadable: Callable[[str, int, Exception], T] | None = None) -> None:
         self.settings = ConnectionSettings.resolve(url)
         self.bucket = bucket
         self.keys = keys
         self._parse = parse
+        self._unreadable = unreadable
         self._sink = sink
         self._tick_s = tick_s
         self._future: concurrent.futures.Future[None] | None = None
@@ -231,10 +234,10 @@ class LiveWatch(Generic[T]):
         return False
 
     def _read(self, entry: KeyValue.Entry) -> T | None:
-        if entry.operation in _DELETED or not entry.value:
+        if entry.operation in KV_DELETE_OPERATIONS or not entry.value:
             return None
         try:
             return self._parse(entry.value, entry.revision or 0)
         except SerializationError as e:
-            logger.warning("skipping %s entry %r: %s", self.bucket, entry.key, e)
-            return None
+            logger.warning("unreadable %s entry %r: %s", self.bucket, entry.key, e)
+            return None if self._unreadable is None else self._unreadable(entry.key, entry.revision or 0, e)

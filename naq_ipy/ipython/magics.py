@@ -21,6 +21,7 @@ from traitlets import Bool, Enum, TraitError, Unicode, default, observe, validat
 from naq_ipy.client.bridge import LOOP_MODES, get_loop_mode, set_loop_mode
 from naq_ipy.errors import JobExecutionError, NaqException
 from naq_ipy.ipython.commands import EnqueueCommand, NaqCommand, NaqEngine, ScheduleCommand
+from naq_ipy.ipython.control import Control
 from naq_ipy.rules.times import resolve_zone
 from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, DEFAULT_URL, validate_queue_name
 
@@ -39,7 +40,8 @@ SUBCOMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict[str, Any]]]]]
     "list": ("scheduled jobs as a table", []),
     "pause": ("pause a scheduled job", [_KEY]),
     "resume": ("resume a paused scheduled job", [_KEY]),
-    "cancel": ("delete a scheduled job", [_KEY]),
+    "cancel": ("cancel a job (its id, or a variable holding a Job or a list of Jobs), or delete a schedule",
+               [(("key",), {"metavar": "JOB_OR_SCHEDULE"})]),
     "run": ("fire a scheduled job once now", [(("key",), {"metavar": "NAME"})]),
     "result": ("a job's result (or its state)", [
         (("job",), {"metavar": "JOB_ID_OR_VAR"}),
@@ -81,8 +83,8 @@ def user_errors() -> Iterator[None]:
 class NaqMagics(Magics):
     """Send notebook work to naq queues and schedule cells; `%config NaqMagics` lists the settings."""
 
-    url = Unicode(help="NATS URL of the naq server (default: $NAQ_URL, else nats://127.0.0.1:4222)").tag(
-        config=True)
+    url = Unicode(help="NATS URL of the naq server (default: $NAQ_URL, else nats://127.0.0.1:4222); "
+                       "set, it is also the URL of every call without one").tag(config=True)
     default_queue = Unicode(DEFAULT_QUEUE_NAME, help="queue used when a magic gets no -q/--queue").tag(config=True)
     timezone = Unicode("UTC", help="IANA zone in which naive --at times are read and times are shown").tag(
         config=True)
@@ -90,13 +92,24 @@ class NaqMagics(Magics):
     loop_mode = Enum(LOOP_MODES, help="how blocking calls run: 'thread' (a bridge thread) or 'nest' "
                                       "(nest_asyncio on the kernel's loop)").tag(config=True)
 
+    # True once the user set `url` (`%config`, profile config): it then wins over $NAQ_URL everywhere
+    url_given = False
+
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
-        super().__init__(shell=shell, **kwargs)
+        super().__init__(shell=shell, **kwargs)  # config values set here already call _url_set
         self.engine = NaqEngine(shell, self)
+        self.engine.publish_url()
+        self.subcommands = Control(self.engine).handlers()
 
     @default("url")
     def _default_url(self) -> str:
         return os.environ.get("NAQ_URL") or DEFAULT_URL
+
+    @observe("url")
+    def _url_set(self, change: dict[str, Any]) -> None:
+        self.url_given = True
+        if hasattr(self, "engine"):
+            self.engine.publish_url()
 
     @default("loop_mode")
     def _default_loop_mode(self) -> str:
@@ -170,4 +183,5 @@ class NaqMagics(Magics):
     def naq(self, line: str) -> Any:
         """Servers, workers, schedules and results: `%naq status`, `%naq worker start -q default`, ..."""
         with user_errors():
-            return self.engine.run(NaqCommand.parse(line, SUBCOMMAND_PARSERS))
+            cmd = NaqCommand.parse(line, SUBCOMMAND_PARSERS)
+            return self.subcommands[cmd.key](cmd.args)

@@ -21,20 +21,23 @@ from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.shortcuts import purge_queue
 from naq_ipy.ipython import monitor_table as mt
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
-from naq_ipy.ipython.panels import Panel
+from naq_ipy.ipython.monitor_jobs import JOB_ROWS, JobList, pending_rows, running_rows
+from naq_ipy.ipython.panel_base import Panel
+from naq_ipy.status.cancel import cancel as cancel_jobs
 from naq_ipy.status.output import output_tails
+from naq_ipy.status.queued import queued_headers
 from naq_ipy.status.results import JobStatus, fetch_status
 from naq_ipy.status.workers import list_workers
 from naq_ipy.views.tables import format_table
 from naq_ipy.wire.connection import get_connection, nats_errors
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
     FAILED_STREAM_NAME,
     JOB_STATUS_KV_NAME,
     JOB_STREAM_NAME,
     QUEUE_SUBJECT_PREFIX,
-    WORKER_DURABLE_PREFIX,
-    ConnectionSettings,
+    durable_queue,
 )
+from naq_ipy.wire.settings import ConnectionSettings
 from naq_ipy.worker.failed_store import FailedJob, list_failed, requeue_failed
 
 FAILED_ROWS = 10
@@ -51,15 +54,45 @@ class Poll:
     failed_state: tuple[int, int] | None = None
     tracebacks: dict[str, str | None] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)  # last lines of each failed job's output
+    queued: list[dict[str, Any]] = field(default_factory=list)  # headers of the oldest jobs in the stream
     at: float = 0.0
 
 
+@dataclass(frozen=True)
+class FailedSlot:
+    """One row of the failed-jobs list: a requeue button and an HTML line in a box (hidden when unused)."""
+
+    box: Any
+    line: Any
+    requeue: Any
+
+
+@dataclass(frozen=True)
+class MonitorControls:
+    """Every widget of the monitor a callback or a test needs, by name."""
+
+    queues: Any
+    workers: Any
+    recent: Any
+    failed_title: Any
+    purge_queue: Any
+    purge: Any
+    purge_confirm: Any
+    purge_text: Any
+    purge_yes: Any
+    purge_no: Any
+    failed: tuple[FailedSlot, ...]
+
+
 class QueueMonitor(Panel):
-    """A live view of queues and workers: `queues` limits it to those names; polled every `refresh_s` seconds."""
+    """A live view of queues and workers: `queues` limits it to those names; polled every `refresh_s` seconds.
+
+    `read_only` hides purge and requeue.
+    """
 
     def __init__(self, url: str | ConnectionSettings | None = None, queues: Sequence[str] | None = None,
-                 refresh_s: float = 2.0, *, zone: tzinfo | None = None) -> None:
-        super().__init__(url)
+                 refresh_s: float = 2.0, *, zone: tzinfo | None = None, read_only: bool = False) -> None:
+        super().__init__(url, read_only=read_only)
         self.queues = list(queues) if queues else None
         self.refresh_s = refresh_s
         self.zone = zone
@@ -69,14 +102,14 @@ class QueueMonitor(Panel):
         self.counted = threading.Event()
         self._problems: dict[str, str | None] = {"watch": None, "poll": None}
         self._lock = threading.RLock()
-        self._w: dict[str, Any] = {}
-        self._failed_slots: list[tuple[Any, Any, Any]] = []
-        self._failed_keys: list[str | None] = [None] * FAILED_ROWS
+        self.controls: MonitorControls | None = None  # the named widgets, once built
+        self.failed_keys: list[str | None] = [None] * FAILED_ROWS  # the job id shown in each failed row
+        self.job_lists: dict[str, JobList] = {}  # "running", "pending": the lists with Cancel buttons
         self._render_soon = Coalescer(self.marshal, self._render)
         self._watch = LiveWatch(self.settings, JOB_STATUS_KV_NAME, JobStatus.from_bytes, self)
         self._poller: concurrent.futures.Future[None] | None = None
         self._wake: asyncio.Event | None = None
-        self._start()
+        self.start_watching()
 
     # -- data (bridge thread) ------------------------------------------------------------------
     def on_snapshot(self, entries: Mapping[str, JobStatus]) -> None:
@@ -106,12 +139,19 @@ class QueueMonitor(Panel):
         deadline = time.monotonic() + timeout_s
         return self.loaded.wait(timeout_s) and self.counted.wait(max(0.0, deadline - time.monotonic()))
 
-    def _start(self) -> None:
+    @property
+    def watching(self) -> bool:
+        """True while the status watch runs."""
+        return self._watch.running
+
+    def start_watching(self) -> None:
+        """Start the status watch and the poller."""
         self._watch.start()
         if self._poller is None or self._poller.done():
             self._poller = asyncio.run_coroutine_threadsafe(self._poll_loop(), bridge_loop())
 
-    def _stop(self) -> None:
+    def stop_watching(self) -> None:
+        """Stop the status watch and the poller."""
         self._watch.stop()
         poller, self._poller = self._poller, None
         if poller is not None:
@@ -153,11 +193,13 @@ class QueueMonitor(Panel):
         poll.pending = {s[len(prefix):]: n for s, n in (info.state.subjects or {}).items() if s.startswith(prefix)}
         for consumer in consumers:
             name = consumer.name or ""
-            if name.startswith(WORKER_DURABLE_PREFIX):
-                queue = name[len(WORKER_DURABLE_PREFIX):]
+            queue = durable_queue(name)
+            if queue is not None:
                 poll.pending[queue] = consumer.num_pending or 0
                 poll.in_flight[queue] = consumer.num_ack_pending or 0
         poll.workers = await list_workers(self.settings)
+        poll.queued = await self._queued(conn, sum(len(w.get("current_jobs") or []) + len(w.get("waiting_jobs") or [])
+                                                   for w in poll.workers) + JOB_ROWS)
         poll.failed_state = (failed_info.state.last_seq, failed_info.state.messages)
         if poll.failed_state == previous.failed_state:
             poll.failed, poll.tracebacks, poll.outputs = previous.failed, previous.tracebacks, previous.outputs
@@ -166,6 +208,16 @@ class QueueMonitor(Panel):
             poll.tracebacks = await self._tracebacks(poll.failed[:FAILED_ROWS], previous.tracebacks)
             poll.outputs = await output_tails([f.job_id for f in poll.failed[:FAILED_ROWS]], url=self.settings)
         return poll
+
+    async def _queued(self, conn: Any, limit: int) -> list[dict[str, Any]]:
+        """Headers of the oldest `limit` jobs in the stream (of this monitor's queues)."""
+        found: list[dict[str, Any]] = []
+        async for header in queued_headers(conn, window=limit):
+            if not self.queues or header.get("queue_name") in self.queues:
+                found.append(header)
+                if len(found) >= limit:
+                    break
+        return found
 
     async def _tracebacks(self, failed: list[FailedJob], known: dict[str, str | None]) -> dict[str, str | None]:
         wanted = [f.job_id for f in failed if f.job_id not in known]
@@ -191,54 +243,78 @@ class QueueMonitor(Panel):
             poll = self.poll
             stats = self.queue_stats()
             recent = [s for s in self.tally.recent() if not self.queues or s.queue_name in self.queues]
-            w = self._w
-            w["queues"].value = mt.html_table(mt.QUEUE_COLUMNS, [s.cells() for s in stats], "no queues yet")
-            w["workers"].value = mt.html_table(mt.WORKER_COLUMNS, mt.worker_rows(poll.workers, self.zone),
-                                               "no live workers")
-            w["recent"].value = mt.html_table(mt.RECENT_COLUMNS, mt.recent_rows(recent, self.zone), "no jobs yet")
-            self._render_failed(poll)
-            names, chosen = [s.name for s in stats], w["purge_queue"].value
-            if list(w["purge_queue"].options) != names:
-                w["purge_queue"].options = names
-                w["purge_queue"].value = chosen if chosen in names else (names[0] if names else None)
+            c = self.controls
+            assert c is not None
+            c.queues.value = mt.html_table(mt.QUEUE_COLUMNS, [s.cells() for s in stats], "no queues yet")
+            c.workers.value = mt.html_table(mt.WORKER_COLUMNS, mt.worker_rows(poll.workers, self.zone),
+                                            "no live workers")
+            c.recent.value = mt.html_table(mt.RECENT_COLUMNS, mt.recent_rows(recent, self.zone), "no jobs yet")
+            self._render_failed(c, poll)
+            self._render_jobs(poll)
+            names, chosen = [s.name for s in stats], c.purge_queue.value
+            if list(c.purge_queue.options) != names:
+                c.purge_queue.options = names
+                c.purge_queue.value = chosen if chosen in names else (names[0] if names else None)
         self._show_status()
 
-    def _render_failed(self, poll: Poll) -> None:
+    def _render_failed(self, c: MonitorControls, poll: Poll) -> None:
         failed = [f for f in poll.failed if not self.queues or f.queue_name in self.queues][:FAILED_ROWS]
-        self._w["failed_title"].value = f"<b>Failed jobs</b> ({len(poll.failed):,} stored, newest first)"
-        for i, (box, line, _button) in enumerate(self._failed_slots):
+        c.failed_title.value = f"<b>Failed jobs</b> ({len(poll.failed):,} stored, newest first)"
+        for i, slot in enumerate(c.failed):
             job = failed[i] if i < len(failed) else None
-            self._failed_keys[i] = job.job_id if job else None
+            self.failed_keys[i] = job.job_id if job else None
             if job is None:
-                box.layout.display = "none"
+                slot.box.layout.display = "none"
                 continue
-            line.value = mt.failed_html(job.job_id, job.func_name, job.reason, job.failed_at,
-                                        poll.tracebacks.get(job.job_id), self.zone, poll.outputs.get(job.job_id))
-            box.layout.display = None
+            slot.line.value = mt.failed_html(job.job_id, job.func_name, job.reason, job.failed_at,
+                                             poll.tracebacks.get(job.job_id), self.zone, poll.outputs.get(job.job_id))
+            slot.box.layout.display = None
+
+    def _render_jobs(self, poll: Poll) -> None:
+        running = running_rows(poll.workers, self.tally.running, self.zone)
+        held = {line.job_id for line in running}
+        pending = pending_rows(poll.queued, held, self.zone)
+        waiting = sum(poll.pending.values())
+        self.job_lists["running"].show("Running jobs", running, len(running))
+        self.job_lists["pending"].show("Pending jobs, oldest first", pending, max(waiting, len(pending)))
 
     # -- actions -------------------------------------------------------------------------------
+    def cancel_shown(self, kind: str, row: int) -> None:
+        """Cancel the job shown in row `row` of the `running` or `pending` list (its Cancel button)."""
+        job_id = self.job_lists[kind].shown[row]
+        if job_id is None or self.refused("cancel"):
+            return
+        self.run_action(f"cancel {job_id}", cancel_jobs(job_id, self.settings),
+                        lambda report: self._after(f"cancel {job_id}: {report[job_id]}"))
+
     def requeue(self, slot: int) -> None:
         """Put the failed job shown in row `slot` back on its queue."""
-        job_id = self._failed_keys[slot]
-        if job_id is None:
+        job_id = self.failed_keys[slot]
+        if job_id is None or self.refused("requeue"):
             return
         self.run_action(f"requeue {job_id}", requeue_failed(job_id, self.settings),
                         lambda _header: self._after(f"requeued {job_id}"))
 
     def ask_purge(self) -> None:
         """Show the confirm step for purging the chosen queue."""
-        queue = self._w["purge_queue"].value
+        if self.refused("purge"):
+            return
+        assert self.controls is not None
+        queue = self.controls.purge_queue.value
         if not queue:
             self.set_status("no queue to purge", error=True)
             return
         pending = self.poll.pending.get(queue, 0)
-        self._w["purge_text"].value = f"<b>Remove all {pending:,} waiting job(s) of {queue}?</b>"
-        self._w["purge_confirm"].layout.display = None
+        self.controls.purge_text.value = f"<b>Remove all {pending:,} waiting job(s) of {queue}?</b>"
+        self.controls.purge_confirm.layout.display = None
 
     def purge(self) -> None:
         """Purge the chosen queue (after the confirm step)."""
-        self._w["purge_confirm"].layout.display = "none"
-        queue = self._w["purge_queue"].value
+        assert self.controls is not None
+        self.controls.purge_confirm.layout.display = "none"
+        if self.refused("purge"):
+            return
+        queue = self.controls.purge_queue.value
         self.run_action(f"purge {queue}", purge_queue(queue, nats_url=self.settings),
                         lambda count: self._after(f"purged {count:,} job(s) from {queue}"))
 
@@ -248,35 +324,44 @@ class QueueMonitor(Panel):
 
     # -- widget tree ---------------------------------------------------------------------------
     def _build(self, widgets: Any) -> Any:
-        w, make = self._w, self.make
-        for name in ("queues", "workers", "recent", "failed_title", "purge_text"):
-            w[name] = make(widgets.HTML)
-        w["purge_queue"] = make(widgets.Dropdown, options=[], description="queue",
-                                layout=widgets.Layout(width="16em"))
-        w["purge"] = make(widgets.Button, description="Purge…", button_style="warning")
-        w["purge_yes"] = make(widgets.Button, description="Yes, purge", button_style="danger")
-        w["purge_no"] = make(widgets.Button, description="Keep")
-        w["purge_confirm"] = make(widgets.HBox, [w["purge_text"], w["purge_yes"], w["purge_no"]],
-                                  layout=widgets.Layout(display="none"))
-        w["purge"].on_click(self.guarded("purge", lambda _b: self.ask_purge()))
-        w["purge_yes"].on_click(self.guarded("purge", lambda _b: self.purge()))
-        w["purge_no"].on_click(self.guarded("purge", lambda _b: setattr(w["purge_confirm"].layout, "display",
-                                                                        "none")))
-        self._failed_slots = [self._make_failed_slot(widgets, i) for i in range(FAILED_ROWS)]
+        make, layout = self.make, widgets.Layout
+        purge_text = make(widgets.HTML)
+        purge_yes = make(widgets.Button, description="Yes, purge", button_style="danger")
+        purge_no = make(widgets.Button, description="Keep")
+        c = self.controls = MonitorControls(
+            queues=make(widgets.HTML), workers=make(widgets.HTML), recent=make(widgets.HTML),
+            failed_title=make(widgets.HTML),
+            purge_queue=make(widgets.Dropdown, options=[], description="queue", layout=layout(width="16em")),
+            purge=make(widgets.Button, description="Purge…", button_style="warning"),
+            purge_confirm=make(widgets.HBox, [purge_text, purge_yes, purge_no], layout=layout(display="none")),
+            purge_text=purge_text, purge_yes=purge_yes, purge_no=purge_no,
+            failed=tuple(self._make_failed_slot(widgets, i) for i in range(FAILED_ROWS)),
+        )
+        c.purge.on_click(self.guarded("purge", lambda _b: self.ask_purge()))
+        c.purge_yes.on_click(self.guarded("purge", lambda _b: self.purge()))
+        c.purge_no.on_click(self.guarded("purge", lambda _b: setattr(c.purge_confirm.layout, "display", "none")))
+        for kind in ("running", "pending"):
+            self.job_lists[kind] = JobList.build(
+                make, widgets, lambda row, kind=kind: self.guarded("cancel", self.cancel_shown)(kind, row),
+                buttons=not self.read_only)
         assert self._status is not None
+        purge = [] if self.read_only else [make(widgets.HBox, [c.purge_queue, c.purge]), c.purge_confirm]
         return make(widgets.VBox, [
-            make(widgets.HTML, "<b>Queues</b>"), w["queues"], make(widgets.HBox, [w["purge_queue"], w["purge"]]),
-            w["purge_confirm"], self._status, make(widgets.HTML, "<b>Workers</b>"), w["workers"],
-            make(widgets.HTML, "<b>Latest jobs</b>"), w["recent"], w["failed_title"],
-            make(widgets.VBox, [slot[0] for slot in self._failed_slots]),
+            make(widgets.HTML, "<b>Queues</b>"), c.queues, *purge, self._status,
+            make(widgets.HTML, "<b>Workers</b>"), c.workers,
+            *self.job_lists["running"].boxes(), *self.job_lists["pending"].boxes(),
+            make(widgets.HTML, "<b>Latest jobs</b>"), c.recent, c.failed_title,
+            make(widgets.VBox, [slot.box for slot in c.failed]),
         ])
 
-    def _make_failed_slot(self, widgets: Any, i: int) -> tuple[Any, Any, Any]:
+    def _make_failed_slot(self, widgets: Any, i: int) -> FailedSlot:
         line = self.make(widgets.HTML, layout=widgets.Layout(flex="1 1 auto"))
-        button = self.make(widgets.Button, description="Requeue", layout=widgets.Layout(width="auto"))
+        button = self.make(widgets.Button, description="Requeue",
+                           layout=widgets.Layout(width="auto", flex="0 0 auto"))
         button.on_click(self.guarded("requeue", lambda _b: self.requeue(i)))
-        box = self.make(widgets.HBox, [button, line], layout=widgets.Layout(display="none"))
-        return box, line, button
+        children = [line] if self.read_only else [button, line]
+        box = self.make(widgets.HBox, children, layout=widgets.Layout(display="none"))
+        return FailedSlot(box, line, button)
 
     # -- static fallback -----------------------------------------------------------------------
     def _static_html(self) -> str:

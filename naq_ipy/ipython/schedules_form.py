@@ -31,7 +31,7 @@ class EditBox:
         texts = {
             "cron": ("cron", "*/5 * * * *"), "tz": ("zone", "UTC, Europe/Berlin, …"),
             "interval": ("every", "90s, 5m, 1h30m"), "next_run": ("next run", "YYYY-MM-DD HH:MM (local time)"),
-            "repeat": ("repeat", "total runs; empty = forever"),
+            "repeat": ("repeat", "runs left; empty = forever"),
         }
         self.fields = {name: make(widgets.Text, description=label, placeholder=hint, continuous_update=True,
                                   layout=layout(width="24em"))

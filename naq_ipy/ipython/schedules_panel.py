@@ -18,39 +18,37 @@ from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.shortcuts import cancel_scheduled_job, pause_scheduled_job, resume_scheduled_job
 from naq_ipy.errors import NaqException
 from naq_ipy.ipython import schedules_table as table
-from naq_ipy.ipython.jobview import render_runs
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
-from naq_ipy.ipython.panels import Panel
+from naq_ipy.ipython.panel_base import Panel
 from naq_ipy.ipython.schedules_form import EditBox
 from naq_ipy.ipython.schedules_model import JobsModel
+from naq_ipy.ipython.schedules_widgets import ALL, ScheduleControls, build_controls
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.schedules.scheduler import run_now
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.output import output_tails
 from naq_ipy.status.results import TERMINAL, JobStatus, fetch_status
 from naq_ipy.status.waiting import recent_runs
-from naq_ipy.wire.settings import (
-    SCHEDULED_JOB_STATUS_ACTIVE,
-    SCHEDULED_JOB_STATUS_PAUSED,
-    SCHEDULED_JOBS_KV_NAME,
-    ConnectionSettings,
-)
+from naq_ipy.views import schedules as view
+from naq_ipy.views.jobs import render_runs
+from naq_ipy.wire.names import SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.settings import ConnectionSettings
 
 TICK_S = 15.0
 RUNS_SHOWN = 10
-ALL = "(all)"
 
 
 class ScheduledJobsPanel(Panel):
     """A live table of the scheduled jobs in `naq_scheduled_jobs`, with pause/resume/cancel/run now/edit.
 
     `queue` pre-selects one queue; `page_size` rows are shown per page; times are shown in
-    `zone` (default: this machine's local zone).
+    `zone` (default: this machine's local zone); `read_only` leaves only the table, its filters
+    and "Recent runs" (no pause, resume, run now, edit or cancel).
     """
 
     def __init__(self, queue: str | None = None, url: str | ConnectionSettings | None = None, *,
-                 page_size: int = table.PAGE_SIZE, zone: tzinfo | None = None) -> None:
-        super().__init__(url)
+                 page_size: int = table.PAGE_SIZE, zone: tzinfo | None = None, read_only: bool = False) -> None:
+        super().__init__(url, read_only=read_only)
         self.model = JobsModel()
         self.manager = ScheduledJobManager(self.settings)
         self.filter = table.Filter(queue=queue)
@@ -59,14 +57,15 @@ class ScheduledJobsPanel(Panel):
         self.page = 0
         self.selected: set[str] = set()
         self.slot_keys: list[str | None] = [None] * page_size
-        self._shown: list[table.Row | None] = [None] * page_size
+        self._shown: list[view.Row | None] = [None] * page_size
         self._fetching: set[str] = set()
         self._syncing = False
         self._lock = threading.RLock()
-        self._w: dict[str, Any] = {}
-        self._slots: list[tuple[Any, Any, Any]] = []
+        self.controls: ScheduleControls | None = None  # the named widgets, once built
+        self.editor: EditBox | None = None
         self._render_soon = Coalescer(self.marshal, self._render)
-        self._watch = LiveWatch(self.settings, SCHEDULED_JOBS_KV_NAME, ScheduledJob.from_bytes, self, tick_s=TICK_S)
+        self._watch = LiveWatch(self.settings, SCHEDULED_JOBS_KV_NAME, ScheduledJob.from_bytes, self, tick_s=TICK_S,
+                                unreadable=ScheduledJob.unreadable)
         self._watch.start()
 
     # -- watch sink (bridge thread) ------------------------------------------------------------
@@ -89,10 +88,17 @@ class ScheduledJobsPanel(Panel):
         """Wait until the first snapshot arrived; True if it did."""
         return self.model.loaded.wait(timeout_s)
 
-    def _start(self) -> None:
+    @property
+    def watching(self) -> bool:
+        """True while the KV watch runs."""
+        return self._watch.running
+
+    def start_watching(self) -> None:
+        """Start (or restart) the KV watch."""
         self._watch.start()
 
-    def _stop(self) -> None:
+    def stop_watching(self) -> None:
+        """Stop the KV watch: the panel keeps what it has and learns of no change until started again."""
         self._watch.stop()
 
     # -- rendering (widgets' thread) -----------------------------------------------------------
@@ -100,11 +106,11 @@ class ScheduledJobsPanel(Panel):
         """The page shown now (clamped), of the entries that pass the filter."""
         return table.paginate(self.model.view(self.filter), self.page, self.page_size)
 
-    def _page_rows(self) -> tuple[table.Page, list[table.Row]]:
+    def _page_rows(self) -> tuple[table.Page, list[view.Row]]:
         now = time.time()
         with self.model.lock:
             page = self.current_page()
-            rows = [table.format_row(r, now, self.model.outcome(r.last_run_id), self.zone) for r in page.items]
+            rows = [view.format_row(r, now, self.model.outcome(r.last_run_id), self.zone) for r in page.items]
         return page, rows
 
     def _render(self) -> None:
@@ -121,31 +127,54 @@ class ScheduledJobsPanel(Panel):
             self._sync_controls(page)
         self._fetch_outcomes(page.items)
 
-    def _draw_slot(self, i: int, row: table.Row | None) -> None:
-        box, _check, line = self._slots[i]
+    def _draw_slot(self, i: int, row: view.Row | None) -> None:
+        assert self.controls is not None
+        slot = self.controls.slots[i]
         if row is None:
-            box.layout.display = "none"
+            slot.box.layout.display = "none"
             return
-        line.value = table.row_html(row)
-        box.layout.display = None
+        slot.line.value = view.row_html(row)
+        slot.box.layout.display = None
 
     def _sync_controls(self, page: table.Page) -> None:
-        w = self._w
+        c = self.controls
+        assert c is not None
         self._syncing = True
         try:
-            for (_box, check, _line), key in zip(self._slots, self.slot_keys, strict=True):
-                check.value = key is not None and key in self.selected
+            for slot, key in zip(c.slots, self.slot_keys, strict=True):
+                slot.check.value = key is not None and key in self.selected
             options = [ALL, *sorted({*self.model.queues(), *([self.filter.queue] if self.filter.queue else [])})]
-            if list(w["queue"].options) != options:
-                w["queue"].options = options
-            w["queue"].value = self.filter.queue if self.filter.queue in options else ALL
+            if list(c.queue.options) != options:
+                c.queue.options = options
+            c.queue.value = self.filter.queue if self.filter.queue in options else ALL
         finally:
             self._syncing = False
-        w["pager"].value = f"<span style='font-size:12px'>{table.caption(page, len(self.model.records))}</span>"
-        w["prev"].disabled = page.number == 0
-        w["next"].disabled = page.number >= page.pages - 1
-        w["selection"].value = f"<span style='font-size:12px'>{len(self.selected)} selected</span>"
+        c.pager.value = f"<span style='font-size:12px'>{table.caption(page, len(self.model.records))}</span>"
+        c.prev.disabled = page.number == 0
+        c.next.disabled = page.number >= page.pages - 1
+        self._show_selection()
         self._show_status()
+
+    def _show_selection(self) -> None:
+        if self.controls is not None:
+            self.controls.selection.value = f"<span style='font-size:12px'>{len(self.selected)} selected</span>"
+
+    # -- public view of what is drawn ----------------------------------------------------------
+    @property
+    def rows(self) -> list[view.Row]:
+        """The rows drawn on the current page, in order."""
+        with self._lock:
+            return [row for row in self._shown if row is not None]
+
+    def row(self, key: str) -> view.Row | None:
+        """The drawn row of `key`, None if it is not on the current page."""
+        return next((row for row in self.rows if row.key == key), None)
+
+    def drawn_html(self, key: str) -> str | None:
+        """The HTML drawn in the slot that shows `key`, None if it is not on the page."""
+        if self.controls is None or key not in self.slot_keys:
+            return None
+        return str(self.controls.slots[self.slot_keys.index(key)].line.value)
 
     # -- last-run labels -----------------------------------------------------------------------
     def _fetch_outcomes(self, records: Iterable[ScheduledJob]) -> None:
@@ -166,9 +195,9 @@ class ScheduledJobsPanel(Panel):
                 if isinstance(status, BaseException):
                     self.model.outcomes[job_id] = (f"? {describe_error(status)}", False)
                 elif status is None:
-                    self.model.outcomes[job_id] = (table.outcome_text(None), True)
+                    self.model.outcomes[job_id] = (view.outcome_text(None), True)
                 else:
-                    self.model.outcomes[job_id] = (table.outcome_text(status.status, status.error),
+                    self.model.outcomes[job_id] = (view.outcome_text(status.status, status.error),
                                                    status.status in TERMINAL)
         self._render_soon.request()
 
@@ -189,6 +218,8 @@ class ScheduledJobsPanel(Panel):
     def _on_each(self, verb: str, done_label: str, action: Callable[[str], Awaitable[Any]],
                  after: Callable[[list[str]], None] | None = None) -> None:
         """Run `action` on every selected entry at once; report which failed, if any."""
+        if self.refused(verb):
+            return
         keys = self._targets()
         if not keys:
             self.set_status(f"select the jobs to {verb} first", error=True)
@@ -223,17 +254,21 @@ class ScheduledJobsPanel(Panel):
 
     def ask_cancel(self) -> None:
         """Show the confirm step for cancelling the selected entries."""
+        if self.refused("cancel"):
+            return
         keys = self._targets()
         if not keys:
             self.set_status("select the jobs to cancel first", error=True)
             return
-        self._w["confirm_text"].value = (f"<b>Cancel {len(keys)} scheduled job(s)?</b> "
-                                         f"{', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}")
-        self._w["confirm"].layout.display = None
+        assert self.controls is not None
+        self.controls.confirm_text.value = (f"<b>Cancel {len(keys)} scheduled job(s)?</b> "
+                                            f"{', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}")
+        self.controls.confirm.layout.display = None
 
     def cancel(self) -> None:
         """Delete the selected entries (after the confirm step)."""
-        self._w["confirm"].layout.display = "none"
+        if self.controls is not None:
+            self.controls.confirm.layout.display = "none"
 
         def forget(keys: list[str]) -> None:
             self.select_keys(keys, selected=False)
@@ -248,18 +283,22 @@ class ScheduledJobsPanel(Panel):
             return
 
         def show(found: tuple[list[JobStatus], dict[str, str]]) -> None:
-            self._w["runs_table"].value = render_runs(found[0], f"recent runs of {keys[0]}", outputs=found[1])
+            assert self.controls is not None
+            self.controls.runs_table.value = render_runs(found[0], f"recent runs of {keys[0]}", outputs=found[1])
 
         self.run_action(f"reading the runs of {keys[0]}", runs_with_output(keys[0], RUNS_SHOWN, self.settings), show)
 
     def edit(self) -> None:
         """Open the edit form for the one selected entry."""
+        if self.refused("edit"):
+            return
         keys = self._targets()
         if len(keys) != 1:
             self.set_status("select exactly one job to edit", error=True)
             return
         with self.model.lock:
             record = self.model.records[keys[0]]
+        assert self.editor is not None
         self.editor.open(record)
 
     def reload(self, record: ScheduledJob) -> None:
@@ -269,74 +308,34 @@ class ScheduledJobsPanel(Panel):
 
     # -- widget tree ---------------------------------------------------------------------------
     def _build(self, widgets: Any) -> Any:
-        w = self._w
-        make = self.make
-        w["text"] = make(widgets.Text, placeholder="filter: name, function, queue, schedule",
-                         continuous_update=True, layout=widgets.Layout(width="22em"))
-        w["queue"] = make(widgets.Dropdown, options=[ALL], value=ALL, description="queue",
-                          layout=widgets.Layout(width="14em"))
-        w["state"] = make(widgets.Dropdown, options=[ALL, SCHEDULED_JOB_STATUS_ACTIVE, SCHEDULED_JOB_STATUS_PAUSED],
-                          value=ALL, description="state", layout=widgets.Layout(width="12em"))
-        w["prev"] = make(widgets.Button, description="◀", layout=widgets.Layout(width="3em"), tooltip="previous page")
-        w["next"] = make(widgets.Button, description="▶", layout=widgets.Layout(width="3em"), tooltip="next page")
-        w["pager"] = make(widgets.HTML)
-        w["selection"] = make(widgets.HTML)
-        buttons = {name: make(widgets.Button, description=label, layout=widgets.Layout(width="auto"))
-                   for name, label in (("pause", "Pause"), ("resume", "Resume"), ("run_now", "Run now"),
-                                       ("runs", "Recent runs"), ("edit", "Edit"), ("cancel", "Cancel…"))}
-        w.update(buttons)
-        w["confirm_text"] = make(widgets.HTML)
-        w["confirm_yes"] = make(widgets.Button, description="Yes, cancel them", button_style="danger")
-        w["confirm_no"] = make(widgets.Button, description="Keep them")
-        w["confirm"] = make(widgets.HBox, [w["confirm_text"], w["confirm_yes"], w["confirm_no"]],
-                            layout=widgets.Layout(display="none"))
+        c = self.controls = build_controls(self.make, widgets, self.page_size)
         self.editor = EditBox(self, widgets)
-        w["runs_table"] = make(widgets.HTML)
-        w["all"] = make(widgets.Checkbox, value=False, indent=False, layout=widgets.Layout(width="28px"),
-                        tooltip="select all on this page")
-        header = make(widgets.HBox, [w["all"], make(widgets.HTML, table.header_html(),
-                                                    layout=widgets.Layout(flex="1 1 0%", min_width="0"))])
-        self._slots = []
-        for i in range(self.page_size):
-            self._slots.append(self._make_slot(widgets, i))  # appended one by one: slot 0 lends its layouts
-        self._wire()
+        self._wire(c)
         assert self._status is not None
+        make = self.make
         return make(widgets.VBox, [
             make(widgets.HTML, "<b>Scheduled jobs</b>"),
-            make(widgets.HBox, [w["text"], w["queue"], w["state"], w["prev"], w["pager"], w["next"]]),
-            make(widgets.HBox, [*buttons.values(), w["selection"]]),
-            w["confirm"], self.editor.box, w["runs_table"], self._status, header,
-            make(widgets.VBox, [slot[0] for slot in self._slots]),
+            make(widgets.HBox, [c.text, c.queue, c.state, c.prev, c.pager, c.next]),
+            make(widgets.HBox, [*([c.runs] if self.read_only else c.buttons), c.selection]),
+            *([] if self.read_only else [c.confirm, self.editor.box]), c.runs_table, self._status, c.header,
+            make(widgets.VBox, [slot.box for slot in c.slots]),
         ])
 
-    def _make_slot(self, widgets: Any, i: int) -> tuple[Any, Any, Any]:
-        if i == 0:
-            parts = {"check": {"layout": widgets.Layout(width="28px")},
-                     "line": {"layout": widgets.Layout(flex="1 1 0%", min_width="0")}}
-        else:  # share the first slot's layouts and styles: half as many widget models to open
-            _box, check0, line0 = self._slots[0]
-            parts = {"check": {"layout": check0.layout, "style": check0.style},
-                     "line": {"layout": line0.layout, "style": line0.style}}
-        check = self.make(widgets.Checkbox, value=False, indent=False, **parts["check"])
-        line = self.make(widgets.HTML, **parts["line"])
-        box = self.make(widgets.HBox, [check, line], layout=widgets.Layout(display="none"))
-        box.add_class("naq-slot")
-        check.observe(self.guarded("select", lambda change: self._on_check(i, change["new"])), "value")
-        return box, check, line
-
-    def _wire(self) -> None:
-        w, guarded = self._w, self.guarded
-        w["text"].observe(guarded("filter", lambda c: self._set_filter(text=c["new"])), "value")
-        w["queue"].observe(guarded("filter", lambda c: self._set_filter(queue=c["new"])), "value")
-        w["state"].observe(guarded("filter", lambda c: self._set_filter(state=c["new"])), "value")
-        w["all"].observe(guarded("select", lambda c: self._on_check_all(c["new"])), "value")
-        w["prev"].on_click(guarded("page", lambda _b: self.go_to(self.page - 1)))
-        w["next"].on_click(guarded("page", lambda _b: self.go_to(self.page + 1)))
+    def _wire(self, c: ScheduleControls) -> None:
+        guarded = self.guarded
+        c.text.observe(guarded("filter", lambda change: self._set_filter(text=change["new"])), "value")
+        c.queue.observe(guarded("filter", lambda change: self._set_filter(queue=change["new"])), "value")
+        c.state.observe(guarded("filter", lambda change: self._set_filter(state=change["new"])), "value")
+        c.all.observe(guarded("select", lambda change: self._on_check_all(change["new"])), "value")
+        c.prev.on_click(guarded("page", lambda _b: self.go_to(self.page - 1)))
+        c.next.on_click(guarded("page", lambda _b: self.go_to(self.page + 1)))
         for name in ("pause", "resume", "run_now", "runs", "edit"):
-            w[name].on_click(guarded(name, lambda _b, name=name: getattr(self, name)()))
-        w["cancel"].on_click(guarded("cancel", lambda _b: self.ask_cancel()))
-        w["confirm_yes"].on_click(guarded("cancel", lambda _b: self.cancel()))
-        w["confirm_no"].on_click(guarded("cancel", lambda _b: setattr(w["confirm"].layout, "display", "none")))
+            getattr(c, name).on_click(guarded(name, lambda _b, name=name: getattr(self, name)()))
+        c.cancel.on_click(guarded("cancel", lambda _b: self.ask_cancel()))
+        c.confirm_yes.on_click(guarded("cancel", lambda _b: self.cancel()))
+        c.confirm_no.on_click(guarded("cancel", lambda _b: setattr(c.confirm.layout, "display", "none")))
+        for i, slot in enumerate(c.slots):
+            slot.check.observe(guarded("select", lambda change, i=i: self._on_check(i, change["new"])), "value")
 
     def _set_filter(self, **changes: str) -> None:
         if self._syncing:
@@ -359,25 +358,25 @@ class ScheduledJobsPanel(Panel):
             self.selected.add(key)
         else:
             self.selected.discard(key)
-        self._w["selection"].value = f"<span style='font-size:12px'>{len(self.selected)} selected</span>"
+        self._show_selection()
 
     def _on_check_all(self, value: bool) -> None:
         if not self._syncing:
             self.select_keys([k for k in self.slot_keys if k], value)
 
     # -- static fallback -----------------------------------------------------------------------
-    def _static_rows(self) -> tuple[list[table.Row], str]:
+    def _static_rows(self) -> tuple[list[view.Row], str]:
         with self.model.lock:
             page, rows = self._page_rows()
             return rows, table.caption(page, len(self.model.records))
 
     def _static_html(self) -> str:
         rows, caption = self._static_rows()
-        return table.table_html(rows, caption)
+        return view.rows_table(rows, caption)._repr_html_()
 
     def _static_text(self) -> str:
         rows, caption = self._static_rows()
-        return table.table_text(rows, caption) if rows else f"{caption} (no scheduled jobs)"
+        return repr(view.rows_table(rows, caption)) if rows else f"{caption} (no scheduled jobs)"
 
 
 async def runs_with_output(key: str, limit: int, url: ConnectionSettings) -> tuple[list[JobStatus], dict[str, str]]:

@@ -1,11 +1,11 @@
-"""Pure logic of the scheduled-jobs panel: rows, filter/sort, paging, row diffs, edit checks, static tables.
+"""Pure logic of the scheduled-jobs panel: filter/sort, paging, row diffs, edit checks.
 
 Nothing here talks to NATS or imports ipywidgets; the panels only wire these functions to widgets.
+Rows and cells are formatted by `naq_ipy.views.schedules`, like every other view of a schedule.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,75 +13,14 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from naq_ipy.errors import ConfigurationError
-from naq_ipy.rules.times import format_relative, from_timestamp, next_cron_runs
+from naq_ipy.rules.times import from_timestamp, next_cron_runs, parse_iso_time
 from naq_ipy.schedules.changes import apply_updates
 from naq_ipy.schedules.record import ScheduledJob
-from naq_ipy.views.tables import format_table
+from naq_ipy.views.schedules import Row, format_when, local_time
 
-COLUMNS = ("name", "queue", "function", "schedule", "next run", "repeat left", "runs", "last run", "state")
 PAGE_SIZE = 25
 EDIT_MODES = ("cron", "interval", "next run")
-NO_RUN_YET = "—"
-LOADING = "…"
-GRID_COLUMNS = ("minmax(6em,1.2fr) minmax(4em,.6fr) minmax(6em,1.2fr) minmax(7em,1.3fr) minmax(20em,1.6fr) "
-                "7.5em 4em minmax(5em,.9fr) 5em")
-HEADER_LABELS = {"next run": "next run (local)"}
-_CELL_STYLE = "overflow:hidden;text-overflow:ellipsis;white-space:nowrap;padding:1px 6px"
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One formatted table row: the entry's key and its cell texts in `COLUMNS` order."""
-
-    key: str
-    cells: tuple[str, ...]
-    paused: bool = False
-
-
-def local_time(ts: float, zone: tzinfo | None = None) -> datetime:
-    """Unix seconds as an aware datetime in `zone` (default: this machine's local zone)."""
-    return from_timestamp(ts).astimezone(zone)
-
-
-def format_when(ts: float, now_utc: float, zone: tzinfo | None = None, show_zone: bool = False) -> str:
-    """`2026-01-05 06:00:00 (in 3 min)`: local wall time (`CET` after it with `show_zone`) and a relative label."""
-    when = local_time(ts, zone)
-    zone_name = f" {when:%Z}" if show_zone else ""
-    return f"{when:{_TIME_FORMAT}}{zone_name} ({format_relative(when, from_timestamp(now_utc))})"
-
-
-def short_function(name: str) -> str:
-    """A function's display name: `__main__.` (a notebook's own functions) left out."""
-    return name.removeprefix("__main__.")
-
-
-def repeat_left(record: ScheduledJob) -> str:
-    """Runs still to come: `∞` for forever, else repeat minus runs so far (never below 0)."""
-    if record.repeat is None:
-        return "∞"
-    return str(max(record.repeat - record.run_count, 0))
-
-
-def outcome_text(status: str | None, error: str | None = None) -> str:
-    """The 'last run' cell: `finished`, `failed: ValueError: bad`, `expired` for a status gone by TTL."""
-    if not status:
-        return "expired"
-    if error:
-        first = error.strip().splitlines()[0] if error.strip() else ""
-        return f"{status}: {first[:80]}" if first else status
-    return status
-
-
-def format_row(record: ScheduledJob, now_utc: float, outcome: str | None = None, zone: tzinfo | None = None) -> Row:
-    """The row of `record`; `outcome` is the last run's label (None while not fetched yet)."""
-    last = NO_RUN_YET if record.last_run_id is None else (outcome if outcome is not None else LOADING)
-    cells = (
-        record.key, record.queue_name, short_function(record.func_name), record.describe(),
-        format_when(record.next_run_utc, now_utc, zone), repeat_left(record), str(record.run_count), last,
-        record.status,
-    )
-    return Row(record.key, cells, record.paused)
 
 
 @dataclass(frozen=True)
@@ -190,14 +129,8 @@ def form_for(record: ScheduledJob, zone: tzinfo | None = None) -> EditForm:
 
 def parse_local_time(text: str, zone: tzinfo | None = None) -> datetime:
     """`2026-01-05 06:00[:00]` (or ISO with `T`/offset) as an aware datetime; naive text is in `zone`."""
-    text = text.strip()
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigurationError(f"invalid next run {text!r}: use YYYY-MM-DD HH:MM[:SS]") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone) if zone is not None else value.astimezone()
-    return value
+    value = parse_iso_time(text, zone, what="next run")
+    return value if value.tzinfo is not None else value.astimezone()
 
 
 def _parse_repeat(text: str) -> int | None:
@@ -246,42 +179,6 @@ def check_edit(record: ScheduledJob, form: EditForm, now_utc: float, zone: tzinf
     except ConfigurationError as e:
         return EditCheck(None, str(e))
     return EditCheck(updates, "", tuple(format_when(ts, now_utc, zone, show_zone=True) for ts in runs))
-
-
-def _cell(text: str, bold: bool = False) -> str:
-    escaped = html.escape(text)
-    body = f"<b>{escaped}</b>" if bold else escaped
-    return f"<div style='{_CELL_STYLE}' title='{escaped}'>{body}</div>"
-
-
-def _grid(cells: str, extra_style: str = "") -> str:
-    return (f"<div class='naq-row' style='display:grid;grid-template-columns:{GRID_COLUMNS};"
-            f"font-size:12px;line-height:20px;{extra_style}'>{cells}</div>")
-
-
-def header_html() -> str:
-    """The column header of the widget table (same grid as the rows)."""
-    return _grid("".join(_cell(HEADER_LABELS.get(c, c), bold=True) for c in COLUMNS), "border-bottom:1px solid #bbb")
-
-
-def row_html(row: Row) -> str:
-    """One row as a CSS grid line matching `header_html`; paused rows greyed."""
-    style = "border-bottom:1px solid #eee" + (";color:#888" if row.paused else "")
-    return _grid("".join(_cell(c) for c in row.cells), style)
-
-
-def table_html(rows: Sequence[Row], caption: str) -> str:
-    """A plain HTML table of `rows` for frontends without widgets (nbconvert, GitHub)."""
-    head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in row.cells)
-                   + "</tr>" for row in rows)
-    return (f"<table class='naq-scheduled'><caption style='text-align:left'>{html.escape(caption)}</caption>"
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-
-
-def table_text(rows: Sequence[Row], caption: str) -> str:
-    """The same table as fixed-width text (for `repr` in a terminal)."""
-    return f"{caption}\n{format_table(COLUMNS, [row.cells for row in rows])}"
 
 
 def caption(page: Page, total_all: int) -> str:

@@ -18,18 +18,24 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from naq_ipy.errors import NaqException
-from naq_ipy.wire.server import NatsServer, default_store_dir, free_port
+from naq_ipy.wire.server import Answer, NatsServer, default_store_dir, free_port, probe
 
 STOP_TIMEOUT_S = 10.0
 EXIT_STOP_TIMEOUT_S = 3.0
 # A child that dies this fast (bad arguments, import error) is reported by `start`.
 START_CHECK_S = 0.3
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# how long a port a nats-server of this machine is still letting go of is waited for: more than the
+# EXIT_STOP_TIMEOUT_S a kernel's server gets at the kernel's exit before it is killed
+PORT_RELEASE_WAIT_S = 5.0
+_PORT_POLL_S = 0.05
+_PROBE_S = 0.25
 _LOG_TAIL_LINES = 8
 
 
@@ -44,12 +50,32 @@ def loopback_port(url: str) -> int | None:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True if nothing listens on `host:port` right now."""
+    """True if a nats-server could listen on `host:port` right now.
+
+    It binds with SO_REUSEADDR, as nats-server does: connections of a server that just stopped
+    linger in TIME_WAIT on its port for a minute and do not keep it from binding again.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
             return False
+    return True
+
+
+def wait_port_free(port: int, host: str = "127.0.0.1", timeout_s: float = PORT_RELEASE_WAIT_S) -> bool:
+    """True once `host:port` is free; waits up to `timeout_s` while the port is going away.
+
+    A nats-server of this machine that is stopping refuses or closes connections until its
+    process has exited; a live holder (a server, anything that accepts and stays) is not waited for.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not port_free(port, host):
+        answer = probe(f"nats://{host}:{port}", _PROBE_S)
+        if answer in (Answer.NATS, Answer.OTHER) or time.monotonic() >= deadline:
+            return False
+        time.sleep(_PORT_POLL_S)
     return True
 
 
@@ -112,13 +138,16 @@ class Processes:
         return self._log_dir
 
     def start_server(self, url: str) -> NatsServer:
-        """Start an embedded nats-server standing in for loopback `url`: on its port if free, else a free one."""
+        """Start an embedded nats-server standing in for loopback `url`: on its port if free, else a free one.
+
+        A server of this machine still stopping on that port is waited for (`wait_port_free`).
+        """
         port = loopback_port(url)
         if port is None:
             raise NaqException(f"will not start a server for {url}: not a single local address")
         if self.server is not None and self.server.running:
             return self.server
-        server = NatsServer(port=port if port_free(port) else free_port(), store_dir=default_store_dir())
+        server = NatsServer(port=port if wait_port_free(port) else free_port(), store_dir=default_store_dir())
         self.server, self.served_url = server.start(), url
         return server
 
@@ -130,13 +159,15 @@ class Processes:
         server.stop()
         return server
 
-    def start(self, kind: str, args: list[str], url: str) -> Child:
-        """Start `python -m naq_ipy.cli <kind> ARGS` for `url` with its log in `log_dir`; raise if it exits at once.
+    def start(self, kind: str, args: list[str], url: str, names: Sequence[str] = ()) -> Child:
+        """Start `python -m naq_ipy.cli <kind> ARGS -- NAMES` for `url` with its log in `log_dir`; raise if it
+        exits at once.
 
-        The URL goes in the child's environment (`NAQ_URL`), not its command line, where any
-        user of the machine could read its credentials.
+        `names` (queue names) follow `--`, so a name can never be read as an option. The URL goes
+        in the child's environment (`NAQ_URL`), not its command line, where any user of the
+        machine could read its credentials.
         """
-        command = [sys.executable, "-m", "naq_ipy.cli", kind, *args]
+        command = [sys.executable, "-m", "naq_ipy.cli", kind, *args, *(["--", *names] if names else [])]
         with self._lock:
             self._started[kind] += 1
             log_path = self.log_dir / f"{kind}-{self._started[kind]}.log"

@@ -21,16 +21,11 @@ from nats.js.kv import KeyValue
 
 from naq_ipy.client.bridge import run_sync
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException
-from naq_ipy.local.processes import Child, Processes, loopback_port, port_free, tail
+from naq_ipy.local.processes import Child, Processes, loopback_port, tail, wait_port_free
 from naq_ipy.wire.connection import connect
+from naq_ipy.wire.names import SCHEDULER_CLOCK_KV_NAME, WORKERS_KV_NAME
 from naq_ipy.wire.server import NatsServer, default_store_dir, free_port, is_reachable
-from naq_ipy.wire.settings import (
-    DEFAULT_QUEUE_NAME,
-    SCHEDULER_CLOCK_KV_NAME,
-    WORKERS_KV_NAME,
-    ConnectionSettings,
-    redact_url,
-)
+from naq_ipy.wire.settings import DEFAULT_QUEUE_NAME, ConnectionSettings, redact_url
 
 READY_TIMEOUT_S = 30.0
 _READY_POLL_S = 0.1
@@ -86,8 +81,8 @@ class LocalStack:
         atexit.register(self.stop)  # a second Ctrl-C during a stop must not leave children running
         try:
             self._serve()
-            self.children.start("worker", [*self.queues, "-c", str(self.concurrency), "--worker-id",
-                                           self.worker_id, "--grace", str(WORKER_GRACE_S)], url=self.url)
+            self.children.start("worker", ["-c", str(self.concurrency), "--worker-id", self.worker_id,
+                                           "--grace", str(WORKER_GRACE_S)], url=self.url, names=self.queues)
             self.children.start("scheduler", ["--id", self.scheduler_id], url=self.url)
             run_sync(self._wait_ready(timeout_s))
         except BaseException:
@@ -101,7 +96,7 @@ class LocalStack:
         port = loopback_port(self.url)
         if port is None:
             raise NaqConnectionError(f"no NATS server answers at {redact_url(self.url)}")
-        if not port_free(port):
+        if not wait_port_free(port):
             raise ConfigurationError(f"port {port} is taken by something that is not a NATS server: "
                                      "pick another port")
         server = NatsServer(port=port, store_dir=self.data_dir, log_file=self.log_dir / "nats-server.log")

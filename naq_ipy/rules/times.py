@@ -7,7 +7,7 @@ import math
 import numbers
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from fractions import Fraction
 from itertools import islice
 from typing import SupportsFloat
@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from naq_ipy.errors import ConfigurationError
+from naq_ipy.rules.records import check_timestamp
 
 _UTC_ZONE = ZoneInfo("UTC")
 _UNIT_S: dict[str, Fraction | int] = {
@@ -40,8 +41,8 @@ _DURATION_FORMS = (
 _CRON_ERRORS = (ValueError, KeyError, TypeError, OverflowError)
 _RANDOM_FIELD_RE = re.compile(r"r(?:\(\d+-\d+\))?(?:/\d+)?", re.ASCII | re.IGNORECASE)
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-# Longer than any DST shift in use (2 h at most): how far back a skipped wall time can still be due.
-_DST_LOOKBACK = timedelta(hours=3)
+# Longer than any DST shift in use (2 h at most): how far ahead a fall-back can repeat wall times already passed.
+_DST_LOOKAHEAD = timedelta(hours=3)
 
 
 def parse_duration(spec: str | int | float | timedelta) -> float:
@@ -100,13 +101,29 @@ def to_utc(value: datetime, tz: str | None = None) -> datetime:
     return value.astimezone(UTC)
 
 
+def parse_iso_time(text: str, zone: tzinfo | None = None, what: str = "time") -> datetime:
+    """An ISO 8601 time (`2026-11-28 09:00`, `2026-11-28T09:00+01:00`); naive text is wall time in `zone` if given."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigurationError(
+            f"invalid {what} {text!r}: use ISO 8601, e.g. 2026-11-28T09:00 or 2026-11-28T09:00+01:00"
+        ) from None
+    return value.replace(tzinfo=zone) if zone is not None and value.tzinfo is None else value
+
+
 def to_timestamp(value: datetime | float | int, tz: str | None = None) -> float:
     """Unix seconds of `value` (a datetime, naive read in `tz`, or already unix seconds)."""
     if isinstance(value, datetime):
-        return to_utc(value, tz).timestamp()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        seconds = to_utc(value, tz).timestamp()
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigurationError(f"invalid time {value!r}: expected a datetime or unix seconds")
-    return float(value)
+    else:
+        seconds = float(value)
+    try:  # what the stored records accept (naq_ipy.rules.records): refused here, before anything is written
+        return check_timestamp(seconds, "time")
+    except ValueError as e:
+        raise ConfigurationError(f"invalid time {value!r}: {e}") from None
 
 
 def from_timestamp(ts: float) -> datetime:
@@ -148,14 +165,17 @@ def _cron_shape_problem(text: str) -> str | None:
 def next_cron_run(expr: str, after: datetime, tz: str | None = None) -> datetime:
     """Next fire (aware UTC) strictly after `after` (naive = UTC) of `expr` read in wall time of `tz` (default UTC).
 
-    Wall times come from croniter on naive local datetimes (its own zone handling is wrong around DST).
-    DST rules:
-    - a wall time skipped by a spring-forward gap fires with the offset before the change (fold=0):
-      Europe/Berlin 02:00 on 2026-03-29 fires at 03:00 CEST = 01:00 UTC, so no run is lost; when that
-      instant is also the fire of a real wall time, it fires once;
-    - a wall time repeated by a fall-back fires once, at its first occurrence (fold=0), so nothing runs twice;
-    - each wall time fires at most once, and iterating (`after` = the previous fire) gives strictly
-      increasing fires, also when `after` lies in the repeated hour.
+    Daylight-saving changes follow cron(8) (Vixie cron, cronie), see `is_wildcard_cron`:
+    - a wildcard job runs on real time: it fires at every instant whose wall time matches. Through a
+      fall-back it also fires in the repeated hour ('0 * * * *' in Europe/Berlin on 2026-10-25 fires at
+      00:00, 01:00 and 02:00 UTC); through a spring-forward it goes on at the new wall time at once,
+      and wall times inside the gap do not exist, so they do not fire;
+    - a fixed-time job fires once when its wall time repeats (the first occurrence), and once, right
+      after the jump, when its wall time is skipped ('30 2 * * *' in Europe/Berlin on 2026-03-29 fires
+      at 03:00 CEST = 01:00 UTC); several skipped wall times of one jump give that one fire.
+    The fires are one set of instants whatever `after` is, so iterating (`after` = the previous fire)
+    gives strictly increasing fires, the same as starting anywhere in between. Wall times come from
+    croniter on naive local datetimes (its own zone handling is wrong around DST).
     """
     return next(_fires(validate_cron(expr), to_utc(after), resolve_zone(tz)))
 
@@ -167,24 +187,65 @@ def next_cron_runs(expr: str, after: datetime, tz: str | None = None, count: int
     return list(islice(_fires(validate_cron(expr), to_utc(after), resolve_zone(tz)), count))
 
 
+def is_wildcard_cron(expr: str) -> bool:
+    """Whether valid cron `expr` runs on real time at DST changes: its minute or hour field starts with '*'.
+
+    As in cronie (MIN_STAR/HR_STAR): '*' and '*/15' are wildcards; ranges and lists ('1-5', '0,30',
+    '0-59/5') are fixed; '@hourly' is a wildcard, the other aliases are fixed; a seconds field does not count.
+    """
+    text = expr.strip().lower()
+    if text.startswith("@"):
+        return text == "@hourly"
+    minute, hour = text.split()[:2]
+    return minute.startswith("*") or hour.startswith("*")
+
+
 def _fires(expr: str, after_utc: datetime, zone: ZoneInfo) -> Iterator[datetime]:
     """Distinct UTC fires of `expr` after `after_utc`, ascending, from naive wall times in `zone`.
 
-    Wall order and UTC order differ only across a spring-forward gap (gap times map up to one shift
-    later than the real times after it), so a candidate is held until the scan passes its own local
-    wall time: no later wall time can then map before it.
+    Wall order and UTC order differ around a fall-back (a repeated wall time's second instant comes
+    after later wall times' first ones): the scan starts early enough for those, and a candidate is held
+    until the scan reaches a wall time whose earlier mapping is not before it; no wall time from there
+    on has a fire before that mapping (a gap's fire is the jump, after its wall times' fold-1 mappings).
     """
-    start = min(_wall(after_utc, zone), _wall(after_utc - _DST_LOOKBACK, zone) + _DST_LOOKBACK)
+    wildcard = is_wildcard_cron(expr)
+    start = min(_wall(after_utc, zone), _wall(after_utc + _DST_LOOKAHEAD, zone) - _DST_LOOKAHEAD)
     pending: list[datetime] = []
     last = after_utc
     for wall in _wall_times(expr, start):
-        while pending and wall >= _wall(pending[0], zone):
+        fold0, fold1 = (wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1))
+        while pending and pending[0] <= min(fold0, fold1):
             fire = heapq.heappop(pending)
-            # A repeated hour's wall times and gap times landing on real ones map to instants already passed.
+            # Skipped wall times of one jump share a fire, which may also be a real wall time's.
             if fire > last:
                 last = fire
                 yield fire
-        heapq.heappush(pending, wall.replace(tzinfo=zone, fold=0).astimezone(UTC))
+        for fire in _wall_fires(wall, fold0, fold1, zone, wildcard):
+            heapq.heappush(pending, fire)
+
+
+def _wall_fires(
+    wall: datetime, fold0: datetime, fold1: datetime, zone: ZoneInfo, wildcard: bool
+) -> tuple[datetime, ...]:
+    """The fires of naive `wall` (mapped to UTC with fold 0 and 1) by the cron(8) rule of `next_cron_run`."""
+    if _wall(fold0, zone) != wall:  # in a spring-forward gap: fold 1 is before the jump, fold 0 after it
+        return () if wildcard else (_jump_instant(fold1, fold0, zone),)
+    if wildcard and fold1 != fold0:  # repeated by a fall-back: both real instants
+        return (fold0, fold1)
+    return (fold0,)
+
+
+def _jump_instant(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
+    """The first whole second with the offset of `after`, bisected between `before` and `after` (one change between)."""
+    low, high = math.floor(before.timestamp()), math.ceil(after.timestamp())
+    offset = after.astimezone(zone).utcoffset()
+    while high - low > 1:
+        middle = (low + high) // 2
+        if from_timestamp(middle).astimezone(zone).utcoffset() == offset:
+            high = middle
+        else:
+            low = middle
+    return from_timestamp(high)
 
 
 def _wall(instant: datetime, zone: ZoneInfo) -> datetime:

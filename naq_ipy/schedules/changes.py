@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from naq_ipy.client.job import rewrite_header
+from naq_ipy.client.job import rewrite_header, validate_max_retries
 from naq_ipy.errors import ConfigurationError
 from naq_ipy.rules.retry import retry_delay_to_json, validate_retry_delay
 from naq_ipy.rules.times import parse_duration, to_timestamp
-from naq_ipy.schedules.record import ScheduledJob, validate_misfire, validate_repeat, validate_timing
+from naq_ipy.schedules.record import ScheduledJob, validate_interval, validate_misfire, validate_repeat, validate_timing
 from naq_ipy.wire.settings import validate_queue_name
 
 MODIFIABLE = frozenset(
@@ -24,7 +24,7 @@ def _timing(record: ScheduledJob, updates: dict[str, Any]) -> dict[str, Any]:
     if updates.get("cron"):
         cron, interval_s, tz = updates["cron"], None, updates.get("tz", record.tz)
     elif updates.get("interval") is not None:
-        cron, interval_s, tz = None, parse_duration(updates["interval"]), None
+        cron, interval_s, tz = None, validate_interval(updates["interval"]), None
         if "tz" in updates and updates["tz"]:
             raise ConfigurationError("tz applies to cron schedules only")
     else:
@@ -43,10 +43,7 @@ def _job_header(record: ScheduledJob, updates: dict[str, Any]) -> dict[str, Any]
     if "queue" in updates:
         header["queue_name"] = validate_queue_name(updates["queue"])
     if "max_retries" in updates:
-        retries = updates["max_retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"max_retries must be an integer >= 0, got {retries!r}")
-        header["max_retries"] = retries
+        header["max_retries"] = validate_max_retries(updates["max_retries"])
     if "retry_delay" in updates:
         header["retry_delay"] = retry_delay_to_json(validate_retry_delay(updates["retry_delay"]))
     if "timeout" in updates:

@@ -24,11 +24,10 @@ from typing import Any
 
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.schedules.record import ScheduledJob, validate_misfire, validate_timing
+from naq_ipy.wire import names
+from naq_ipy.wire.names import KV_DELETE_OPERATIONS
 
 logger = logging.getLogger(__name__)
-
-_DELETED = ("DEL", "PURGE")
-
 
 @dataclass(frozen=True)
 class FirePlan:
@@ -44,12 +43,7 @@ def run_id(record: ScheduledJob, due_utc: float) -> str:
     """The job id of the run of `record` due at `due_utc`: `<key>.<due ms>`, or a one-off's own id."""
     if record.schedule_type == "once":
         return record.job_id
-    return f"{record.key}.{int(due_utc * 1000)}"
-
-
-def fire_msg_id(key: str, due_utc: float) -> str:
-    """The `Nats-Msg-Id` of the fire of `key` due at `due_utc`; JetStream drops a second publish of it."""
-    return f"{key}:{int(due_utc * 1000)}"
+    return names.run_id(record.key, due_utc)
 
 
 def due_grid(record: ScheduledJob) -> Iterator[float]:
@@ -97,7 +91,7 @@ def check_plannable(record: ScheduledJob, key: str) -> None:
 def plan_fires(record: ScheduledJob, now_utc: float, grace_s: float = 60.0, max_catch_up: int = 100) -> FirePlan:
     """Plan the fires of `record` at server time `now_utc` by its misfire policy and repeat count."""
     if record.paused or record.next_run_utc > now_utc:
-        return FirePlan((), record.next_run_utc, record.repeat, False)
+        return FirePlan((), record.next_run_utc, record.runs_left, False)
     missed = record.next_run_utc < now_utc - grace_s
     policy = record.misfire if missed else "all"
     if policy == "skip":
@@ -107,9 +101,9 @@ def plan_fires(record: ScheduledJob, now_utc: float, grace_s: float = 60.0, max_
     else:
         dues = tuple(_while_due(due_grid(record), now_utc, max(1, max_catch_up)))
     repeat_left = None
-    if record.repeat is not None:
-        dues = dues[: max(record.repeat, 0)]
-        repeat_left = max(record.repeat, 0) - len(dues)
+    if record.runs_left is not None:
+        dues = dues[: max(record.runs_left, 0)]
+        repeat_left = max(record.runs_left, 0) - len(dues)
     next_run = next_regular_run(record, now_utc)
     done = next_run is None or repeat_left == 0
     return FirePlan(dues, None if done else next_run, repeat_left, done)
@@ -124,7 +118,7 @@ def _while_due(grid: Iterator[float], now_utc: float, limit: int) -> Iterator[fl
 
 
 def advanced(record: ScheduledJob, plan: FirePlan, now_utc: float) -> ScheduledJob:
-    """`record` after the fires of `plan` (not done): counts, last run, repeat left, next run."""
+    """`record` after the fires of `plan` (not done): run count up, runs left (stored `repeat`) down, next run."""
     assert plan.next_run_utc is not None
     changes: dict[str, Any] = {
         "next_run_utc": plan.next_run_utc, "repeat": plan.repeat_left,
@@ -150,6 +144,7 @@ class ScheduleView:
         self.entries: dict[str, _Entry] = {}
         self.corrupt_keys: set[str] = set()
         self._gone: dict[str, int] = {}  # key -> last revision this scheduler deleted
+        self._retry: dict[str, tuple[float, float]] = {}  # key -> (not before, last delay) after failed fires
 
     def _stale(self, key: str, revision: int) -> bool:
         known = self.entries.get(key)
@@ -159,7 +154,8 @@ class ScheduleView:
         """Take one watch entry; False if it is older than what is known (our own write came first)."""
         if self._stale(key, revision):
             return False
-        if operation in _DELETED:
+        self._retry.pop(key, None)
+        if operation in KV_DELETE_OPERATIONS:
             self.entries.pop(key, None)
             self._gone.pop(key, None)
             self.corrupt_keys.discard(key)
@@ -167,7 +163,8 @@ class ScheduleView:
         try:
             record = ScheduledJob.from_bytes(value or b"", revision)
             check_plannable(record, key)
-        except SerializationError as e:
+            plan_fires(record, record.next_run_utc)  # its timing computes: the timer loop must never trip on it
+        except (SerializationError, ConfigurationError) as e:
             self.mark_corrupt(key, revision, e)
             return True
         self.entries[key] = _Entry(revision, record)
@@ -206,14 +203,27 @@ class ScheduleView:
         for key in set(self._gone) - present:
             del self._gone[key]
 
+    def fire_failed(self, key: str, now_utc: float, min_s: float, max_s: float) -> None:
+        """A fire of `key` failed: retry it (alone) after a delay doubling from `min_s` up to `max_s`."""
+        last = self._retry.get(key, (0.0, 0.0))[1]
+        delay = min(max(2 * last, min_s), max_s)
+        self._retry[key] = (now_utc + delay, delay)
+
+    def fire_done(self, key: str) -> None:
+        """A fire of `key` went through: no more delay for it."""
+        self._retry.pop(key, None)
+
     def _active(self) -> list[ScheduledJob]:
         return [e.record for e in self.entries.values() if e.record is not None and not e.blocked
                 and not e.record.paused]
 
+    def _ready_at(self, record: ScheduledJob) -> float:
+        return max(record.next_run_utc, self._retry.get(record.key, (0.0, 0.0))[0])
+
     def due(self, now_utc: float) -> list[ScheduledJob]:
-        """Active entries due at `now_utc`."""
-        return [r for r in self._active() if r.next_run_utc <= now_utc]
+        """Active entries due at `now_utc` (one whose fire failed: once its retry delay passed)."""
+        return [r for r in self._active() if self._ready_at(r) <= now_utc]
 
     def next_due(self) -> float | None:
-        """The earliest next run of an active entry."""
-        return min((r.next_run_utc for r in self._active()), default=None)
+        """The earliest time an active entry is due (its next run, or its retry after a failed fire)."""
+        return min((self._ready_at(r) for r in self._active()), default=None)

@@ -36,17 +36,19 @@ from naq_ipy.client.bridge import StopRequests, sync_twin
 from naq_ipy.client.job import rewrite_header
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, SerializationError
 from naq_ipy.rules.times import from_timestamp
-from naq_ipy.schedules.fires import FirePlan, ScheduleView, advanced, fire_msg_id, plan_fires, run_id
+from naq_ipy.schedules.fires import FirePlan, ScheduleView, advanced, plan_fires, run_id
 from naq_ipy.schedules.record import ScheduledJob
-from naq_ipy.schedules.store import ScheduledJobManager, is_wrong_last
-from naq_ipy.wire.connection import Connection, connect, get_connection, nats_errors, publish
-from naq_ipy.wire.settings import (
+from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.wire.connection import Connection, connect, get_connection, kv_write_checked, nats_errors, publish
+from naq_ipy.wire.names import (
     SCHEDULED_JOBS_KV_NAME,
     SCHEDULER_CLOCK_KV_NAME,
-    ConnectionSettings,
+    fire_msg_id,
+    kv_stream,
+    now_run_id,
     queue_subject,
-    validate_key,
 )
+from naq_ipy.wire.settings import ConnectionSettings, validate_key
 from naq_ipy.wire.signing import signed_headers
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ async def publish_run(conn: Connection, record: ScheduledJob, job_id: str, enque
     """Publish one run of `record` as job `job_id` (signed with the connection's key, if any); never unpickled."""
     data = rewrite_header(record.job_data, job_id=job_id, schedule_key=record.key, enqueue_time=enqueue_time)
     return await publish(conn, queue_subject(record.queue_name), data, msg_id=msg_id,
-                         headers=signed_headers(conn.settings, data))
+                         headers=signed_headers(conn.settings, data, record.queue_name))
 
 
 def _raise_if_cancelled() -> None:
@@ -213,7 +215,7 @@ class Scheduler(StopRequests):
                 sent = self.clock()
                 seq = await kv.put(self.scheduler_id, b"clock")
                 acked = self.clock()
-                stored = await conn.js.get_msg(f"KV_{SCHEDULER_CLOCK_KV_NAME}", seq=seq)
+                stored = await conn.js.get_msg(kv_stream(SCHEDULER_CLOCK_KV_NAME), seq=seq)
                 if stored.time is None:
                     raise NaqException("the NATS server sent no message timestamp")
                 samples.append((acked - sent, stored.time.timestamp() - (sent + acked) / 2))
@@ -281,19 +283,18 @@ class Scheduler(StopRequests):
 
     async def _timer_loop(self) -> None:
         await self._clock_ready.wait()
-        backoff = RETRY_MIN_S
         while True:
             _raise_if_cancelled()
             self._wake.clear()
             due = self._view.due(self.now())
             results = await asyncio.gather(*(self._fire(record) for record in due))
+            for record, fired in zip(due, results, strict=True):
+                if fired:
+                    self._view.fire_done(record.key)
+                else:  # NATS is away, or this entry's fire fails: retry it less and less often, alone
+                    self._view.fire_failed(record.key, self.now(), RETRY_MIN_S, RETRY_MAX_S)
             next_run = self._view.next_due()
             delay = MAX_SLEEP_S if next_run is None else min(max(next_run - self.now(), 0.0), MAX_SLEEP_S)
-            if all(results):
-                backoff = RETRY_MIN_S
-            else:  # NATS is away: retry the fires, less and less often
-                delay = max(delay, backoff)
-                backoff = min(backoff * 2, RETRY_MAX_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
@@ -338,15 +339,8 @@ class Scheduler(StopRequests):
         """Write the entry's next state (or delete it when done), only if it is still at our revision."""
         kv = await self._connection.kv(SCHEDULED_JOBS_KV_NAME)
         new = None if plan.done else advanced(record, plan, now)
-        try:
-            async with nats_errors(self.settings):
-                if new is None:
-                    await kv.delete(record.key, last=record.revision)
-                else:
-                    new = replace(new, revision=await kv.update(record.key, new.to_bytes(), last=record.revision))
-        except nats.js.errors.APIError as e:
-            if not is_wrong_last(e):
-                raise
+        revision = await kv_write_checked(kv, self.settings, record.key, new and new.to_bytes(), record.revision)
+        if revision is None:
             logger.debug("scheduled job %s changed elsewhere since revision %d", record.key, record.revision)
             self._view.block(record.key, record.revision)
             return
@@ -355,14 +349,14 @@ class Scheduler(StopRequests):
             logger.info("schedule %s done after %d runs; entry deleted", record.key,
                         record.run_count + len(plan.due_times))
         else:
-            self._view.wrote(new)
+            self._view.wrote(replace(new, revision=revision))
 
 
 async def run_now(key: str, url: str | ConnectionSettings | None = None) -> str:
     """Publish one run of scheduled job `key` right away, leaving its timing alone; returns the run id."""
     record = await ScheduledJobManager(url).get(key)
     now = time.time()
-    rid = f"{record.key}.now-{int(now * 1000)}"
+    rid = now_run_id(record.key, now)
     await publish_run(await get_connection(url), record, rid, now, rid)
     logger.info("ran %s now as %s", record.key, rid)
     return rid

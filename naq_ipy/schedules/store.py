@@ -21,24 +21,16 @@ from naq_ipy.schedules.record import (
     validate_repeat,
     validate_timing,
 )
-from naq_ipy.wire.connection import check_payload, get_connection, nats_errors
-from naq_ipy.wire.settings import SCHEDULED_JOBS_KV_NAME, ConnectionSettings, validate_key
+from naq_ipy.wire.connection import check_payload, get_connection, kv_write_checked, nats_errors
+from naq_ipy.wire.names import EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER, KV_DELETE_OPERATIONS, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.settings import ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 
 UPDATE_ATTEMPTS = 5
 LIST_TIMEOUT_S = 5.0
-_DELETED = ("DEL", "PURGE")
 # what a revision-checked KV write adds to the message (for the size check)
-_KV_WRITE_HEADERS = {"Nats-Expected-Last-Subject-Sequence": "9" * 20}
-_WRONG_LAST_CODES = (10071, 10164)  # JSStreamWrongLastSequence(Constant)
-
-
-def is_wrong_last(error: Exception) -> bool:
-    """True if a revision-checked write lost to a concurrent change (`kv.delete` raises it untranslated)."""
-    return isinstance(error, nats.js.errors.KeyWrongLastSequenceError) or (
-        isinstance(error, nats.js.errors.APIError) and getattr(error, "err_code", None) in _WRONG_LAST_CODES
-    )
+_KV_WRITE_HEADERS = {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "9" * 20}
 
 
 class ScheduledJobManager:
@@ -91,41 +83,41 @@ class ScheduledJobManager:
             current = await self.get(key)
             new = change(current)
             await self._check_size(new)
-            try:
-                async with nats_errors(self.settings):
-                    revision = await kv.update(key, new.to_bytes(), last=current.revision)
+            revision = await kv_write_checked(kv, self.settings, key, new.to_bytes(), current.revision)
+            if revision is not None:
                 return _with_revision(new, revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                logger.debug("scheduled job %s changed concurrently; retrying", key)
+            logger.debug("scheduled job %s changed concurrently; retrying", key)
         raise ConflictError(f"scheduled job {key!r} kept changing; gave up after {UPDATE_ATTEMPTS} attempts")
 
     async def update_if_unchanged(self, record: ScheduledJob, new: ScheduledJob) -> ScheduledJob:
         """Write `new` only if the entry is still at `record.revision`; ConflictError otherwise."""
         kv = await self.get_kv()
-        try:
-            async with nats_errors(self.settings):
-                revision = await kv.update(record.key, new.to_bytes(), last=record.revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise ConflictError(f"scheduled job {record.key!r} was changed elsewhere since it was read") from None
+        revision = await kv_write_checked(kv, self.settings, record.key, new.to_bytes(), record.revision)
+        if revision is None:
+            raise ConflictError(f"scheduled job {record.key!r} was changed elsewhere since it was read")
         return _with_revision(new, revision)
 
     async def _check_size(self, record: ScheduledJob) -> None:
-        """SerializationError before writing if the stored record would exceed the server's max payload."""
+        """Before writing: ConfigurationError for a value readers refuse, SerializationError over max payload."""
         conn = await get_connection(self.settings)
-        check_payload(conn, record.to_bytes(), f"scheduled job {record.key!r}", headers=_KV_WRITE_HEADERS)
+        check_payload(conn, record.check().to_bytes(), f"scheduled job {record.key!r}", headers=_KV_WRITE_HEADERS)
+
+    async def _revision(self, key: str) -> int:
+        """The current revision of the entry under `key`, readable or not; JobNotFoundError if there is none."""
+        kv = await self.get_kv()
+        try:
+            async with nats_errors(self.settings):
+                return (await kv.get(validate_key(key))).revision or 0
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            raise JobNotFoundError(f"no scheduled job named {key!r}") from None
 
     async def delete(self, key: str) -> bool:
-        """Delete the entry under `key` (revision-checked); JobNotFoundError if there is none."""
+        """Delete the entry under `key` (revision-checked; an unreadable one too); JobNotFoundError if there is none."""
         kv = await self.get_kv()
         for _ in range(UPDATE_ATTEMPTS):
-            current = await self.get(key)
-            try:
-                async with nats_errors(self.settings):
-                    await kv.delete(key, last=current.revision)
+            revision = await self._revision(key)
+            if await kv_write_checked(kv, self.settings, key, None, revision) is not None:
                 return True
-            except nats.js.errors.APIError as e:
-                if not is_wrong_last(e):
-                    raise
         raise ConflictError(f"scheduled job {key!r} kept changing; could not delete it")
 
     async def store_job(
@@ -160,7 +152,11 @@ class ScheduledJobManager:
         return True
 
     async def list(self, status: str | None = None, queue: str | None = None) -> list[ScheduledJob]:
-        """Every record (optionally one status / queue), sorted by next run; corrupt ones are logged."""
+        """Every record (optionally one status / queue), sorted by next run.
+
+        A record that cannot be read is logged and listed as an `unreadable` stand-in
+        (`ScheduledJob.unreadable`) when no filter is given.
+        """
         kv = await self.get_kv()
         records: list[ScheduledJob] = []
         async with nats_errors(self.settings):
@@ -175,8 +171,8 @@ class ScheduledJobManager:
                     entry = await watcher.updates(timeout=LIST_TIMEOUT_S)
                     if entry is None:
                         continue
-                    if entry.operation not in _DELETED and entry.value is not None:
-                        _parse_into(records, entry.key, entry.value, entry.revision or 0)
+                    if entry.operation not in KV_DELETE_OPERATIONS and entry.value is not None:
+                        records.append(read_listed(entry.key, entry.value, entry.revision or 0))
                     if not entry.delta:
                         break
             finally:
@@ -187,11 +183,14 @@ class ScheduledJobManager:
         )
 
 
-def _parse_into(records: list[ScheduledJob], key: str, value: bytes, revision: int) -> None:
+def read_listed(key: str, value: bytes, revision: int) -> ScheduledJob:
+    """The record of one listed entry, or its `unreadable` stand-in (logged once here)."""
     try:
-        records.append(ScheduledJob.from_bytes(value, revision))
+        return ScheduledJob.from_bytes(value, revision)
     except SerializationError as e:
-        logger.warning("skipping scheduled job %r: %s", key, e)
+        logger.warning("unreadable scheduled job %r (revision %d): %s", key, revision, e)
+        return ScheduledJob.unreadable(key, revision, e)
+
 
 
 def _with_revision(record: ScheduledJob, revision: int) -> ScheduledJob:

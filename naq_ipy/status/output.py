@@ -21,7 +21,8 @@ from naq_ipy.client.bridge import run_sync
 from naq_ipy.errors import JobExecutionError
 from naq_ipy.status.results import fetch_result, wait_for_end
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
-from naq_ipy.wire.settings import LOGS_STREAM_NAME, OUTPUT_STREAM_HEADER, ConnectionSettings, logs_subject
+from naq_ipy.wire.names import LOGS_STREAM_NAME, OUTPUT_STREAM_HEADER, logs_subject
+from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
 

@@ -22,13 +22,12 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.js import api
 
 from naq_ipy.client.bridge import bridge_loop, run_sync
-from naq_ipy.errors import ConfigurationError, NaqException
-from naq_ipy.status.results import JobStatus, read_status
-from naq_ipy.wire.connection import Connection, get_connection, publish
-from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, JOB_STATUS_KV_NAME, ConnectionSettings
+from naq_ipy.errors import ConfigurationError, ConflictError, NaqException
+from naq_ipy.status.results import JobStatus, read_status, write_status
+from naq_ipy.wire.connection import Connection, get_connection
+from naq_ipy.wire.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ INTERVAL_S = 0.25
 MESSAGE_MAX = 200
 CONFLICT_RETRIES = 3
 FLUSH_TIMEOUT_S = 5.0
-_WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's "wrong last sequence" error codes
-_EXPECTED_LAST = api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
 
 Value = tuple[float, str | None]
 
@@ -63,14 +60,11 @@ async def write_progress(conn: Connection, job_id: str, fraction: float, message
         status = await read_status(conn, job_id)
         if status is None or status.ended:
             return False
-        data = status.evolve(progress=fraction, message=message).to_bytes()
         try:
-            await publish(conn, f"$KV.{JOB_STATUS_KV_NAME}.{job_id}", data,
-                          headers={_EXPECTED_LAST: str(status.revision)}, ttl_s=DEFAULT_RESULT_TTL_S)
+            await write_status(conn, status.evolve(progress=fraction, message=message), revision=status.revision)
             return True
-        except nats.js.errors.BadRequestError as e:
-            if e.err_code not in _WRONG_LAST_SEQUENCE:
-                raise  # else the worker (or a user) wrote in between: read again
+        except ConflictError:
+            pass  # the worker (or a cancel) wrote in between: read again
     return False
 
 

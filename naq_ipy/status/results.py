@@ -4,43 +4,61 @@ A small result (up to `INLINE_RESULT_MAX` bytes pickled) travels inside the `fin
 record itself, so a job's outcome is one KV write and one read; larger ones go to `naq_results`
 first. A job with no status record yet is `queued` (it is in the stream) or `scheduled` (it is
 in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
+
+Records are read strictly (`naq_ipy.rules.records`). With signing keys, every status is signed
+(`naq_ipy.wire.signing.sign_record`) and a client unpickles a result only after `check_signed`
+accepted the status it came with (a stored result is named there by its SHA-256).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hashlib
 import json
+import logging
 import pickle
 import time
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any
 
 import cloudpickle
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError
+from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError, SignatureError
+from naq_ipy.rules.records import LONG_TEXT_MAX, TIMESTAMP, decode_checked, integer, number, optional, text
 from naq_ipy.wire.connection import Connection, get_connection, kv_put, nats_errors
-from naq_ipy.wire.settings import (
-    DEFAULT_RESULT_TTL_S,
-    JOB_STATUS_KV_NAME,
-    RESULTS_KV_NAME,
-    SCHEDULED_JOBS_KV_NAME,
-    ConnectionSettings,
-    validate_key,
-)
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, RESULTS_KV_NAME, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, KEY_MAX, QUEUE_NAME_MAX, ConnectionSettings, validate_key
+from naq_ipy.wire.signing import record_refusal, sign_record
 
-QUEUED = "queued"
-SCHEDULED = "scheduled"
-RUNNING = "running"
-RETRYING = "retrying"
-FINISHED = "finished"
-FAILED = "failed"
-CANCELLED = "cancelled"
-REJECTED = "rejected"
+logger = logging.getLogger(__name__)
+
+
+class JobState(StrEnum):
+    """A job's status as stored in `naq_job_status` (str-valued: the stored JSON is the plain name)."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    STOPPING = "stopping"  # a cancel reached a running job; its worker writes `cancelled` once it stopped
+    REJECTED = "rejected"
+
+
+QUEUED, SCHEDULED, RUNNING, RETRYING = JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING
+FINISHED, FAILED, CANCELLED, REJECTED = JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED
+STOPPING = JobState.STOPPING
+UNREADABLE_STATUS = "unreadable"  # a stand-in for a record that cannot be read (never stored)
 INLINE_RESULT_MAX = 4096
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, REJECTED})
+CANCELS = frozenset({STOPPING, CANCELLED})  # a cancel was recorded: the job will not (go on to) run
 
 
 @dataclass(frozen=True)
@@ -61,9 +79,12 @@ class JobStatus:
     message: str | None = None
     worker_id: str | None = None
     schedule_key: str | None = None
+    cancelled_by: str | None = None  # `user@host` of a cancel
     result_inline: str | None = field(default=None, repr=False)
+    result_sha256: str | None = field(default=None, repr=False)  # of a result stored in `naq_results`
     updated_at: float = 0.0
     revision: int = 0
+    raw: bytes = field(default=b"", repr=False, compare=False)  # the bytes it was read from (signature check)
 
     @property
     def ended(self) -> bool:
@@ -77,37 +98,60 @@ class JobStatus:
         return (self.finished_at or time.time()) - self.started_at
 
     def evolve(self, **changes: Any) -> JobStatus:
-        """A copy with `changes` and `updated_at` = now."""
-        return replace(self, updated_at=time.time(), **changes)
+        """A copy with `changes` and `updated_at` = now (no longer the bytes it was read from)."""
+        return replace(self, updated_at=time.time(), raw=b"", **changes)
 
-    def to_bytes(self) -> bytes:
-        """The stored JSON form (every field but `revision`)."""
+    def to_bytes(self, settings: ConnectionSettings | None = None, signer: str | None = None) -> bytes:
+        """The stored JSON form (every field but `revision` and `raw`), signed when `settings` hold keys
+        (with the key of id `signer` if held)."""
         data = {name: getattr(self, name) for name in _STATUS_FIELDS}
-        return json.dumps(data, separators=(",", ":")).encode()
+        body = json.dumps(data, separators=(",", ":")).encode()
+        return body if settings is None else sign_record(settings, STATUS_RECORD, self.job_id, body, signer)
 
     @classmethod
     def from_bytes(cls, raw: bytes, revision: int = 0) -> JobStatus:
-        try:
-            data = json.loads(raw)
-            return cls(revision=revision, **{k: v for k, v in data.items() if k in _STATUS_FIELDS})
-        except (ValueError, TypeError, AttributeError) as e:
-            raise SerializationError(f"corrupt job status record: {e}") from e
+        """Parse a stored record (strictly: types, ranges, sizes); SerializationError for anything malformed."""
+        data = decode_checked(raw, _STATUS_SPEC, "corrupt job status record", frozenset({"job_id", "status"}))
+        return cls(revision=revision, raw=bytes(raw), **data)
 
 
-_STATUS_FIELDS = tuple(f.name for f in fields(JobStatus) if f.name != "revision")
+STATUS_RECORD = "status"
+_STATUS_FIELDS = tuple(f.name for f in fields(JobStatus) if f.name not in ("revision", "raw"))
+_TIME, _TEXT = optional(TIMESTAMP), optional(text())
+_STATUS_SPEC = {
+    "job_id": text(KEY_MAX), "status": text(32), "queue_name": optional(text(QUEUE_NAME_MAX)), "func_name": _TEXT,
+    "enqueue_time": _TIME, "started_at": _TIME, "finished_at": _TIME, "attempts": integer(0, 2**31),
+    "error": optional(text(LONG_TEXT_MAX)), "traceback": optional(text(4 * LONG_TEXT_MAX)),
+    "progress": optional(number(0.0, 1.0)), "message": _TEXT, "worker_id": optional(text(KEY_MAX)),
+    "schedule_key": optional(text(KEY_MAX)), "result_inline": optional(text(2 * INLINE_RESULT_MAX)),
+    "result_sha256": optional(text(64)), "cancelled_by": optional(text(KEY_MAX)), "updated_at": TIMESTAMP,
+}
 
 
-async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> int:
-    """Store `status` under its job id (with a per-message TTL)."""
-    return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(), ttl_s)
+async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S,
+                       signer: str | None = None, *, revision: int | None = None) -> int:
+    """Store `status` under its job id (per-message TTL), signed with the connection's keys if any;
+    `revision`: only over that one (ConflictError)."""
+    return await kv_put(conn, JOB_STATUS_KV_NAME, status.job_id, status.to_bytes(conn.settings, signer), ttl_s,
+                        revision=revision)
+
+
+@dataclass(frozen=True)
+class PickledValue:
+    """A result pickled elsewhere (a process-mode child), stored as it is: the worker never loads it."""
+
+    data: bytes
 
 
 def encode_result(conn: Connection, job_id: str, value: Any) -> bytes:
     """Pickle a result; SerializationError if it cannot be pickled or is too large for the KV store."""
-    try:
-        data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as e:
-        raise SerializationError(f"result of job {job_id} cannot be pickled: {e}") from e
+    if isinstance(value, PickledValue):
+        data = value.data
+    else:
+        try:
+            data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            raise SerializationError(f"result of job {job_id} cannot be pickled: {e}") from e
     if len(data) > conn.max_payload - 1024:
         raise SerializationError(
             f"result of job {job_id} is {len(data):,} bytes, too large for the result store "
@@ -123,13 +167,15 @@ async def write_result(conn: Connection, job_id: str, data: bytes,
 
 
 async def write_outcome(conn: Connection, status: JobStatus, data: bytes,
-                        ttl_s: float | None = DEFAULT_RESULT_TTL_S) -> JobStatus:
+                        ttl_s: float | None = DEFAULT_RESULT_TTL_S, signer: str | None = None, *,
+                        revision: int | None = None) -> JobStatus:
     """Store a finished job's result and status: inline when small, else the result first, then the status."""
     if len(data) <= INLINE_RESULT_MAX:
         status = status.evolve(result_inline=base64.b64encode(data).decode())
-    else:
+    else:  # the (signed) status names the stored result by its hash
         await write_result(conn, status.job_id, data, ttl_s)
-    await write_status(conn, status, ttl_s)
+        status = status.evolve(result_sha256=hashlib.sha256(data).hexdigest())
+    await write_status(conn, status, ttl_s, signer, revision=revision)
     return status
 
 
@@ -149,6 +195,19 @@ async def read_status(conn: Connection, job_id: str) -> JobStatus | None:
     return None if found is None else JobStatus.from_bytes(*found)
 
 
+async def read_status_or_stand_in(conn: Connection, job_id: str) -> JobStatus | None:
+    """Like `read_status`, but an unreadable record comes back as a stand-in in no state, with its revision:
+    one bad write must not keep a worker from running, cancelling or recording the job."""
+    found = await _get(conn, JOB_STATUS_KV_NAME, job_id)
+    if found is None:
+        return None
+    try:
+        return JobStatus.from_bytes(*found)
+    except SerializationError as e:
+        logger.warning("job %s: unreadable status ignored: %s", job_id, e)
+        return JobStatus(job_id=job_id, status=UNREADABLE_STATUS, revision=found[1])
+
+
 async def fetch_status(job_id: str, url: str | ConnectionSettings | None = None) -> JobStatus | None:
     """The job's status record; `scheduled` if it waits in the schedule store; None if unknown."""
     conn = await get_connection(url)
@@ -160,33 +219,58 @@ async def fetch_status(job_id: str, url: str | ConnectionSettings | None = None)
     return None
 
 
-async def _read_result(conn: Connection, status: JobStatus) -> Any:
+def check_signed(settings: ConnectionSettings, job_id: str, status: JobStatus) -> None:
+    """SignatureError unless `status` (read under `job_id`) carries a signature by a key of `settings`.
+
+    Without keys nothing is checked: then anyone who may write statuses decides what `result()` unpickles.
+    """
+    refused = record_refusal(settings, STATUS_RECORD, job_id, status.raw)
+    if refused:
+        raise SignatureError(f"status of job {job_id} refused ({refused}): its result is not read")
+
+
+async def _result_bytes(conn: Connection, status: JobStatus) -> bytes:
+    """The pickled result a finished status points to (inline, or in `naq_results` with the hash it names)."""
+    if status.result_inline is not None:
+        try:
+            return base64.b64decode(status.result_inline, validate=True)
+        except binascii.Error as e:
+            raise SerializationError(f"result of job {status.job_id} is not base64: {e}") from None
+    found = await _get(conn, RESULTS_KV_NAME, status.job_id)
+    if found is None:
+        raise JobNotFoundError(f"result of job {status.job_id} has expired or was never stored")
+    if conn.settings.signing_keys and hashlib.sha256(found[0]).hexdigest() != status.result_sha256:
+        raise SignatureError(f"result of job {status.job_id} refused: not the one its signed status names")
+    return found[0]
+
+
+async def _read_result(conn: Connection, status: JobStatus, job_id: str) -> Any:
+    """The value of the job `job_id` that `status` (read under that key) describes; checked before unpickled."""
     if status.status != FINISHED:
         raise JobExecutionError(
             f"job {status.job_id} {status.status}: {status.error or 'no error recorded'}",
             job_id=status.job_id, traceback=status.traceback,
         )
-    if status.result_inline is not None:
-        data = base64.b64decode(status.result_inline)
-    else:
-        found = await _get(conn, RESULTS_KV_NAME, status.job_id)
-        if found is None:
-            raise JobNotFoundError(f"result of job {status.job_id} has expired or was never stored")
-        data = found[0]
+    check_signed(conn.settings, job_id, status)
+    data = await _result_bytes(conn, status)
     try:
         return pickle.loads(data)
     except Exception as e:
         raise SerializationError(f"result of job {status.job_id} cannot be unpickled here: {e}") from e
 
 
-async def watch_until_ended(kv: KeyValue, job_id: str) -> JobStatus:
-    """Watch `job_id` in the status bucket `kv` until its record says it ended."""
+async def watch_until_ended(kv: KeyValue, job_id: str, *, ends: frozenset[str] = TERMINAL) -> JobStatus:
+    """Watch `job_id` in the status bucket `kv` until its record says it ended (a state in `ends`)."""
     watcher = await kv.watch(job_id)
     try:
         async for entry in watcher:
             if entry is not None and entry.value and entry.operation is None:
-                status = JobStatus.from_bytes(entry.value, entry.revision or 0)
-                if status.ended:
+                try:
+                    status = JobStatus.from_bytes(entry.value, entry.revision or 0)
+                except SerializationError as e:  # one bad write must not end the wait: the next may be good
+                    logger.warning("job %s: unreadable status skipped: %s", job_id, e)
+                    continue
+                if status.status in ends:
                     return status
     finally:
         await watcher.stop()
@@ -206,4 +290,4 @@ async def fetch_result(job_id: str, timeout: float | None = None,
                        url: str | ConnectionSettings | None = None) -> Any:
     """Wait for the job to end and return its value; JobExecutionError with the remote traceback if it failed."""
     status = await wait_for_end(job_id, timeout, url)
-    return await _read_result(await get_connection(url), status)
+    return await _read_result(await get_connection(url), status, job_id)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from nats.js.kv import KeyValue
 
 from naq_ipy.client.bridge import run_sync
-from naq_ipy.client.job import Job
+from naq_ipy.client.job import Job, job_ids
 from naq_ipy.errors import ConfigurationError, JobExecutionError, SerializationError
 from naq_ipy.status.results import FINISHED, RETRYING, RUNNING, TERMINAL, JobStatus
 from naq_ipy.wire.connection import get_connection, nats_errors
-from naq_ipy.wire.settings import JOB_STATUS_KV_NAME, ConnectionSettings, validate_key
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, run_due_ms
+from naq_ipy.wire.settings import ConnectionSettings, validate_key
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +120,8 @@ class _Tally:
 def job_ids_and_url(jobs: Jobs) -> tuple[list[str], str | ConnectionSettings | None]:
     """The distinct job ids (in order) of Jobs or ids, and the server of the first Job that knows it."""
     items = [jobs] if isinstance(jobs, Job | str) else list(jobs)
-    ids: dict[str, None] = {}
-    url = None
-    for item in items:
-        if isinstance(item, Job):
-            ids[item.job_id] = None
-            url = url or item.url
-        elif isinstance(item, str):
-            ids[validate_key(item, "job id")] = None
-        else:
-            raise ConfigurationError(f"wait takes Jobs or job ids, got {item!r}")
+    ids = dict.fromkeys(job_ids(items, "wait takes Jobs or job ids"))
+    url = next((item.url for item in items if isinstance(item, Job) and item.url), None)
     return list(ids), url
 
 
@@ -180,13 +173,6 @@ def wait_sync(jobs: Jobs, timeout: float | None = None, raise_on_failure: bool =
     return run_sync(wait(jobs, timeout, raise_on_failure, url=url))
 
 
-def run_due_ms(job_id: str, key: str) -> int | None:
-    """The due time (unix ms) in a run id of schedule `key` (`<key>.<ms>` or `<key>.now-<ms>`), else None."""
-    rest = job_id.removeprefix(f"{key}.")
-    digits = rest.removeprefix("now-")
-    return int(digits) if rest != job_id and digits.isdigit() else None
-
-
 async def recent_runs(key: str, limit: int = 10, url: str | ConnectionSettings | None = None) -> list[JobStatus]:
     """The status records of the latest `limit` runs of schedule `key`, newest first."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -202,7 +188,10 @@ async def recent_runs(key: str, limit: int = 10, url: str | ConnectionSettings |
                 break
             due_ms = run_due_ms(entry.key, key)
             if due_ms is not None and entry.value and entry.operation is None:
-                runs.append((due_ms, JobStatus.from_bytes(entry.value, entry.revision or 0)))
+                try:
+                    runs.append((due_ms, JobStatus.from_bytes(entry.value, entry.revision or 0)))
+                except SerializationError as e:  # one bad record must not hide the others
+                    logger.warning("skipping status of run %s: %s", entry.key, e)
     finally:
         await watcher.stop()
     runs.sort(key=lambda run: run[0], reverse=True)

@@ -22,13 +22,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from naq_ipy.errors import NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
-from naq_ipy.wire import settings as names
-from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.errors import ConflictError, NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
+from naq_ipy.wire import names
+from naq_ipy.wire.server import Answer, first_address, probe
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, ConnectionSettings
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0
+NOT_NATS_PROBE_S = 0.25
 
 _BUCKETS: dict[str, dict[str, Any]] = {
     names.SCHEDULED_JOBS_KV_NAME: {"history": 1, "description": "naq scheduled jobs"},
@@ -69,13 +71,13 @@ class Connection:
             try:
                 await self.js.stream_info(name)
             except nats.js.errors.NotFoundError:
-                await _add_stream(self.js, name, self.settings.replicas)
+                await _add_stream(self.js, _stream_config(name, self.settings, self.max_payload))
         self._streams.add(name)
 
     async def recreate_stream_for(self, subject: str) -> bool:
         """After 'no stream' for `subject`: forget cached facts and recreate naq's stream or bucket."""
         self._streams.clear()
-        if subject.startswith("$KV."):
+        if names.is_kv_subject(subject):
             bucket = subject.split(".")[1]
             self._kvs.pop(bucket, None)
             await self.kv(bucket)
@@ -89,42 +91,34 @@ class Connection:
         return False
 
 
-def _stream_config(name: str, replicas: int) -> api.StreamConfig:
-    if name == names.JOB_STREAM_NAME:
-        return api.StreamConfig(
-            name=name,
-            subjects=[f"{names.QUEUE_SUBJECT_PREFIX}.*"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=names.DUPLICATE_WINDOW_S,
-            num_replicas=replicas,
-        )
+_STREAM_SHAPES: dict[str, dict[str, Any]] = {
+    names.JOB_STREAM_NAME: {"subjects": [f"{names.QUEUE_SUBJECT_PREFIX}.*"],
+                            "retention": api.RetentionPolicy.WORK_QUEUE, "duplicate_window": names.DUPLICATE_WINDOW_S},
+    names.FAILED_STREAM_NAME: {"subjects": [f"{names.FAILED_SUBJECT_PREFIX}.>"],
+                               "retention": api.RetentionPolicy.LIMITS, "discard": api.DiscardPolicy.OLD},
+    # a job's output lives as long as its result (per-message TTL; max_age is the ceiling)
+    names.LOGS_STREAM_NAME: {"subjects": [f"{names.LOGS_SUBJECT_PREFIX}.>"], "retention": api.RetentionPolicy.LIMITS,
+                             "max_age": DEFAULT_RESULT_TTL_S, "allow_msg_ttl": True},
+}
+
+
+def _stream_config(name: str, settings: ConnectionSettings, max_payload: int) -> api.StreamConfig:
+    if name not in _STREAM_SHAPES:
+        raise NaqException(f"unknown naq stream {name!r}")
+    limits: dict[str, Any] = {}
     if name == names.FAILED_STREAM_NAME:
-        return api.StreamConfig(
-            name=name,
-            subjects=[f"{names.FAILED_SUBJECT_PREFIX}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            num_replicas=replicas,
-        )
-    if name == names.LOGS_STREAM_NAME:
-        return api.StreamConfig(
-            name=name,
-            subjects=[f"{names.LOGS_SUBJECT_PREFIX}.>"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            max_age=names.DEFAULT_RESULT_TTL_S,  # a job's output lives as long as its result (per-message TTL)
-            allow_msg_ttl=True,
-            num_replicas=replicas,
-        )
-    raise NaqException(f"unknown naq stream {name!r}")
+        # whoever may publish jobs may fill it with rejects: bounded, the oldest entries go first
+        limits = {"max_bytes": settings.failed_max_bytes, "max_age": settings.failed_max_age_s,
+                  "max_msg_size": min(names.FAILED_MAX_MSG_BYTES, max_payload)}
+    return api.StreamConfig(name=name, storage=api.StorageType.FILE, num_replicas=settings.replicas,
+                            **_STREAM_SHAPES[name], **limits)
 
 
-async def _add_stream(js: JetStreamContext, name: str, replicas: int) -> None:
+async def _add_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.add_stream(_stream_config(name, replicas))
+        await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        await js.stream_info(name)  # created concurrently by someone else: fine if it exists now
+        await js.stream_info(config.name or "")  # created concurrently by someone else: fine if it exists now
 
 
 async def _open_or_create_kv(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
@@ -232,13 +226,26 @@ async def connect(settings: ConnectionSettings, *, name: str = "naq_ipy", retry_
             if loop.time() < deadline:
                 await asyncio.sleep(0.25)
                 continue
-            reason = "authorization failed" if any(map(_is_auth_error, [e, *first_errors])) else "not reachable"
-            raise NaqConnectionError(f"NATS server at {settings.safe_url} {reason}") from None
+            if any(map(_is_auth_error, [e, *first_errors])):
+                raise NaqConnectionError(f"NATS server at {settings.safe_url} authorization failed") from None
+            await _raise_if_not_nats(settings)
+            raise NaqConnectionError(f"NATS server at {settings.safe_url} not reachable") from None
     # the first connect tries each server once; after a success, reconnect forever
     # (nats-py reads this option at reconnect time)
     nc.options["max_reconnect_attempts"] = -1
     clients.append(nc)
     return Connection(settings=settings, nc=nc, js=nc.jetstream())
+
+
+async def _raise_if_not_nats(settings: ConnectionSettings) -> None:
+    """After a failed connect to one server: NaqConnectionError if what answers there is not NATS."""
+    if len(settings.servers) != 1:
+        return
+    # nats-py already waited connect_timeout_s for an INFO line: a short look is enough here
+    if await asyncio.to_thread(probe, settings.url, NOT_NATS_PROBE_S) is Answer.OTHER:
+        host, port = first_address(settings.url)
+        raise NaqConnectionError(f"{host}:{port} is not a NATS server: it accepts connections "
+                                 "but sends no NATS INFO line") from None
 
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ConnectionSettings, Connection]] = (
@@ -388,11 +395,45 @@ async def publish(
             return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs)
 
 
-async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None) -> int:
-    """Put `value` under `key`, with a per-message TTL when given (server >= 2.11)."""
+async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None, *,
+                 revision: int | None = None) -> int:
+    """Put `value` under `key`, with a per-message TTL when given (server >= 2.11).
+
+    `revision`: write only if the key is still at that revision (0: only if it has no value);
+    ConflictError otherwise.
+    """
+    if revision is not None:
+        try:
+            ack = await publish(conn, names.kv_subject(bucket, key), value,
+                                headers={names.EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(revision)},
+                                ttl_s=None if ttl_s is None else max(1.0, ttl_s))
+        except nats.js.errors.APIError as e:
+            if names.is_wrong_last_sequence(e):
+                raise ConflictError(f"{bucket} key {key!r} changed since revision {revision}") from None
+            raise
+        return ack.seq
     kv = await conn.kv(bucket)
     if ttl_s is None:
         async with nats_errors(conn.settings):
             return await kv.put(key, value)
-    ack = await publish(conn, f"$KV.{bucket}.{key}", value, ttl_s=max(1.0, ttl_s))
+    ack = await publish(conn, names.kv_subject(bucket, key), value, ttl_s=max(1.0, ttl_s))
     return ack.seq
+
+
+async def kv_write_checked(kv: KeyValue, settings: ConnectionSettings, key: str, value: bytes | None,
+                           revision: int) -> int | None:
+    """Write `value` under `key` (None: delete it) only if the entry is still at `revision`.
+
+    Returns the entry's new revision (a delete: `revision`), or None when someone wrote in between.
+    """
+    try:
+        async with nats_errors(settings):
+            if value is None:
+                await kv.delete(key, last=revision)
+                return revision
+            return await kv.update(key, value, last=revision)
+    except nats.js.errors.APIError as e:
+        # `kv.update` raises KeyWrongLastSequenceError, `kv.delete` the plain APIError with the code
+        if isinstance(e, nats.js.errors.KeyWrongLastSequenceError) or names.is_wrong_last_sequence(e):
+            return None
+        raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import enum
 import logging
 import os
 import shutil
@@ -61,10 +63,24 @@ def find_server_binary() -> str:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on `host` that is free right now (the OS picks it)."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Return `count` distinct TCP ports on `host` that are free right now.
+
+    All are held open until the last is picked: ports picked one by one and released at once
+    can repeat (the OS may hand a just-released port out again), and a server told to listen on
+    a port another server of the same batch also got fails to start.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def default_store_dir() -> Path:
@@ -73,20 +89,45 @@ def default_store_dir() -> Path:
     return Path(base) / "naq_ipy" / "nats"
 
 
-def is_reachable(url: str, timeout_s: float = 0.5) -> bool:
-    """Return True if the first server of `url` answers a TCP connect with a NATS `INFO` line."""
+class Answer(enum.Enum):
+    """What a TCP connect to a NATS address finds."""
+
+    NATS = "a NATS server"  # sent its INFO line
+    OTHER = "something that is not a NATS server"  # accepted, then silence or other bytes
+    CLOSED = "a connection closed at once"  # what a nats-server that is shutting down does
+    NOTHING = "nothing"  # refused, unreachable
+
+
+def first_address(url: str) -> tuple[str, int]:
+    """(host, port) of the first server of `url`; port 4222 when none is given."""
     first = url.split(",")[0].strip()
     parts = urlsplit(first if "://" in first else f"nats://{first}")
-    address = (parts.hostname or "127.0.0.1", parts.port or 4222)
+    return parts.hostname or "127.0.0.1", parts.port or 4222
+
+
+def probe(url: str, timeout_s: float = 0.5) -> Answer:
+    """Connect to the first server of `url` and read the start of what it sends."""
     try:
-        with socket.create_connection(address, timeout=timeout_s) as sock:
-            sock.settimeout(timeout_s)
-            head = b""
+        sock = socket.create_connection(first_address(url), timeout=timeout_s)
+    except OSError:
+        return Answer.NOTHING
+    head = b""
+    with sock:
+        try:
             while len(head) < 4 and (chunk := sock.recv(4096)):
                 head += chunk
-            return head.startswith(b"INFO")
-    except OSError:
-        return False
+        except TimeoutError:  # accepted, then silence
+            return Answer.OTHER
+        except OSError:  # reset
+            return Answer.CLOSED
+    if head.startswith(b"INFO"):
+        return Answer.NATS
+    return Answer.OTHER if head else Answer.CLOSED
+
+
+def is_reachable(url: str, timeout_s: float = 0.5) -> bool:
+    """Return True if the first server of `url` answers a TCP connect with a NATS `INFO` line."""
+    return probe(url, timeout_s) is Answer.NATS
 
 
 def _loopback(host: str) -> str:
@@ -104,6 +145,7 @@ class NatsServer:
         self,
         *,
         port: int | None = None,
+        monitor_port: int | None = None,
         store_dir: str | Path | None = None,
         host: str = "127.0.0.1",
         server_name: str | None = None,
@@ -115,10 +157,10 @@ class NatsServer:
         binary: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
-        """Describe a server; nothing runs until `start()`. `port=None` picks a free port."""
+        """Describe a server; nothing runs until `start()`. `port=None` (`monitor_port=None`) picks a free port."""
         self.host = host
         self._port = port
-        self._monitor_port: int | None = None
+        self._monitor_port = monitor_port
         self.store_dir = Path(store_dir) if store_dir is not None else default_store_dir()
         self.server_name = server_name
         self.cluster_name = cluster_name
@@ -139,15 +181,23 @@ class NatsServer:
     def port(self) -> int:
         """Client port; a free one is chosen on first use and kept for restarts."""
         if self._port is None:
-            self._port = free_port(_loopback(self.host))
+            self._pick_ports()
+        assert self._port is not None
         return self._port
 
     @property
     def monitor_port(self) -> int:
         """HTTP monitoring port used for the readiness check; kept across restarts."""
         if self._monitor_port is None:
-            self._monitor_port = free_port(_loopback(self.host))
+            self._pick_ports()
+        assert self._monitor_port is not None
         return self._monitor_port
+
+    def _pick_ports(self) -> None:
+        """Pick the ports not given, distinct from each other and from those given."""
+        picked = iter(p for p in free_ports(3, _loopback(self.host)) if p not in (self._port, self._monitor_port))
+        self._port = self._port or next(picked)
+        self._monitor_port = self._monitor_port or next(picked)
 
     @property
     def url(self) -> str:

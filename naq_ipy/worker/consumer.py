@@ -4,7 +4,8 @@ Each queue is read through the durable pull consumer `naq-worker-<queue>` shared
 workers of that queue; a worker fetches only as many messages as it has free slots. A
 message is acked only after its outcome (result + status, or failure record) is written;
 `msg.in_progress()` keeps every held message from being redelivered while it runs or
-waits for its dependencies. Retries are counted from the server's delivery count.
+waits for its dependencies. Retries are counted from the server's delivery count. Cancel notices
+(`naq.control.cancel`) stop the jobs it runs that were cancelled (see worker/stopping.py).
 """
 
 from __future__ import annotations
@@ -30,18 +31,20 @@ from nats.js import JetStreamContext, api
 
 from naq_ipy.client.bridge import StopRequests
 from naq_ipy.errors import ConfigurationError, NaqException
-from naq_ipy.status.workers import list_workers as list_workers  # its old home; the client reads it in status/
-from naq_ipy.wire import settings as names
+from naq_ipy.status.workers import list_workers as list_workers  # its old home; it lives in status/workers.py
+from naq_ipy.status.workers import read_heartbeat as read_heartbeat  # likewise
+from naq_ipy.wire import names
 from naq_ipy.wire.connection import connect, kv_put, nats_errors
+from naq_ipy.wire.names import JOB_STREAM_NAME
 from naq_ipy.wire.settings import (
     DEFAULT_QUEUE_NAME,
-    JOB_STREAM_NAME,
     ConnectionSettings,
     validate_key,
     validate_queue_name,
 )
 from naq_ipy.worker.executor import Executor
-from naq_ipy.worker.runner import JobRunner, Stopping
+from naq_ipy.worker.runner import DeliveryState, JobRunner, Stopping
+from naq_ipy.worker.stopping import listen_for_cancels
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,6 @@ class Worker(JobRunner, StopRequests):
         self.started_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
-        self._stopped: asyncio.Event  # made in run(), on the worker's loop
         self._progress_s = self.ack_wait_s / 3
         self._signals: list[signal.Signals] = []
 
@@ -102,16 +104,15 @@ class Worker(JobRunner, StopRequests):
         if self._loop is not None:
             raise NaqException(f"worker {self.worker_id} is already running")
         self._loop = asyncio.get_running_loop()
-        self._stopping, self._stopped = asyncio.Event(), asyncio.Event()
+        self._new_run_state()
         if self._stop_requested:
             self._stopping.set()
-        self._slots, self._slots_taken = asyncio.Semaphore(self.concurrency), 0
-        self._room_changed = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         try:
             self._conn = await connect(self.settings, name=f"naq-worker {self.worker_id}", retry_s=CONNECT_RETRY_S)
             self._executor = Executor(self.concurrency, self.process_pool)
             await self._conn.ensure_stream()
+            await listen_for_cancels(self._conn, self.cancel_notice)
             subs = [await self._subscribe(queue) for queue in self.queues]
             self._progress_s = min(ack_wait for _, ack_wait in subs) / 3
             self.started_at = time.time()
@@ -189,7 +190,7 @@ class Worker(JobRunner, StopRequests):
 
     async def _subscribe(self, queue: str) -> tuple[JetStreamContext.PullSubscription, float]:
         """Bind to the queue's durable consumer (created if missing, else kept as it is); also its ack wait."""
-        durable, js = names.WORKER_DURABLE_PREFIX + queue, self.conn.js
+        durable, js = names.worker_durable(queue), self.conn.js
         config = api.ConsumerConfig(
             durable_name=durable, name=durable, filter_subject=names.queue_subject(queue),
             ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s, max_deliver=-1,
@@ -247,8 +248,8 @@ class Worker(JobRunner, StopRequests):
         return {
             "worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
             "concurrency": self.concurrency, "process_pool": self.process_pool,
-            "current_jobs": [d.job_id for d in held if d.state == "running"],
-            "waiting_jobs": [d.job_id for d in held if d.state == "waiting"],
+            "current_jobs": [d.job_id for d in held if d.state == DeliveryState.RUNNING],
+            "waiting_jobs": [d.job_id for d in held if d.state == DeliveryState.WAITING],
             "processed": self.processed, "failed": self.failed, "started_at": self.started_at,
             "heartbeat_at": time.time(),
         }

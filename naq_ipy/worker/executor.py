@@ -4,7 +4,8 @@ Coroutine functions are awaited on the worker's loop and cancelled at their time
 functions run in a thread pool (an overrun cannot be stopped: it is reported at the
 deadline and its thread keeps its slot until it returns) or, in process mode, in one
 single-process `ProcessPoolExecutor` per slot, so an overrunning child can be killed by
-pid without touching the jobs of other slots.
+pid without touching the jobs of other slots. A cancelled job is stopped through its
+`StopHandle` (worker/stopping.py): its task cancelled, its thread interrupted, or its child killed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cloudpickle
@@ -31,8 +32,10 @@ import cloudpickle
 from naq_ipy.client.job import Job
 from naq_ipy.errors import SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
+from naq_ipy.status.results import PickledValue
 from naq_ipy.wire.settings import ConnectionSettings
 from naq_ipy.worker import output
+from naq_ipy.worker.stopping import JobCancelled, StopHandle, ThreadCall
 from naq_ipy.worker.tracebacks import register_sources, remote_traceback
 
 ERROR_LINE_MAX = 500
@@ -52,6 +55,10 @@ def describe_exception(exc: BaseException) -> tuple[str, str]:
 def is_async_callable(func: Callable[..., Any]) -> bool:
     """True for coroutine functions, partials of them and objects with an `async def __call__`."""
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
+class UnreadableCall(Exception):
+    """The job's call could not be unpickled: unreadable input, rejected like a bad header."""
 
 
 class JobFailure(Exception):
@@ -85,18 +92,34 @@ def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:
         future.exception()
 
 
-def run_in_child(data: bytes, progress_to: ConnectionSettings | None = None,
-                 output_to: ConnectionSettings | None = None) -> tuple[str, bytes | str, str]:
-    """Process-mode entry: unpickle the job bytes here, run the call, return ("ok", pickled value) or an error.
+def _settings(fields: dict[str, Any] | None) -> ConnectionSettings | None:
+    return None if fields is None else ConnectionSettings(**fields)
 
-    `progress_to`: the server the job's `progress` calls are written to from this process;
-    `output_to`: the server its output is published to (None: not captured).
+
+def _fields(settings: ConnectionSettings | None) -> dict[str, Any] | None:
+    """`settings` as a plain dict for a child (pickled settings carry no credentials)."""
+    return None if settings is None else asdict(settings)
+
+
+def run_in_child(data: bytes, progress_to: dict[str, Any] | None = None,
+                 output_to: dict[str, Any] | None = None) -> tuple[str, bytes | str, str]:
+    """Process-mode entry: unpickle the job bytes here (never in the worker), run the call (a coroutine
+    function on its own loop), return ("ok", pickled value) or an error.
+
+    `progress_to`: the fields of the settings the job's `progress` calls are written with from this
+    process; `output_to`: those its output is published with (None: not captured). Plain dicts:
+    pickled settings carry no credentials.
     """
     try:
         job = Job.deserialize(data)
+    except SerializationError as e:
+        return "unreadable", str(e), ""
+    try:
         register_sources(job.sources, job.function)
-        with child_reporting(job.job_id, progress_to), output.child_capture(job.job_id, output_to, job.result_ttl):
-            value = job.function(*job.args, **job.kwargs)
+        with (child_reporting(job.job_id, _settings(progress_to)),
+              output.child_capture(job.job_id, _settings(output_to), job.result_ttl)):
+            call = functools.partial(job.function, *job.args, **job.kwargs)
+            value = asyncio.run(call()) if is_async_callable(job.function) else call()
     except (Exception, SystemExit) as e:
         return ("error", *describe_exception(e))
     try:
@@ -119,6 +142,25 @@ def _exit_with_parent() -> None:
 def _exit_when_ready(sentinel: int) -> None:
     multiprocessing.connection.wait([sentinel])
     os._exit(1)
+
+
+@dataclass(frozen=True)
+class _CoroutineCall:
+    """A loaded job whose function is a coroutine function: it runs on the worker's loop."""
+
+    job: Job
+
+
+def _load_and_call(data: bytes) -> Any:
+    """Thread-mode entry: unpickle the job's call here, off the worker's loop, and make it unless it is async."""
+    try:
+        job = Job.deserialize(data)
+    except SerializationError as e:
+        raise UnreadableCall(str(e)) from None
+    register_sources(job.sources, job.function)
+    if is_async_callable(job.function):
+        return _CoroutineCall(job)
+    return job.function(*job.args, **job.kwargs)
 
 
 @dataclass
@@ -158,14 +200,19 @@ class _ProcessSlots:
         self._busy.append(child)
         return child
 
-    async def run(self, data: bytes, timeout_s: float | None) -> Any:
-        """Run the job bytes in a child; kill it at the timeout (or when the caller is cancelled)."""
+    async def run(self, data: bytes, timeout_s: float | None, stop: StopHandle | None = None) -> Any:
+        """Run the job bytes in a child; kill it at the timeout, at a `stop` or when the caller is cancelled."""
         child = await self._take()
-        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data, delegate_to_child(),
-                                                            output.delegate_to_child())
+        if stop is not None:
+            stop.set_stopper(child.kill)
+        future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data,
+                                                            _fields(delegate_to_child()),
+                                                            _fields(output.delegate_to_child()))
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
+            if stop is not None:
+                stop.clear()
             self._busy.remove(child)
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._idle.append(child)
@@ -178,8 +225,10 @@ class _ProcessSlots:
             kind, payload, tb = future.result()
         except BrokenProcessPool:
             raise JobFailure("ProcessError: the job's worker process died") from None
-        if kind == "ok":
-            return pickle.loads(payload)  # type: ignore[arg-type]
+        if kind == "ok":  # passed on as it is: the worker never unpickles what a job's code made
+            return PickledValue(payload)  # type: ignore[arg-type]
+        if kind == "unreadable":
+            raise UnreadableCall(str(payload))
         if kind == "unpicklable":
             raise SerializationError(str(payload))
         raise JobFailure(str(payload), tb)
@@ -193,6 +242,19 @@ class _ProcessSlots:
         self._idle, self._busy = [], []
 
 
+async def _stoppable(coro: Any, stop: StopHandle) -> Any:
+    """Await `coro` in its own task, which `stop` cancels (then JobCancelled here)."""
+    task = asyncio.ensure_future(coro)
+    stop.set_stopper(task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if stop.requested and (current is None or not current.cancelling()):
+            raise JobCancelled from None
+        raise
+
+
 class Executor:
     """Runs job calls for one worker: `concurrency` threads, or child processes with `process_pool`."""
 
@@ -200,14 +262,22 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="naq-job")
         self._processes = _ProcessSlots() if process_pool else None
 
-    async def run(self, job: Job, data: bytes) -> Any:
-        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result."""
-        register_sources(job.sources, job.function)
-        if is_async_callable(job.function):
-            return await self._run_coroutine(job)
+    async def run(self, job: Job, data: bytes, stop: StopHandle | None = None) -> Any:
+        """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result,
+        UnreadableCall if its call cannot be unpickled.
+
+        `job` may carry its options only (`Job.options_only`): the call is unpickled from `data` in a
+        pool thread, or in process mode in the child, never on the worker's event loop. `stop` lets the
+        worker stop the call when the job is cancelled (JobCancelled, or a JobFailure of a killed child,
+        with `stop.requested` set).
+        """
         if self._processes is not None:
-            return await self._processes.run(data, job.timeout)
-        return await self._run_thread(job)
+            return await self._processes.run(data, job.timeout, stop)
+        value = await self._run_thread(job, data, stop)
+        if isinstance(value, _CoroutineCall):
+            coroutine = self._run_coroutine(value.job)
+            return await (coroutine if stop is None else _stoppable(coroutine, stop))
+        return value
 
     async def _run_coroutine(self, job: Job) -> Any:
         deadline = asyncio.timeout(job.timeout)
@@ -219,9 +289,12 @@ class Executor:
                 raise _timeout_failure(job.timeout, "it was cancelled") from None
             raise JobFailure.from_exception(e) from None
 
-    async def _run_thread(self, job: Job) -> Any:
-        # a copy of this task's context: `progress` in the thread sees the current job
-        call = functools.partial(contextvars.copy_context().run, job.function, *job.args, **job.kwargs)
+    async def _run_thread(self, job: Job, data: bytes, stop: StopHandle | None = None) -> Any:
+        """Unpickle the call and make it in one pool thread (a coroutine function comes back as `_CoroutineCall`)."""
+        # a copy of this task's context: `progress` and the output capture in the thread see the current job
+        call: Callable[[], Any] = functools.partial(contextvars.copy_context().run, _load_and_call, data)
+        if stop is not None:
+            call = ThreadCall(call, stop)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         done, _ = await asyncio.wait({future}, timeout=job.timeout)
         if not done:
@@ -229,6 +302,8 @@ class Executor:
             raise _timeout_failure(job.timeout, "its thread is still running", still_running=future)
         try:
             return future.result()
+        except UnreadableCall:
+            raise
         except (Exception, SystemExit) as e:
             raise JobFailure.from_exception(e) from None
 

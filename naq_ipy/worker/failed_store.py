@@ -2,7 +2,11 @@
 
 Subject `naq.failed.<job_id>` (`naq.failed.rejected-<stream seq>` when no job id could be
 read); payload = the job's original wire bytes; headers say why and when. Listing reads
-headers only and never unpickles anything.
+headers only (through the strict record checks) and never unpickles anything.
+
+The stream is bounded (settings `failed_max_bytes`, `failed_max_age_s`; the oldest entries go
+first) and so is each entry: bytes that would not fit are cut (header `Naq-Truncated` = the
+original size) and such an entry cannot be requeued.
 """
 
 from __future__ import annotations
@@ -19,29 +23,35 @@ from nats.js import api
 
 from naq_ipy.client.bridge import sync_twin
 from naq_ipy.client.job import read_header
-from naq_ipy.errors import JobNotFoundError
+from naq_ipy.errors import ConfigurationError, JobNotFoundError, SerializationError
+from naq_ipy.rules.records import TIMESTAMP, checked, optional, text
 from naq_ipy.status.results import QUEUED, JobStatus, write_status
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors, publish
-from naq_ipy.wire.settings import (
+from naq_ipy.wire.names import (
+    FAILED_MAX_MSG_BYTES,
     FAILED_STREAM_NAME,
     FAILED_SUBJECT_PREFIX,
+    HEADER_FAILED_AT,
+    HEADER_FUNC,
+    HEADER_JOB_ID,
+    HEADER_QUEUE,
+    HEADER_REASON,
+    HEADER_TRUNCATED,
     SIGNATURE_HEADER,
-    ConnectionSettings,
+    failed_msg_id,
+    failed_subject,
+    failed_subject_job_id,
     queue_subject,
-    validate_key,
-    validate_queue_name,
+    requeue_msg_id,
 )
+from naq_ipy.wire.settings import ConnectionSettings, validate_queue_name
 from naq_ipy.worker.executor import one_line
 
 logger = logging.getLogger(__name__)
 
-HEADER_JOB_ID = "Naq-Job-Id"
-HEADER_QUEUE = "Naq-Queue"
-HEADER_FUNC = "Naq-Func"
-HEADER_REASON = "Naq-Reason"
-HEADER_FAILED_AT = "Naq-Failed-At"
 REJECTED_PREFIX = "rejected-"
 LIST_WAIT_S = 5.0
+HEADERS_ROOM = 4096  # what an entry's headers may take of its size limit
 
 
 @dataclass(frozen=True)
@@ -54,11 +64,6 @@ class FailedJob:
     reason: str
     failed_at: float
     seq: int
-
-
-def failed_subject(job_id: str) -> str:
-    """The store subject of a job id (or of a `rejected-<seq>` name)."""
-    return f"{FAILED_SUBJECT_PREFIX}.{validate_key(job_id, 'job id')}"
 
 
 async def record_failed(
@@ -78,21 +83,35 @@ async def record_failed(
     if func_name:
         headers[HEADER_FUNC] = one_line(func_name, 200)
     if signature:
-        headers[SIGNATURE_HEADER] = signature
-    await publish(conn, failed_subject(name), data, msg_id=f"{name}:failed:{seq}", headers=headers)
+        headers[SIGNATURE_HEADER] = signature[:200]
+    room = min(FAILED_MAX_MSG_BYTES, conn.max_payload) - HEADERS_ROOM
+    if len(data) > room:  # never lose the record (the job would come back forever): keep what fits
+        headers[HEADER_TRUNCATED] = str(len(data))
+        data = data[:room]
+    await publish(conn, failed_subject(name), data, msg_id=failed_msg_id(name, seq), headers=headers)
+
+
+_HEADER_SPEC = {HEADER_JOB_ID: optional(text(200)), HEADER_QUEUE: optional(text(200)), HEADER_FUNC: optional(text(200)),
+                HEADER_REASON: optional(text(1000))}
 
 
 def _entry(msg: Msg) -> FailedJob:
-    headers = msg.headers or {}
+    """A listing row from an entry's headers, read with the strict record checks (bad values are blanked)."""
+    raw = msg.headers or {}
     try:
-        failed_at = float(headers.get(HEADER_FAILED_AT, 0.0))
-    except ValueError:
+        headers = checked(raw, _HEADER_SPEC, f"failed-store entry {msg.metadata.sequence.stream}")
+    except SerializationError as e:
+        logger.warning("%s", e)
+        headers = {}
+    try:
+        failed_at = float(TIMESTAMP(float(raw.get(HEADER_FAILED_AT, "0"))))
+    except (TypeError, ValueError):
         failed_at = 0.0
     return FailedJob(
-        job_id=headers.get(HEADER_JOB_ID) or msg.subject[len(FAILED_SUBJECT_PREFIX) + 1:],
+        job_id=headers.get(HEADER_JOB_ID) or failed_subject_job_id(msg.subject),
         queue_name=headers.get(HEADER_QUEUE),
         func_name=headers.get(HEADER_FUNC),
-        reason=headers.get(HEADER_REASON, ""),
+        reason=headers.get(HEADER_REASON) or "",
         failed_at=failed_at,
         seq=msg.metadata.sequence.stream,
     )
@@ -139,6 +158,9 @@ async def requeue_failed(job_id: str, url: str | ConnectionSettings | None = Non
     except nats.js.errors.NotFoundError:
         raise JobNotFoundError(f"no failed job {job_id!r}") from None
     data = raw.data or b""
+    if (raw.headers or {}).get(HEADER_TRUNCATED):
+        raise ConfigurationError(f"failed job {job_id!r} was stored cut to fit the failed-jobs store: "
+                                 "it cannot be requeued")
     header, _ = read_header(data)
     queue = validate_queue_name(header.get("queue_name", ""))
     await conn.ensure_stream()
@@ -149,7 +171,7 @@ async def requeue_failed(job_id: str, url: str | ConnectionSettings | None = Non
                                        message="requeued from the failed-jobs store", updated_at=now))
     # re-sent with its original signature, never signed afresh: a rejected forgery stays rejected
     signature = (raw.headers or {}).get(SIGNATURE_HEADER)
-    await publish(conn, queue_subject(queue), data, msg_id=f"{job_id}:requeue:{time.time_ns()}",
+    await publish(conn, queue_subject(queue), data, msg_id=requeue_msg_id(job_id, time.time_ns()),
                   headers={SIGNATURE_HEADER: signature} if signature else None)
     async with nats_errors(conn.settings):
         await conn.js.delete_msg(FAILED_STREAM_NAME, raw.seq or 0)

@@ -24,13 +24,8 @@ import nats.errors
 from naq_ipy.client.bridge import bridge_loop, run_sync
 from naq_ipy.errors import NaqException
 from naq_ipy.wire.connection import Connection, get_connection
-from naq_ipy.wire.settings import (
-    DEFAULT_RESULT_TTL_S,
-    LOGS_STREAM_NAME,
-    OUTPUT_STREAM_HEADER,
-    ConnectionSettings,
-    logs_subject,
-)
+from naq_ipy.wire.names import LOGS_STREAM_NAME, OUTPUT_STREAM_HEADER, logs_subject
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, ConnectionSettings
 from naq_ipy.worker.streams import (
     STDERR,
     STDOUT,

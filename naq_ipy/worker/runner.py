@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import nats.errors
@@ -24,23 +25,20 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from naq_ipy.client.job import Job, read_header
-from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException, SerializationError
+from naq_ipy.errors import ConfigurationError, ConflictError, NaqConnectionError, NaqException, SerializationError
 from naq_ipy.rules.retry import retry_delay_s
 from naq_ipy.status import results
+from naq_ipy.status.cancel import cancelled_record
 from naq_ipy.status.progress import reporting
-from naq_ipy.status.results import JobStatus, watch_until_ended, write_status
-from naq_ipy.wire.connection import Connection, nats_errors
-from naq_ipy.wire.settings import (
-    DEFAULT_RESULT_TTL_S,
-    JOB_STATUS_KV_NAME,
-    QUEUE_SUBJECT_PREFIX,
-    SIGNATURE_HEADER,
-    validate_key,
-)
-from naq_ipy.wire.signing import refusal
-from naq_ipy.worker.executor import Executor, JobFailure, describe_exception, one_line
+from naq_ipy.status.results import JobStatus, read_status_or_stand_in, watch_until_ended, write_status
+from naq_ipy.wire.connection import Connection
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME, QUEUE_SUBJECT_PREFIX, SIGNATURE_HEADER
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, validate_key
+from naq_ipy.wire.signing import refusal, signer_id
+from naq_ipy.worker.executor import Executor, JobFailure, UnreadableCall, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
 from naq_ipy.worker.output import capturing
+from naq_ipy.worker.stopping import JobCancelled, StopHandle
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +48,19 @@ WAITING_PER_SLOT = 10  # messages held for their dependencies, per execution slo
 WAITING_FULL_DELAY_S = 5.0
 OUTCOME_RETRY_MIN_S = 0.25
 OUTCOME_RETRY_MAX_S = 2.0
+CONFLICT_RETRIES = 5
 
 
 class Stopping(Exception):
     """The worker began to stop while a message waited."""
+
+
+class DeliveryState(StrEnum):
+    """Where a fetched message is: just fetched, held for its dependencies, or running."""
+
+    NEW = "new"
+    WAITING = "waiting"
+    RUNNING = "running"
 
 
 @dataclass(eq=False)
@@ -62,18 +69,36 @@ class Delivery:
 
     msg: Msg
     job_id: str | None = None
-    state: str = "new"  # new, waiting (for dependencies), running
+    state: DeliveryState = DeliveryState.NEW
     settled: bool = False  # acked or nak'ed: no more progress acks
+    revision: int = 0  # of the job's status record as this worker last saw or wrote it (0: none)
+    stop: StopHandle | None = None  # set while the job runs
 
 
 def _signature(msg: Msg) -> str | None:
     return (msg.headers or {}).get(SIGNATURE_HEADER)
 
 
-def _valid_id(value: Any) -> str | None:
+def _settled_elsewhere(record: JobStatus, delivery: Delivery) -> bool:
+    """Whether a record the worker's write lost to settles the job: a cancel, or an outcome of this job's run.
+
+    An ended record met by the first delivery before it runs is from an earlier job of the same id
+    (enqueued again after the duplicate window): it is written over, and the job runs.
+    """
+    if record.status in results.CANCELS:
+        return True
+    return record.ended and (delivery.state == DeliveryState.RUNNING or delivery.msg.metadata.num_delivered > 1)
+
+
+def _queue_of(msg: Msg) -> str:
+    return msg.subject[len(QUEUE_SUBJECT_PREFIX) + 1:]
+
+
+def _header_job_id(data: bytes) -> str | None:
+    """The job id in an unusable job's header, if it has a readable header with a valid id."""
     try:
-        return validate_key(value, "job id")
-    except ConfigurationError:
+        return validate_key(read_header(data)[0].get("job_id"), "job id")
+    except (SerializationError, ConfigurationError):
         return None
 
 
@@ -89,8 +114,14 @@ class JobRunner:
         self._deliveries: dict[asyncio.Task[None], Delivery] = {}
         self._conn: Connection | None = None
         self._executor: Executor | None = None
-        self._stopping: asyncio.Event  # made by the worker's run(), on its loop
-        self._slots: asyncio.Semaphore
+        self._stop_checks: set[asyncio.Future[None]] = set()
+        self._new_run_state()
+
+    def _new_run_state(self) -> None:
+        """Fresh events and slots for one run (asyncio primitives bind to the loop that first uses them)."""
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._slots_taken = 0
         self._room_changed = asyncio.Event()
 
@@ -115,7 +146,7 @@ class JobRunner:
     @property
     def room(self) -> int:
         """How many more messages to fetch: slots to fill plus a prefetch of `concurrency` waiting ones."""
-        in_hand = sum(d.state != "waiting" for d in self._deliveries.values())
+        in_hand = sum(d.state != DeliveryState.WAITING for d in self._deliveries.values())
         return 2 * self.concurrency - in_hand
 
     async def wait_for_room(self) -> None:
@@ -181,41 +212,33 @@ class JobRunner:
                 self._release_slot()
 
     async def _accept(self, delivery: Delivery) -> Job | None:
-        """The message's job, or None when it was rejected or has already ended."""
+        """The message's job (its options only), or None when it was rejected or has already ended."""
         msg = delivery.msg
-        refused = refusal(msg.data, msg.headers, self.conn.settings)
+        refused = refusal(msg.data, msg.headers, self.conn.settings, _queue_of(msg))
         if refused:  # not even its header is trusted: it is recorded under `rejected-<seq>` only
             await self._reject(delivery, refused)
             return None
-        try:
-            header, _ = read_header(msg.data)
-            delivery.job_id = _valid_id(header.get("job_id"))
-            job = Job.deserialize(msg.data)
+        try:  # its options only: the call is unpickled off this loop, by the executor
+            job = Job.options_only(msg.data)
         except SerializationError as e:
+            delivery.job_id = _header_job_id(msg.data)
             await self._reject(delivery, str(e))
             return None
+        delivery.job_id = job.job_id
         if msg.metadata.num_delivered > 1:
-            ended = await self._ended_status(job.job_id)
-            if ended is not None:
-                logger.info("job %s already %s: redelivery dropped", job.job_id, ended)
-                await self._ack(delivery)
+            # a redelivery may have ended (or been cancelled) meanwhile: look before running it
+            record = await read_status_or_stand_in(self.conn, job.job_id)
+            delivery.revision = record.revision if record is not None else 0
+            if record is not None and (record.ended or record.status == results.STOPPING):
+                logger.info("job %s already %s: redelivery dropped", job.job_id, record.status)
+                await self._drop_ended(delivery, record)
                 return None
         return job
-
-    async def _ended_status(self, job_id: str) -> str | None:
-        kv = await self.conn.kv(JOB_STATUS_KV_NAME)
-        try:
-            async with nats_errors(self.conn.settings):
-                entry = await kv.get(job_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        status = JobStatus.from_bytes(entry.value or b"{}")
-        return status.status if status.ended else None
 
     async def _reject(self, delivery: Delivery, reason: str) -> None:
         """Record unreadable input (status if a job id is known, failed store), ack it."""
         msg, job_id, now = delivery.msg, delivery.job_id, time.time()
-        queue = msg.subject[len(QUEUE_SUBJECT_PREFIX) + 1:]
+        queue = _queue_of(msg)
         seq = msg.metadata.sequence.stream
         await record_failed(self.conn, msg.data, queue_name=queue, reason=reason, seq=seq, job_id=job_id,
                             signature=_signature(msg))
@@ -230,21 +253,27 @@ class JobRunner:
 
     async def _await_dependencies(self, delivery: Delivery, job: Job) -> Job | None:
         """Hold the message (no slot, no nak) until its dependencies ended; None if it was settled here."""
-        waiting = sum(d.state == "waiting" for d in self._deliveries.values())
+        waiting = sum(d.state == DeliveryState.WAITING for d in self._deliveries.values())
         if waiting >= self.max_waiting:
             logger.warning("job %s: %d jobs already wait for dependencies; retrying it in %.0fs",
                            job.job_id, waiting, WAITING_FULL_DELAY_S)
             await self._nak(delivery, WAITING_FULL_DELAY_S)
             return None
-        delivery.state = "waiting"
+        delivery.state = DeliveryState.WAITING
         self._room_changed.set()  # a message waiting for dependencies leaves room to fetch another
         kv = await self.conn.kv(JOB_STATUS_KV_NAME)
-        failed_dependency = await self._unless_stopping(wait_for_dependencies(kv, job.depends_on))
-        delivery.state = "new"
-        if failed_dependency is None:
+        # the job's own key is watched too: a cancel while it waits ends the wait
+        ended = await self._unless_stopping(wait_for_dependencies(kv, job.depends_on, also=job.job_id))
+        delivery.state = DeliveryState.NEW
+        if ended is None:
             return job
+        if ended.job_id == job.job_id:
+            logger.info("job %s %s while waiting for its dependencies", job.job_id, ended.status)
+            await self._drop_ended(delivery, ended)
+            return None
         base = self._status(job, results.FAILED, delivery.msg.metadata.num_delivered)
-        await self._fail(delivery, job, base, f"dependency {failed_dependency} failed", "", retry=False)
+        how = results.CANCELLED if ended.status == results.STOPPING else ended.status
+        await self._fail(delivery, job, base, f"dependency {ended.job_id} {how}", "", retry=False)
         return None
 
     def _status(self, job: Job, state: str, attempt: int, **changes: Any) -> JobStatus:
@@ -256,28 +285,39 @@ class JobRunner:
         """Run the job and record its outcome; returns the future of a thread that overran, if any."""
         assert self._executor is not None
         msg, attempt = delivery.msg, delivery.msg.metadata.num_delivered
-        delivery.state = "running"
         running = self._status(job, results.RUNNING, attempt, started_at=time.time())
-        # the job starts while `running` is on its way; its outcome is written only after that landed
-        running_written = asyncio.ensure_future(write_status(self.conn, running))
+        # `running` is written over the record the job had: a cancel recorded first wins, and the job never starts
+        if not await self._write_over(delivery, write_status, running):
+            return None
+        delivery.state, delivery.stop = DeliveryState.RUNNING, (stop := StopHandle())
+        running_written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        running_written.set_result(delivery.revision)
         logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
+            # capturing() flushes on every way out (a JobCancelled too): a stopped job keeps its output
             async with (reporting(job.job_id, self.conn, running_written) as progress,
                         capturing(job.job_id, self.conn, job.result_ttl, self.capture_output)):
-                value = await self._executor.run(job, msg.data)
+                value = await self._executor.run(job, msg.data, stop)
             data = results.encode_result(self.conn, job.job_id, value)
+        except JobCancelled:
+            await self._record_stopped(delivery, job)
+            return None
         except JobFailure as failure:
-            await _settle(running_written, job.job_id)
+            if stop.requested and failure.still_running is None:  # a killed child
+                await self._record_stopped(delivery, job)
+                return None
             await self._fail(delivery, job, progress.stamp(running), failure.error, failure.traceback, retry=True)
             return failure.still_running
+        except UnreadableCall as e:
+            await self._reject(delivery, str(e))
+            return None
         except SerializationError as e:
-            await _settle(running_written, job.job_id)
             await self._fail(delivery, job, progress.stamp(running), describe_exception(e)[0], "", retry=False)
             return None
-        await _settle(running_written, job.job_id)
         finished = progress.stamp(running).evolve(status=results.FINISHED, finished_at=time.time())
-        await self._durably(job.job_id, results.write_outcome, self.conn, finished, data,
-                            job.result_ttl or DEFAULT_RESULT_TTL_S)
+        if not await self._write_over(delivery, results.write_outcome, finished, data,
+                                      job.result_ttl or DEFAULT_RESULT_TTL_S, signer_id(msg.headers)):
+            return None
         await self._ack(delivery)
         self.processed += 1
         logger.info("job %s finished in %.3fs", job.job_id, time.time() - (running.started_at or 0))
@@ -289,35 +329,97 @@ class JobRunner:
         attempt = base.attempts
         if retry and attempt <= job.max_retries:
             delay = retry_delay_s(job.retry_delay, attempt)
-            await write_status(self.conn, base.evolve(status=results.RETRYING, error=error, traceback=tb))
-            await self._nak(delivery, delay)
-            logger.warning("job %s failed: %s (retry %d in %.2fs)", job.job_id, error, attempt, delay)
+            if await self._write_over(delivery, write_status,
+                                      base.evolve(status=results.RETRYING, error=error, traceback=tb)):
+                await self._nak(delivery, delay)
+                logger.warning("job %s failed: %s (retry %d in %.2fs)", job.job_id, error, attempt, delay)
             return
         msg = delivery.msg
         await self._durably(job.job_id, record_failed, self.conn, msg.data, queue_name=job.queue_name, reason=error,
                             seq=msg.metadata.sequence.stream, job_id=job.job_id, func_name=job.func_name,
                             signature=_signature(msg))
         failed = base.evolve(status=results.FAILED, error=error, traceback=tb or None, finished_at=time.time())
-        await self._durably(job.job_id, write_status, self.conn, failed, job.result_ttl or DEFAULT_RESULT_TTL_S)
+        if not await self._write_over(delivery, write_status, failed, job.result_ttl or DEFAULT_RESULT_TTL_S):
+            return
         await self._ack(delivery)
         self.processed += 1
         self.failed += 1
         logger.warning("job %s failed: %s", job.job_id, error)
 
-    async def _durably(self, job_id: str, write: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> None:
+    async def _durably(self, job_id: str, write: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await an (idempotent) write of a job's outcome, retried while NATS is away, unless the worker stops."""
         # giving up would leave the job unacked, and its redelivery would run it a second time
         delay = OUTCOME_RETRY_MIN_S
         while True:
             try:
-                await write(*args, **kwargs)
-                return
+                return await write(*args, **kwargs)
             except (NaqConnectionError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
                 if self._stopping.is_set():
                     raise
                 logger.warning("job %s: outcome not written yet (%s); retrying in %.2fs", job_id, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, OUTCOME_RETRY_MAX_S)
+
+    async def _write_over(self, delivery: Delivery, write: Callable[..., Awaitable[Any]], status: JobStatus,
+                          *args: Any) -> bool:
+        """Write the job's record over the revision this worker saw; False (the job dropped) if it ended meanwhile."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                written = await self._durably(status.job_id, write, self.conn, status, *args,
+                                              revision=delivery.revision)
+            except ConflictError:  # a cancel, a progress report or an earlier delivery wrote in between
+                current = await read_status_or_stand_in(self.conn, status.job_id)
+                if current is not None and _settled_elsewhere(current, delivery):
+                    await self._drop_ended(delivery, current)
+                    return False
+                delivery.revision = current.revision if current is not None else 0
+                continue
+            if isinstance(written, int):  # write_status returns the new revision
+                delivery.revision = written
+            return True
+        raise ConflictError(f"job {status.job_id}: its status record kept changing under the worker")
+
+    async def _drop_ended(self, delivery: Delivery, record: JobStatus) -> None:
+        """Ack a job whose record ended elsewhere (a cancel, an earlier delivery); `stopping` becomes `cancelled`."""
+        if record.status == results.STOPPING:
+            done = cancelled_record(record, record.cancelled_by).evolve(worker_id=self.worker_id)
+            try:
+                await self._durably(record.job_id, write_status, self.conn, done, revision=record.revision)
+            except ConflictError:  # written again meanwhile (a late progress report): read it once more
+                current = await read_status_or_stand_in(self.conn, record.job_id)
+                if current is not None and not current.ended:
+                    await self._durably(record.job_id, write_status, self.conn, cancelled_record(
+                        current, record.cancelled_by), revision=current.revision)
+        await self._ack(delivery)
+        if record.status in (results.CANCELLED, results.STOPPING):
+            self.processed += 1
+            logger.info("job %s cancelled by %s", record.job_id, record.cancelled_by or "?")
+
+    async def _record_stopped(self, delivery: Delivery, job: Job) -> None:
+        """The job's call stopped after a cancel: record it `cancelled` (it is not retried)."""
+        record = await read_status_or_stand_in(self.conn, job.job_id)
+        if record is None or not (record.ended or record.status == results.STOPPING):
+            base = record or self._status(job, results.RUNNING, delivery.msg.metadata.num_delivered)
+            record = base.evolve(status=results.STOPPING)
+        await self._drop_ended(delivery, record)
+
+    def cancel_notice(self, job_id: str) -> None:
+        """A cancel was recorded for `job_id`: if it runs here, check its record, then stop it."""
+        for delivery in self._deliveries.values():
+            if delivery.job_id == job_id and delivery.stop is not None and not delivery.stop.requested:
+                check = asyncio.ensure_future(self._stop_if_cancelled(delivery, delivery.stop))
+                self._stop_checks.add(check)
+                check.add_done_callback(self._stop_checks.discard)
+
+    async def _stop_if_cancelled(self, delivery: Delivery, stop: StopHandle) -> None:
+        try:
+            record = await read_status_or_stand_in(self.conn, job_id := str(delivery.job_id))
+        except Exception as e:  # the job then ends as `cancelled` when it returns: its outcome write loses
+            logger.warning("job %s: cancel notice not checked: %s", delivery.job_id, e)
+            return
+        if record is not None and record.status in (results.STOPPING, results.CANCELLED):
+            logger.info("job %s: stopping it (cancelled by %s)", job_id, record.cancelled_by or "?")
+            stop.stop()
 
     async def _ack(self, delivery: Delivery) -> None:
         delivery.settled = True
@@ -341,24 +443,27 @@ class JobRunner:
                     logger.warning("job %s: nak failed: %s", delivery.job_id, e)
 
 
-async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str]) -> str | None:
-    """Wait (KV watches on the status bucket `kv`) until every job ended; the first that did not finish, or None."""
-    waits = [asyncio.ensure_future(watch_until_ended(kv, job_id)) for job_id in job_ids]
+async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str], also: str | None = None) -> JobStatus | None:
+    """Wait (KV watches on the status bucket `kv`) until every job ended; the first that did not finish, or None.
+
+    `also`: a job whose cancel ends the wait at once (then its record is returned).
+    """
+    # a `stopping` dependency can only end `cancelled`: its dependents need not wait for its thread
+    waits = [asyncio.ensure_future(watch_until_ended(kv, job_id, ends=results.TERMINAL | results.CANCELS))
+             for job_id in job_ids]
+    if also is not None:
+        waits.append(asyncio.ensure_future(watch_until_ended(kv, also, ends=results.CANCELS)))
     try:
+        left = len(job_ids)
         for next_end in asyncio.as_completed(waits):
             status = await next_end
-            if status.status != results.FINISHED:
-                return status.job_id
+            if status.status != results.FINISHED or status.job_id == also:
+                return status
+            left -= 1
+            if not left:
+                return None
         return None
     finally:
         for wait in waits:
             wait.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
-
-
-async def _settle(write: asyncio.Future[Any], job_id: str) -> None:
-    """Wait for a status write sent ahead; its failure only costs a status the outcome replaces."""
-    try:
-        await write
-    except Exception as e:
-        logger.warning("job %s: running status not written: %s", job_id, e)

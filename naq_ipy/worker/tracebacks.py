@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import linecache
 import os
+import threading
 import traceback
 import types
 from collections import OrderedDict
@@ -30,6 +31,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # na
 _INTERNAL_DIRS = (_PACKAGE_DIR + os.sep,
                   *(os.path.dirname(module.__file__ or "") + os.sep for module in (concurrent.futures, asyncio)))
 _registered: OrderedDict[str, None] = OrderedDict()
+_registering = threading.Lock()  # jobs' pool threads register side by side (their calls are unpickled there)
 
 
 def register_sources(sources: Mapping[str, Any] | None, function: Any = None) -> None:
@@ -38,8 +40,9 @@ def register_sources(sources: Mapping[str, Any] | None, function: Any = None) ->
         return
     files, names = sources.get("files"), sources.get("code")
     if isinstance(files, Mapping):
-        for filename, lines in files.items():
-            _register(filename, lines)
+        with _registering:
+            for filename, lines in files.items():
+                _register(filename, lines)
     if isinstance(names, Mapping) and function is not None:
         _rename_files(function, names, set())
 
