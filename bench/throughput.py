@@ -80,6 +80,7 @@ class NaqRun:
     row: Row
     job_ids: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    worker_cpu_ms_per_job: float = 0.0
 
 
 async def naq_enqueue(queue: Queue, n: int) -> tuple[float, float, list[str]]:
@@ -132,14 +133,18 @@ async def read_statuses(conn: Connection, keys: str = ">") -> dict[str, JobStatu
 
 
 async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int, worker: list[Child],
-                  workdir: Path, profile: str | None) -> NaqRun:
-    """Enqueue, start one worker subprocess (kept in `worker` for later phases), time the drain, verify."""
+                  workdir: Path, profile: str | None, worker_args: tuple[str, ...] = ()) -> NaqRun:
+    """Enqueue, start one worker subprocess (kept in `worker` for later phases), time the drain, verify.
+
+    `worker_args`: more `naq worker` flags (bench/output.py compares `--no-capture`).
+    """
     url = server.url
     queue = Queue(QUEUE, url)
     one, bulk, job_ids = await naq_enqueue(queue, n)
     say(f"naq: enqueue one-by-one {one:,.0f}/s, enqueue_many {bulk:,.0f}/s; starting the worker")
     spawned = time.time()
-    child = spawn("naq_ipy.cli", ["worker", QUEUE, "-c", str(concurrency), "--url", url], workdir / "worker.log")
+    child = spawn("naq_ipy.cli", ["worker", QUEUE, "-c", str(concurrency), "--url", url, *worker_args],
+                  workdir / "worker.log")
     worker.append(child)
     with py_spy(child.proc.pid, profile):
         cpu_before, server_before = cpu_s(child.proc.pid), cpu_s(server.pid)
@@ -160,7 +165,7 @@ async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int
     ]
     row = Row(f"naq_ipy {version('naq_ipy')}", one, bulk, processed, lost=n - len(finished),
               note=f"enqueue_many; worker subprocess -c {concurrency}")
-    return NaqRun(row, job_ids, notes)
+    return NaqRun(row, job_ids, notes, 1e3 * cpu / max(len(finished), 1))
 
 
 # --- raw nats-py ----------------------------------------------------------------------------------

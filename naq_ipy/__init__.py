@@ -51,6 +51,7 @@ from naq_ipy.rules.times import next_cron_runs
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.schedules.scheduler import run_now, run_now_sync
 from naq_ipy.status.cancel import CancelReport, cancel, cancel_sync
+from naq_ipy.status.output import fetch_output
 from naq_ipy.status.progress import progress, progress_async
 from naq_ipy.status.results import fetch_result
 from naq_ipy.status.waiting import WaitResult, recent_runs, wait_sync
@@ -72,6 +73,7 @@ __all__ = [
     "purge_queue_sync", "recent_runs", "resume_scheduled_job", "resume_scheduled_job_sync", "run_now",
     "run_now_sync", "run_sync", "schedule",
     "schedule_sync", "set_loop_mode", "wait",
+    "fetch_output",
 ]
 
 

@@ -1,5 +1,7 @@
 """The one exception family of naq_ipy: every error the library raises on purpose."""
 
+from collections.abc import Callable
+
 
 class NaqException(Exception):
     """Base class of every naq_ipy error."""
@@ -26,12 +28,31 @@ class SignatureError(NaqException):
 
 
 class JobExecutionError(NaqException):
-    """A job failed on a worker; carries the remote error text and traceback."""
+    """A job failed on a worker; carries the remote error text and traceback.
+
+    In IPython it shows as the remote traceback alone (the `_render_traceback_` hook, as
+    ipyparallel's RemoteError), never the kernel's own frames that waited for the job, unless
+    `show_local_frames()` says so (the IPython extension makes that true under `%xmode Verbose`).
+    """
+
+    show_local_frames: Callable[[], bool] = staticmethod(lambda: False)  # type: ignore[assignment]
 
     def __init__(self, message: str, *, job_id: str | None = None, traceback: str | None = None) -> None:
         super().__init__(message)
         self.job_id = job_id
         self.remote_traceback = traceback
+
+    @property
+    def _render_traceback_(self) -> Callable[[], list[str]]:
+        # a property raising AttributeError makes IPython's hasattr() false: its own full traceback then
+        if not self.remote_traceback or type(self).show_local_frames():
+            raise AttributeError("_render_traceback_")
+        return self.render_remote
+
+    def render_remote(self) -> list[str]:
+        """The lines IPython shows for this error: which job failed, then its remote traceback."""
+        where = f"job {self.job_id}" if self.job_id else "a job"
+        return [f"{where} failed on a worker:", *(self.remote_traceback or "").rstrip().splitlines()]
 
     def __str__(self) -> str:
         text = super().__str__()

@@ -7,6 +7,7 @@ processes; the restart case uses worker processes (`naq worker`).
 from __future__ import annotations
 
 import asyncio
+import pickle
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -282,9 +283,9 @@ async def test_a_stop_after_the_call_ended_leaves_the_reused_child_alone() -> No
     executor = Executor(1, process_pool=True)
     try:
         first, stop = Job(function=jobs.getpid), StopHandle()
-        pid = await executor.run(first, first.serialize(), stop)
+        pid = pickle.loads((await executor.run(first, first.serialize(), stop)).data)  # a child's PickledValue
         stop.stop()
         second = Job(function=jobs.getpid)
-        assert await executor.run(second, second.serialize()) == pid and alive(pid)
+        assert pickle.loads((await executor.run(second, second.serialize())).data) == pid and alive(pid)
     finally:
         executor.shutdown()

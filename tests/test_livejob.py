@@ -22,6 +22,7 @@ from test_worker import TESTS_DIR, spawn_worker  # noqa: F401  (fixture)
 
 from naq_ipy import Job, Queue
 from naq_ipy.ipython.livejob import HIDE, SHOW, LiveJob, job_mimebundle
+from naq_ipy.status.workers import idle_queue_hint
 from naq_ipy.worker.consumer import Worker
 
 pytestmark = pytest.mark.timeout(90)
@@ -103,7 +104,9 @@ def test_without_a_worker_a_job_is_queued_or_scheduled_and_has_a_text_form(
     queued_view, later_view = live(queued), live(later)
     wait_until(lambda: "scheduled" in later_view.parts.state.value, what="the scheduled label")
     assert "queued" in queued_view.parts.state.value and queued_view.parts.bar.value == 0
-    assert repr(queued_view) == f"job {queued.job_id} jobs.add: queued"
+    wait_until(lambda: queued_view.hint is not None, what="the no-worker hint")  # nothing serves "nobody"
+    assert repr(queued_view) == f"job {queued.job_id} jobs.add: queued · {idle_queue_hint('nobody')}"
+    assert "no worker serves queue" in queued_view.parts.hint.value and later_view.hint is None
     bundle = queued_view._repr_mimebundle_()
     assert set(bundle) == {"text/plain", "text/html"} and "queued" in bundle["text/html"]
     assert job_mimebundle(queued) is None  # not in a kernel: IPython shows the Job's own repr
@@ -150,9 +153,9 @@ def widget_views(nb: Any) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any
 
     views: dict[str, dict[str, Any]] = {}
     for model in state.values():
-        if model["_model_name"] != "VBoxModel" or len(model.get("children", [])) != 6:
+        if model["_model_name"] != "VBoxModel" or len(model.get("children", [])) != 7:
             continue
-        top, middle, outcome, toggle = (child(ref) for ref in model["children"][:4])
+        top, middle, _output, outcome, toggle = (child(ref) for ref in model["children"][:5])
         title, label = (child(ref) for ref in top["children"][:2])
         bar, message = (child(ref) for ref in middle["children"])
         job_id = title["value"].split("<code>")[1].split("</code>")[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime
 
 from naq_ipy.client.bridge import run_sync
@@ -85,7 +86,7 @@ def cancel(args: argparse.Namespace) -> int:
 
 def list_workers(args: argparse.Namespace) -> int:
     """`naq list-workers`."""
-    from naq_ipy.worker.consumer import list_workers as fetch
+    from naq_ipy.status.workers import list_workers as fetch
 
     workers = run_sync(fetch(args.url))
     rows = [[w.get("worker_id"), w.get("host"), w.get("pid"), ",".join(w.get("queues", [])),
@@ -117,6 +118,27 @@ def result(args: argparse.Namespace) -> int:
     if status.status == FINISHED:
         print(repr(run_sync(fetch_result(args.job_id, timeout=5, url=args.url))))
     return 1 if status.status in ("failed", "rejected", "cancelled") else 0
+
+
+def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+    add_url_argument(parser)
+    parser.add_argument("job_id", metavar="ID", help="job id")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+
+
+def logs(args: argparse.Namespace) -> int:
+    """`naq logs ID [--follow]`: print a job's captured output, its stdout and stderr to ours."""
+    run_sync(_print_output(args.job_id, args.follow, args.url))
+    return 0
+
+
+async def _print_output(job_id: str, follow: bool, url: str | None) -> None:
+    from naq_ipy.status.output import STDERR, iter_output
+
+    async for chunk in iter_output(job_id, follow=follow, url=url):
+        stream = sys.stderr if chunk.stream == STDERR else sys.stdout
+        stream.write(chunk.text)
+        stream.flush()
 
 
 def add_failed_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "cancel jobs by id: queued ones never start, running ones are stopped"),
     "list-workers": ("naq_ipy.cli.admin", "add_url_argument", "list_workers", "list live workers"),
     "result": ("naq_ipy.cli.admin", "add_result_arguments", "result", "show a job's status and result"),
+    "logs": ("naq_ipy.cli.admin", "add_logs_arguments", "logs", "print a job's output (stdout, stderr, logging)"),
     "failed": ("naq_ipy.cli.admin", "add_failed_arguments", "failed", "list failed jobs, or requeue one"),
     "purge": ("naq_ipy.cli.admin", "add_purge_arguments", "purge", "remove every waiting job of a queue"),
     "demo": ("naq_ipy.cli.demo", "add_arguments", "run", "run an end-to-end demo on an embedded server"),

@@ -63,6 +63,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace", type=float, default=30.0, metavar="S",
                         help="seconds running jobs get to finish at a stop (default 30)")
     parser.add_argument("--heartbeat", type=float, default=5.0, metavar="S", help="heartbeat interval (default 5)")
+    parser.add_argument("--no-capture", dest="capture_output", action="store_false",
+                        help="leave jobs' stdout, stderr and logging in the worker's own output")
 
 
 async def _serve(worker: Worker) -> None:
@@ -74,7 +76,7 @@ def run_worker(args: argparse.Namespace) -> int:
     """`naq worker`: run until SIGTERM or SIGINT, then stop gracefully."""
     worker = Worker(args.queues or [DEFAULT_QUEUE_NAME], concurrency=args.concurrency, url=args.url,
                     process_pool=args.process_pool, worker_id=args.worker_id, heartbeat_s=args.heartbeat,
-                    ack_wait_s=args.ack_wait, grace_s=args.grace)
+                    ack_wait_s=args.ack_wait, grace_s=args.grace, capture_output=args.capture_output)
     asyncio.run(_serve(worker))
     return 0
 

@@ -22,6 +22,7 @@ from typing import Any
 import cloudpickle
 
 from naq_ipy.client.pickling import PickledOnce, pickle_call, shared_pickle
+from naq_ipy.client.sources import function_sources
 from naq_ipy.errors import ConfigurationError, SerializationError
 from naq_ipy.rules.retry import RetryDelay, retry_delay_from_json, retry_delay_to_json, validate_retry_delay
 from naq_ipy.wire.settings import (
@@ -112,6 +113,7 @@ class Job:
     func_name: str = ""
     schedule_key: str | None = None
     url: str | ConnectionSettings | None = field(default=None, repr=False, compare=False)
+    sources: dict[str, Any] | None = field(default=None, repr=False)  # notebook cells' lines, for tracebacks
 
     def __post_init__(self) -> None:
         if not callable(self.function):
@@ -126,6 +128,8 @@ class Job:
         self.timeout = _positive_or_none("timeout", self.timeout)
         self.result_ttl = _positive_or_none("result_ttl", self.result_ttl)
         self.func_name = self.func_name or function_name(self.function)
+        if self.sources is None:
+            self.sources = function_sources(self.function)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled with a reference to its server, never credentials (settings pickle without them too)."""
@@ -135,8 +139,8 @@ class Job:
         return state
 
     def header(self) -> dict[str, Any]:
-        """Every field but the pickled call, as JSON-ready values."""
-        return {
+        """Every field but the pickled call, as JSON-ready values (`sources` only when there are some)."""
+        header: dict[str, Any] = {
             "job_id": self.job_id,
             "queue_name": self.queue_name,
             "func_name": self.func_name,
@@ -148,6 +152,9 @@ class Job:
             "enqueue_time": self.enqueue_time,
             "schedule_key": self.schedule_key,
         }
+        if self.sources:
+            header["sources"] = self.sources
+        return header
 
     def serialize(self) -> bytes:
         """The job as bytes for the wire; raises SerializationError naming what cannot be pickled."""
@@ -164,7 +171,7 @@ class Job:
     def _header_bytes(self) -> bytes:
         """`header()` as compact JSON; the part jobs with the same options share is encoded once."""
         # a bulk enqueue serializes thousands of jobs that differ only in id and time: its hot path
-        if not (type(self.enqueue_time) is float and math.isfinite(self.enqueue_time)
+        if self.sources or not (type(self.enqueue_time) is float and math.isfinite(self.enqueue_time)
                 and isinstance(self.job_id, str) and _JSON_SAFE_ID.fullmatch(self.job_id)):
             return _HEADER_JSON.encode(self.header()).encode()
         key = (self.queue_name, self.func_name, self.max_retries, self.retry_delay, self.depends_on, self.timeout,
@@ -235,6 +242,8 @@ class Job:
         job.job_id = new_job_id() if job_id is None else validate_key(job_id, "job id")
         job.enqueue_time = time.time()
         job.func_name = function_name(function)
+        if function is not self.function:
+            job.sources = function_sources(function)
         return job
 
     def with_id(self, job_id: str, **changes: Any) -> Job:
@@ -281,6 +290,18 @@ class Job:
         from naq_ipy.client.bridge import run_sync
 
         return run_sync(self.status())
+
+    async def logs(self) -> str:
+        """The job's captured output so far (stdout, stderr, logging, warnings), finished or running."""
+        from naq_ipy.status.output import fetch_output
+
+        return await fetch_output(self.job_id, self.url)
+
+    def logs_sync(self) -> str:
+        """Blocking twin of `logs`."""
+        from naq_ipy.client.bridge import run_sync
+
+        return run_sync(self.logs())
 
     async def cancel(self) -> Any:
         """Cancel this job (queued: never starts; running: stopped); `cancelled`, `already finished` or `not found`."""
@@ -329,6 +350,7 @@ def load_call(header: Mapping[str, Any], body: bytes) -> tuple[Callable[..., Any
 
 _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "enqueue_time": (int, float), "func_name": (str,), "schedule_key": (str, type(None)),
+    "sources": (dict, type(None)),
 }
 
 

@@ -13,6 +13,8 @@ from naq_ipy.ipython.closing import close_registered, register_closable
 
 __all__ = ["close_registered", "load_ipython_extension", "register_closable", "unload_ipython_extension"]
 
+from naq_ipy.errors import JobExecutionError
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,6 +28,9 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     ipython.register_magics(NaqMagics(shell=ipython))
     register_formatter(ipython)
+    # a failed job shows its remote traceback only, unless `%xmode Verbose` asks for everything
+    JobExecutionError.show_local_frames = staticmethod(  # type: ignore[method-assign]
+        lambda: getattr(ipython.InteractiveTB, "mode", "") == "Verbose")
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -37,6 +42,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     from naq_ipy.wire.settings import clear_default_url
 
     unregister_formatter(ipython)
+    JobExecutionError.show_local_frames = staticmethod(lambda: False)  # type: ignore[method-assign]
     magics = ipython.magics_manager.registry.pop(NaqMagics.__name__, None)
     for kind, names in NaqMagics.magics.items():
         for name in names:

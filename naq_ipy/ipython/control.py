@@ -18,12 +18,15 @@ from naq_ipy.client.bridge import run_sync
 from naq_ipy.client.job import Job
 from naq_ipy.errors import ConfigurationError, JobNotFoundError
 from naq_ipy.ipython.commands import NaqEngine, wait_seconds
-from naq_ipy.ipython.livewait import wait_with_bar
+from naq_ipy.ipython.liveoutput import OutputRelay
+from naq_ipy.ipython.livewait import run_redrawing, wait_with_bar
 from naq_ipy.local.processes import PROCESSES
 from naq_ipy.rules.times import format_relative, from_timestamp, resolve_zone
 from naq_ipy.schedules.store import ScheduledJobManager
 from naq_ipy.status.cancel import Outcome, cancel_sync, names_schedule
+from naq_ipy.status.output import read_output, relay_output
 from naq_ipy.status.results import fetch_result, fetch_status
+from naq_ipy.status.workers import idle_queue_hint, list_workers
 from naq_ipy.views.schedules import every, schedules_table
 from naq_ipy.views.tables import Table
 from naq_ipy.wire.connection import Connection, get_connection, nats_errors
@@ -37,7 +40,7 @@ from naq_ipy.wire.names import (
     kv_stream,
 )
 from naq_ipy.wire.server import is_reachable
-from naq_ipy.wire.settings import default_url, redact_url, validate_queue_name
+from naq_ipy.wire.settings import default_url, redact_url, validate_key, validate_queue_name
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -83,8 +86,6 @@ async def _live_schedulers(conn: Connection) -> list[str]:
 
 async def server_facts(url: str) -> list[tuple[str, str]]:
     """Message counts of naq's streams and buckets, live workers and schedulers at `url`."""
-    from naq_ipy.worker.consumer import list_workers
-
     conn = await get_connection(url)
     rows = [(label, await _stream_count(conn, stream)) for label, stream in _COUNTED_STREAMS]
     workers = [f"{w.get('worker_id')} on {','.join(w.get('queues', []))}" for w in await list_workers(url)]
@@ -105,7 +106,7 @@ class Control:
         table: dict[str, Handler] = {
             "status": self.status, "list": self.list_schedules, "pause": self.pause, "resume": self.resume,
             "cancel": self.cancel, "run": self.run_schedule, "result": self.result, "jobs": self.jobs,
-            "monitor": self.monitor, "wait": self.wait,
+            "monitor": self.monitor, "wait": self.wait, "logs": self.logs,
             "server start": self.server_start, "server stop": self.server_stop, "server status": self.server_status,
             "worker start": self.worker_start, "scheduler start": self.scheduler_start,
         }
@@ -236,10 +237,36 @@ class Control:
         """Fire a scheduled job once now, leaving its timing alone."""
         self.engine.fire_now(args.key)
 
+    def _job(self, name: str) -> tuple[str, str | None]:
+        """(job id, queue name if known) of a job id or of a variable holding a Job."""
+        value = self.engine.shell.user_ns.get(name) if name.isidentifier() else None
+        return (value.job_id, value.queue_name) if isinstance(value, Job) else (validate_key(name, "job id"), None)
+
+    def _idle_hint(self, queue_name: str | None, url: str) -> str:
+        """' — no worker serves queue …' when nothing would run the job, else ''."""
+        workers = run_sync(list_workers(url), STATUS_TIMEOUT_S)
+        if queue_name is not None and not any(queue_name in (w.get("queues") or ()) for w in workers):
+            return f" — {idle_queue_hint(queue_name)}"
+        return "" if workers else " — no worker is running: start one with `%naq worker start -q QUEUE`"
+
+    def logs(self, args: argparse.Namespace) -> None:
+        """Write the job's output into the cell (stdout and stderr); with --follow, until the job ends."""
+        job_id, _ = self._job(args.job)
+        url = self.engine.url()
+        relay = OutputRelay()
+        try:
+            if args.follow:
+                with self.engine.waiting(f"job {job_id}", f"%naq logs {job_id} --follow"):
+                    run_redrawing(relay_output(job_id, relay.put, url), relay.drain)
+            else:
+                for chunk in run_sync(read_output(job_id, url), STATUS_TIMEOUT_S):
+                    relay.put(chunk)
+        finally:
+            relay.drain()
+
     def result(self, args: argparse.Namespace) -> Any:
         """The job's value once it ended (a failure re-raises); its state while it has not."""
-        value = self.engine.shell.user_ns.get(args.job) if args.job.isidentifier() else None
-        job_id = value.job_id if isinstance(value, Job) else args.job
+        job_id, queue_name = self._job(args.job)
         url = self.engine.url()
         if args.wait is not None:
             with self.engine.waiting(f"job {job_id}", f"%naq result {job_id} --wait"):
@@ -247,7 +274,8 @@ class Control:
             return None
         status = run_sync(fetch_status(job_id, url))
         if status is None:
-            self.engine.say(f"job {job_id} has no status yet: waiting in its queue, or unknown")
+            self.engine.say(f"job {job_id} has no status yet: waiting in its queue, or unknown"
+                            + self._idle_hint(queue_name, url))
             return None
         if status.ended:
             return run_sync(fetch_result(job_id, STATUS_TIMEOUT_S, url))

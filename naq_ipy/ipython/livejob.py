@@ -19,10 +19,12 @@ from typing import Any
 
 from naq_ipy.client.bridge import bridge_loop
 from naq_ipy.client.job import Job
+from naq_ipy.ipython.liveoutput import TAIL_LINES, IdleQueueCheck, OutputRelay, OutputTail
 from naq_ipy.ipython.livewait import run_redrawing
 from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.panel_base import Panel, in_kernel
 from naq_ipy.status.cancel import cancel as cancel_jobs
+from naq_ipy.status.output import result_with_output
 from naq_ipy.status.results import FINISHED, SCHEDULED, STOPPING, JobStatus, fetch_result, fetch_status
 from naq_ipy.views import jobs as jobview
 from naq_ipy.wire.names import JOB_STATUS_KV_NAME
@@ -34,6 +36,7 @@ TICK_S = 1.0
 RESULT_WAIT_S = 5.0
 END_WAIT_S = 1.0
 SHOW, HIDE = "Show traceback", "Hide traceback"
+SHOW_ALL, SHOW_TAIL = "Show all output", "Show last lines"
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,18 @@ class JobParts:
     toggle: Any
     traceback: Any
     cancel: Any
+    hint: Any  # why the job is not moving
+    output: Any  # the last lines of what it printed (or all of them)
+    output_toggle: Any
 
 
 class LiveJob(Panel):
-    """The live display of one job: a `Job`, or a job id (on `url`) whose function shows once it is known."""
+    """The live display of one job: a `Job`, or a job id (on `url`) whose function shows once it is known.
 
-    def __init__(self, job: Job | str, url: str | ConnectionSettings | None = None) -> None:
+    `show_output`: follow the job's output and show its last lines (with a toggle for all of it).
+    """
+
+    def __init__(self, job: Job | str, url: str | ConnectionSettings | None = None, show_output: bool = True) -> None:
         super().__init__(url or (job.url if isinstance(job, Job) else None))
         self.job_id = job.job_id if isinstance(job, Job) else validate_key(job, "job id")
         self.func_name = job.func_name if isinstance(job, Job) else ""
@@ -68,7 +77,21 @@ class LiveJob(Panel):
         self._render_soon = Coalescer(self.marshal, self._render)
         self._watch = LiveWatch(self.settings, JOB_STATUS_KV_NAME, JobStatus.from_bytes, self, tick_s=TICK_S,
                                 keys=self.job_id)
+        self._tail = OutputTail(self.job_id, self.settings, self._render_soon.request) if show_output else None
+        self._idle = IdleQueueCheck(self.queue_name, self.settings, self._render_soon.request)
         self._watch.start()
+        self._start_followers()
+
+    @property
+    def hint(self) -> str | None:
+        """Why the job is not moving (no live worker serves its queue), while it waits; else None."""
+        return self._idle.hint if self.status is None and not self.scheduled else None
+
+    def _start_followers(self) -> None:
+        if self._tail is not None:
+            self._tail.start()
+        if self.status is None and not self.scheduled:
+            self._idle.start()
 
     # -- watch sink (bridge thread) ------------------------------------------------------------
     def on_snapshot(self, entries: Mapping[str, JobStatus]) -> None:
@@ -93,6 +116,7 @@ class LiveJob(Panel):
             with self._lock:
                 if self.status is None or status.revision >= self.status.revision:
                     self.status = status
+            self._idle.stop()
             if status.ended and not self.ended.is_set():
                 self.ended.set()
                 self._watch.stop()
@@ -112,6 +136,7 @@ class LiveJob(Panel):
         if found is not None and found.status == SCHEDULED:
             with self._lock:
                 self.scheduled = True
+            self._idle.stop()
             self._render_soon.request()
 
     async def _load_result(self) -> None:
@@ -163,7 +188,26 @@ class LiveJob(Panel):
         p.cancel.layout.display = "none" if ended else None
         p.cancel.disabled = state == STOPPING
         p.cancel.description = "Stopping…" if state == STOPPING else "Cancel"
+        p.hint.value = jobview.hint_html(self.hint)
+        self._render_output()
         self._show_status()
+
+    def _render_output(self) -> None:
+        if self._tail is None:
+            return
+        p = self.parts
+        assert p is not None
+        showing_all = p.output_toggle.description == SHOW_TAIL
+        p.output.value = jobview.output_html(self._tail.text(all_lines=showing_all))
+        lines = self._tail.line_count()
+        p.output_toggle.layout.display = None if lines > TAIL_LINES else "none"
+
+    def toggle_output(self) -> None:
+        """Show all of the job's output, or its last lines again."""
+        assert self.parts is not None
+        toggle = self.parts.output_toggle
+        toggle.description = SHOW_ALL if toggle.description == SHOW_TAIL else SHOW_TAIL
+        self._render_output()
 
     def _names(self, status: JobStatus | None) -> tuple[str, str]:
         """(function, queue) of the job: from the Job, else from its status record once there is one."""
@@ -194,12 +238,17 @@ class LiveJob(Panel):
             traceback=make(widgets.HTML, layout=widgets.Layout(display="none")),
             cancel=make(widgets.Button, description="Cancel", button_style="warning", icon="stop",
                         layout=widgets.Layout(width="auto")),
+            hint=make(widgets.HTML), output=make(widgets.HTML),
+            output_toggle=make(widgets.Button, description=SHOW_ALL,
+                               layout=widgets.Layout(width="auto", display="none")),
         )
         p.toggle.on_click(self.guarded("traceback", lambda _button: self.toggle_traceback()))
         p.cancel.on_click(self.guarded("cancel", lambda _button: self.cancel()))
+        p.output_toggle.on_click(self.guarded("output", lambda _button: self.toggle_output()))
+        lines = make(widgets.VBox, [p.hint, p.output, p.output_toggle])  # why it waits, what it printed
         return make(widgets.VBox, [
             make(widgets.HBox, [p.title, p.state, p.cancel]), make(widgets.HBox, [p.bar, p.message]),
-            p.outcome, p.toggle, p.traceback, self._status,
+            lines, p.outcome, p.toggle, p.traceback, self._status,
         ])
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -212,10 +261,14 @@ class LiveJob(Panel):
         """Watch the job's status again, unless it already ended."""
         if not self.ended.is_set():
             self._watch.start()
+            self._start_followers()
 
     def stop_watching(self) -> None:
         """Stop the status watch."""
         self._watch.stop()
+        self._idle.stop()
+        if self._tail is not None:
+            self._tail.stop()
 
     # -- static fallback -----------------------------------------------------------------------
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -226,7 +279,8 @@ class LiveJob(Panel):
 
     def _static_text(self) -> str:
         status, scheduled, result = self._snapshot()
-        return jobview.job_text(self.job_id, self._names(status)[0], status, scheduled, result)
+        text = jobview.job_text(self.job_id, self._names(status)[0], status, scheduled, result)
+        return f"{text} · {self.hint}" if self.hint else text
 
     def _static_html(self) -> str:
         status, scheduled, result = self._snapshot()
@@ -241,14 +295,29 @@ def job_mimebundle(job: Job) -> dict[str, Any] | None:
 
 
 def result_live(job: Job, timeout_s: float | None = None) -> Any:
-    """Show the job's live display and return its result (`Job.result`), the display current while waiting."""
+    """Show the job's live display and return its result (`Job.result`), the display current while waiting.
+
+    The job's stdout and stderr are written into the cell as they arrive, as if it ran here.
+    """
+    relay = OutputRelay()
     if not in_kernel():
-        return job.result_sync(timeout_s)
+        try:
+            return run_redrawing(result_with_output(job.job_id, relay.put, timeout_s, job.url), relay.drain)
+        finally:
+            relay.drain()
     from IPython.display import display
 
-    live = LiveJob(job)
+    live = LiveJob(job, show_output=False)
     display(live)
-    value = run_redrawing(fetch_result(job.job_id, timeout_s, job.url), live.refresh)
+
+    def redraw() -> None:
+        relay.drain()
+        live.refresh()
+
+    try:
+        value = run_redrawing(result_with_output(job.job_id, relay.put, timeout_s, job.url), redraw)
+    finally:
+        relay.drain()
     live.ended.wait(END_WAIT_S)  # its own watch sees the end a moment later
     live.show_result(value)
     return value

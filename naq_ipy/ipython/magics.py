@@ -50,6 +50,10 @@ SUBCOMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict[str, Any]]]]]
     "jobs": ("the scheduled-jobs panel", []),
     "monitor": ("the queue monitor panel", []),
     "wait": ("wait for the Job(s) in a variable; the value is their results", [(("var",), {"metavar": "VAR"})]),
+    "logs": ("a job's output (stdout, stderr, logging); --follow prints it until the job ends", [
+        (("job",), {"metavar": "JOB_ID_OR_VAR"}),
+        (("-f", "--follow"), {"action": "store_true"}),
+    ]),
 }
 SUBCOMMAND_HELP = "; ".join(f"{name}: {text}" for name, (text, _) in SUBCOMMANDS.items())
 

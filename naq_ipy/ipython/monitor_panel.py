@@ -24,8 +24,10 @@ from naq_ipy.ipython.livewatch import Coalescer, LiveWatch, describe_error
 from naq_ipy.ipython.monitor_jobs import JOB_ROWS, JobList, pending_rows, running_rows
 from naq_ipy.ipython.panel_base import Panel
 from naq_ipy.status.cancel import cancel as cancel_jobs
+from naq_ipy.status.output import output_tails
 from naq_ipy.status.queued import queued_headers
 from naq_ipy.status.results import JobStatus, fetch_status
+from naq_ipy.status.workers import list_workers
 from naq_ipy.views.tables import format_table
 from naq_ipy.wire.connection import get_connection, nats_errors
 from naq_ipy.wire.names import (
@@ -36,7 +38,6 @@ from naq_ipy.wire.names import (
     durable_queue,
 )
 from naq_ipy.wire.settings import ConnectionSettings
-from naq_ipy.worker.consumer import list_workers
 from naq_ipy.worker.failed_store import FailedJob, list_failed, requeue_failed
 
 FAILED_ROWS = 10
@@ -52,6 +53,7 @@ class Poll:
     failed: list[FailedJob] = field(default_factory=list)
     failed_state: tuple[int, int] | None = None
     tracebacks: dict[str, str | None] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # last lines of each failed job's output
     queued: list[dict[str, Any]] = field(default_factory=list)  # headers of the oldest jobs in the stream
     at: float = 0.0
 
@@ -200,10 +202,11 @@ class QueueMonitor(Panel):
                                                    for w in poll.workers) + JOB_ROWS)
         poll.failed_state = (failed_info.state.last_seq, failed_info.state.messages)
         if poll.failed_state == previous.failed_state:
-            poll.failed, poll.tracebacks = previous.failed, previous.tracebacks
+            poll.failed, poll.tracebacks, poll.outputs = previous.failed, previous.tracebacks, previous.outputs
         else:
             poll.failed = sorted(await list_failed(self.settings), key=lambda f: -f.failed_at)
             poll.tracebacks = await self._tracebacks(poll.failed[:FAILED_ROWS], previous.tracebacks)
+            poll.outputs = await output_tails([f.job_id for f in poll.failed[:FAILED_ROWS]], url=self.settings)
         return poll
 
     async def _queued(self, conn: Any, limit: int) -> list[dict[str, Any]]:
@@ -264,7 +267,7 @@ class QueueMonitor(Panel):
                 slot.box.layout.display = "none"
                 continue
             slot.line.value = mt.failed_html(job.job_id, job.func_name, job.reason, job.failed_at,
-                                             poll.tracebacks.get(job.job_id), self.zone)
+                                             poll.tracebacks.get(job.job_id), self.zone, poll.outputs.get(job.job_id))
             slot.box.layout.display = None
 
     def _render_jobs(self, poll: Poll) -> None:

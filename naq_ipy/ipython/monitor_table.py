@@ -158,13 +158,16 @@ def recent_rows(statuses: Sequence[JobStatus], zone: tzinfo | None = None) -> li
     return rows
 
 
+_PRE = "font-size:11px;max-height:16em;overflow:auto"
+
 def failed_html(job_id: str, func: str | None, reason: str, failed_at: float, traceback: str | None,
-                zone: tzinfo | None = None) -> str:
-    """One failed job: id, function, when and why, and the traceback folded away."""
+                zone: tzinfo | None = None, output: str | None = None) -> str:
+    """One failed job: id, function, when and why, and its output's last lines and traceback folded away."""
     when = clock(failed_at, zone, "%Y-%m-%d %H:%M:%S")
     head = (f"<b>{html.escape(job_id)}</b> {html.escape(func or '')} · failed {when} · "
             f"<span style='color:#b00020'>{html.escape(reason)}</span>")
-    if not traceback:
+    if not traceback and not output:
         return f"<div style='font-size:12px'>{head}</div>"
-    return (f"<details style='font-size:12px'><summary>{head}</summary>"
-            f"<pre style='font-size:11px;max-height:16em;overflow:auto'>{html.escape(traceback)}</pre></details>")
+    parts = [f"<pre class='naq-output' style='{_PRE}'>{html.escape(text)}</pre>"
+             for text in (output, traceback) if text]
+    return f"<details style='font-size:12px'><summary>{head}</summary>{''.join(parts)}</details>"

@@ -26,6 +26,7 @@ from naq_ipy.ipython.schedules_widgets import ALL, ScheduleControls, build_contr
 from naq_ipy.schedules.record import ScheduledJob
 from naq_ipy.schedules.scheduler import run_now
 from naq_ipy.schedules.store import ScheduledJobManager
+from naq_ipy.status.output import output_tails
 from naq_ipy.status.results import TERMINAL, JobStatus, fetch_status
 from naq_ipy.status.waiting import recent_runs
 from naq_ipy.views import schedules as view
@@ -281,11 +282,11 @@ class ScheduledJobsPanel(Panel):
             self.set_status("select exactly one job to see its runs", error=True)
             return
 
-        def show(statuses: list[JobStatus]) -> None:
+        def show(found: tuple[list[JobStatus], dict[str, str]]) -> None:
             assert self.controls is not None
-            self.controls.runs_table.value = render_runs(statuses, f"recent runs of {keys[0]}")
+            self.controls.runs_table.value = render_runs(found[0], f"recent runs of {keys[0]}", outputs=found[1])
 
-        self.run_action(f"reading the runs of {keys[0]}", recent_runs(keys[0], RUNS_SHOWN, self.settings), show)
+        self.run_action(f"reading the runs of {keys[0]}", runs_with_output(keys[0], RUNS_SHOWN, self.settings), show)
 
     def edit(self) -> None:
         """Open the edit form for the one selected entry."""
@@ -376,3 +377,9 @@ class ScheduledJobsPanel(Panel):
     def _static_text(self) -> str:
         rows, caption = self._static_rows()
         return repr(view.rows_table(rows, caption)) if rows else f"{caption} (no scheduled jobs)"
+
+
+async def runs_with_output(key: str, limit: int, url: ConnectionSettings) -> tuple[list[JobStatus], dict[str, str]]:
+    """The latest runs of schedule `key` and the last lines of each run's output."""
+    statuses = await recent_runs(key, limit, url)
+    return statuses, await output_tails([status.job_id for status in statuses], url=url)

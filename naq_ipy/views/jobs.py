@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import reprlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from naq_ipy.rules.times import format_duration, format_relative, from_timestamp
@@ -123,6 +123,27 @@ def traceback_html(text: str | None) -> str:
     return f"<pre style='font-size:11px;max-height:24em;overflow:auto'>{html.escape(text)}</pre>"
 
 
+def hint_html(hint: str | None) -> str:
+    """Why a job is not moving (no worker serves its queue), in amber ('' for none)."""
+    return f"<span style='font-size:12px;color:{_AMBER}'>{html.escape(hint)}</span>" if hint else ""
+
+
+def output_html(text: str) -> str:
+    """A job's output as preformatted text ('' for none)."""
+    if not text:
+        return ""
+    return (f"<pre class='naq-output' style='font-size:11px;max-height:24em;overflow:auto;margin:2px 0'>"
+            f"{html.escape(text)}</pre>")
+
+
+def folded_output_html(text: str) -> str:
+    """Output folded under a `N lines` summary ('' for none)."""
+    if not text:
+        return ""
+    count = len(text.splitlines())
+    return f"<details><summary>{count} line{'s' * (count != 1)}</summary>{output_html(text)}</details>"
+
+
 def job_html(job_id: str, func_name: str, queue_name: str, status: JobStatus | None, scheduled: bool = False,
              result: str | None = None) -> str:
     """The static HTML form of a job's state (frontends without widgets)."""
@@ -146,20 +167,24 @@ def wait_bar_style(result: WaitResult) -> str:
     return "success" if result.complete else "info"
 
 
-def render_runs(statuses: Sequence[JobStatus], title: str = "", now: float | None = None) -> str:
-    """A schedule's recent runs as an HTML table under `title`: run, state, started, duration, outcome."""
+def render_runs(statuses: Sequence[JobStatus], title: str = "", now: float | None = None,
+                outputs: Mapping[str, str] | None = None) -> str:
+    """A schedule's recent runs as an HTML table under `title`: run, state, started, duration, outcome, output.
+
+    `outputs`: the last lines of each run's output by job id (folded away in its cell).
+    """
     caption = f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>" if title else ""
     if not statuses:
         return f"<table class='naq-runs' style='font-size:12px'>{caption}<tr><td>no runs recorded</td></tr></table>"
     now = time.time() if now is None else now
-    rows = "".join(_run_row(status, now) for status in statuses)
+    rows = "".join(_run_row(status, now, (outputs or {}).get(status.job_id, "")) for status in statuses)
     head = "".join(f"<th style='{_CELL}'>{label}</th>" for label in ("run", "state", "started", "duration",
-                                                                       "outcome"))
+                                                                       "outcome", "output"))
     return (f"<table class='naq-runs' style='font-size:12px'>{caption}<thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>")
 
 
-def _run_row(status: JobStatus, now: float) -> str:
+def _run_row(status: JobStatus, now: float, output: str = "") -> str:
     key = status.schedule_key
     due_ms = run_due_ms(status.job_id, key) if key else None
     run = status.job_id[len(key) + 1:] if key and due_ms is not None else status.job_id
@@ -168,6 +193,6 @@ def _run_row(status: JobStatus, now: float) -> str:
     took = format_duration(status.duration_s) if status.ended and status.duration_s is not None else "—"
     outcome = error_line(status) or (progress_text(status) if status.status == RUNNING else "")
     cells = (html.escape(run), state_html(status.status), html.escape(started), html.escape(took),
-             html.escape(outcome[:120]))
+             html.escape(outcome[:120]), folded_output_html(output))
     return "<tr>" + "".join(f"<td style='{_CELL}'>{cell}</td>" for cell in cells) + "</tr>"
 

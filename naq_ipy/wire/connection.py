@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 from naq_ipy.errors import ConflictError, NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
 from naq_ipy.wire import names
 from naq_ipy.wire.server import Answer, first_address, probe
-from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, ConnectionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class Connection:
             await self.kv(bucket)
             return True
         for name, prefix in ((names.JOB_STREAM_NAME, names.QUEUE_SUBJECT_PREFIX),
-                             (names.FAILED_STREAM_NAME, names.FAILED_SUBJECT_PREFIX)):
+                             (names.FAILED_STREAM_NAME, names.FAILED_SUBJECT_PREFIX),
+                             (names.LOGS_STREAM_NAME, names.LOGS_SUBJECT_PREFIX)):
             if subject.startswith(prefix + "."):
                 await self.ensure_stream(name)
                 return True
@@ -95,6 +96,9 @@ _STREAM_SHAPES: dict[str, dict[str, Any]] = {
                             "retention": api.RetentionPolicy.WORK_QUEUE, "duplicate_window": names.DUPLICATE_WINDOW_S},
     names.FAILED_STREAM_NAME: {"subjects": [f"{names.FAILED_SUBJECT_PREFIX}.>"],
                                "retention": api.RetentionPolicy.LIMITS, "discard": api.DiscardPolicy.OLD},
+    # a job's output lives as long as its result (per-message TTL; max_age is the ceiling)
+    names.LOGS_STREAM_NAME: {"subjects": [f"{names.LOGS_SUBJECT_PREFIX}.>"], "retention": api.RetentionPolicy.LIMITS,
+                             "max_age": DEFAULT_RESULT_TTL_S, "allow_msg_ttl": True},
 }
 
 

@@ -15,6 +15,8 @@ FAILED_STREAM_NAME = f"{NAQ_PREFIX}_failed_jobs"
 FAILED_SUBJECT_PREFIX = f"{NAQ_PREFIX}.failed"
 WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
 DUPLICATE_WINDOW_S = 600.0
+LOGS_STREAM_NAME = f"{NAQ_PREFIX}_job_logs"  # a job's captured stdout/stderr/logging, in batches
+LOGS_SUBJECT_PREFIX = f"{NAQ_PREFIX}.logs"
 
 # -- KV buckets -----------------------------------------------------------------------------------
 SCHEDULED_JOBS_KV_NAME = f"{NAQ_PREFIX}_scheduled_jobs"
@@ -26,6 +28,7 @@ KV_DELETE_OPERATIONS = ("DEL", "PURGE")  # a watch entry with one of these opera
 
 # -- headers --------------------------------------------------------------------------------------
 CANCEL_SUBJECT = f"{NAQ_PREFIX}.control.cancel"  # core NATS: a JSON list of job ids whose cancel was recorded
+OUTPUT_STREAM_HEADER = "Naq-Output"  # which stream a batch of output came from: `stdout` or `stderr`
 SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.wire.signing
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
@@ -63,6 +66,11 @@ def durable_queue(durable: str) -> str | None:
 def failed_subject(job_id: str) -> str:
     """The failed-store subject of a job id (or of a `rejected-<seq>` name): `naq.failed.<id>`."""
     return f"{FAILED_SUBJECT_PREFIX}.{validate_key(job_id, 'job id')}"
+
+
+def logs_subject(job_id: str) -> str:
+    """The subject a job's output is published on: `naq.logs.<job_id>`."""
+    return f"{LOGS_SUBJECT_PREFIX}.{validate_key(job_id, 'job id')}"
 
 
 def failed_subject_job_id(subject: str) -> str:

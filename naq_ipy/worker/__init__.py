@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-_MOVED = {"Worker": "naq_ipy.worker.consumer", "list_workers": "naq_ipy.worker.consumer"}
+_MOVED = {"Worker": "naq_ipy.worker.consumer", "list_workers": "naq_ipy.status.workers"}
 
 
 def __getattr__(name: str) -> Any:

@@ -30,15 +30,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from naq_ipy.client.bridge import StopRequests
-from naq_ipy.errors import ConfigurationError, NaqException, SerializationError
-from naq_ipy.rules.records import TIMESTAMP, decode_checked, flag, integer, optional, text, text_list
+from naq_ipy.errors import ConfigurationError, NaqException
+from naq_ipy.status.workers import list_workers as list_workers  # its old home; it lives in status/workers.py
+from naq_ipy.status.workers import read_heartbeat as read_heartbeat  # likewise
 from naq_ipy.wire import names
-from naq_ipy.wire.connection import connect, get_connection, kv_put, nats_errors
+from naq_ipy.wire.connection import connect, kv_put, nats_errors
 from naq_ipy.wire.names import JOB_STREAM_NAME
 from naq_ipy.wire.settings import (
     DEFAULT_QUEUE_NAME,
-    KEY_MAX,
-    QUEUE_NAME_MAX,
     ConnectionSettings,
     validate_key,
     validate_queue_name,
@@ -68,13 +67,14 @@ class Worker(JobRunner, StopRequests):
     `process_pool`: plain functions run in child processes (killed at their timeout) instead of
     threads. `heartbeat_s`: seconds between heartbeats (each lives 3x as long). `ack_wait_s`:
     the consumer's ack wait when this worker creates it. `grace_s`: how long a stop waits for
-    running jobs before returning them to the queue.
+    running jobs before returning them to the queue. `capture_output`: publish each job's stdout,
+    stderr, logging and warnings (see `naq_ipy.worker.output`).
     """
 
     def __init__(
         self, queues: Sequence[str] | str = DEFAULT_QUEUE_NAME, *, concurrency: int = 10,
         url: str | ConnectionSettings | None = None, process_pool: bool = False, worker_id: str | None = None,
-        heartbeat_s: float = 5.0, ack_wait_s: float = 30.0, grace_s: float = 30.0,
+        heartbeat_s: float = 5.0, ack_wait_s: float = 30.0, grace_s: float = 30.0, capture_output: bool = True,
     ) -> None:
         queue_names = [queues] if isinstance(queues, str) else list(queues)
         self.queues = [validate_queue_name(q) for q in dict.fromkeys(queue_names)]
@@ -86,6 +86,7 @@ class Worker(JobRunner, StopRequests):
             if not isinstance(value, int | float) or value < 0 or (value == 0 and name != "grace_s"):
                 raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
         super().__init__(validate_key(worker_id or default_worker_id(), "worker id"), concurrency)
+        self.capture_output = capture_output
         self.settings = ConnectionSettings.resolve(url)
         self.process_pool = process_pool
         self.heartbeat_s, self.ack_wait_s, self.grace_s = float(heartbeat_s), float(ack_wait_s), float(grace_s)
@@ -262,39 +263,3 @@ class Worker(JobRunner, StopRequests):
             except Exception as e:  # a missed beat is not fatal; the next one may get through
                 logger.warning("worker %s: heartbeat failed: %s", self.worker_id, e)
             await asyncio.sleep(self.heartbeat_s)
-
-
-async def list_workers(url: str | ConnectionSettings | None = None) -> list[dict[str, Any]]:
-    """The heartbeat records of all live workers, by worker id."""
-    conn = await get_connection(url)
-    kv = await conn.kv(names.WORKERS_KV_NAME)
-    workers: list[dict[str, Any]] = []
-    async with nats_errors(conn.settings):
-        watcher = await kv.watchall(ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value and entry.operation is None:
-                    try:
-                        workers.append(read_heartbeat(entry.value))
-                    except SerializationError as e:
-                        logger.warning("skipping heartbeat %r: %s", entry.key, e)
-        finally:
-            await watcher.stop()
-    return sorted(workers, key=lambda w: str(w.get("worker_id")))
-
-
-_COUNT = integer(0, 2**53)
-_HEARTBEAT_SPEC = {
-    "worker_id": text(KEY_MAX), "host": text(255), "pid": _COUNT, "queues": text_list(QUEUE_NAME_MAX),
-    "concurrency": _COUNT, "process_pool": flag, "current_jobs": text_list(KEY_MAX, 100_000),
-    "waiting_jobs": text_list(KEY_MAX, 100_000), "processed": _COUNT, "failed": _COUNT,
-    "started_at": optional(TIMESTAMP), "heartbeat_at": TIMESTAMP,
-}
-
-
-def read_heartbeat(raw: bytes) -> dict[str, Any]:
-    """A stored heartbeat record, strictly checked; SerializationError for anything malformed."""
-    return decode_checked(raw, _HEARTBEAT_SPEC, "corrupt heartbeat", frozenset({"worker_id", "heartbeat_at"}),
-                          max_bytes=16 << 20)

@@ -21,7 +21,6 @@ import os
 import pickle
 import signal
 import threading
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,7 +34,9 @@ from naq_ipy.errors import SerializationError
 from naq_ipy.status.progress import child_reporting, delegate_to_child
 from naq_ipy.status.results import PickledValue
 from naq_ipy.wire.settings import ConnectionSettings
+from naq_ipy.worker import output
 from naq_ipy.worker.stopping import JobCancelled, StopHandle, ThreadCall
+from naq_ipy.worker.tracebacks import register_sources, remote_traceback
 
 ERROR_LINE_MAX = 500
 
@@ -48,7 +49,7 @@ def one_line(text: str, limit: int = ERROR_LINE_MAX) -> str:
 
 def describe_exception(exc: BaseException) -> tuple[str, str]:
     """(`Type: message` on one line, the full traceback text) of an exception raised by a job."""
-    return one_line(f"{type(exc).__name__}: {exc}"), "".join(traceback.format_exception(exc))
+    return one_line(f"{type(exc).__name__}: {exc}"), remote_traceback(exc)
 
 
 def is_async_callable(func: Callable[..., Any]) -> bool:
@@ -91,19 +92,32 @@ def _consume(future: asyncio.Future[Any] | Future[Any]) -> None:
         future.exception()
 
 
-def run_in_child(data: bytes, progress_to: dict[str, Any] | None = None) -> tuple[str, bytes | str, str]:
+def _settings(fields: dict[str, Any] | None) -> ConnectionSettings | None:
+    return None if fields is None else ConnectionSettings(**fields)
+
+
+def _fields(settings: ConnectionSettings | None) -> dict[str, Any] | None:
+    """`settings` as a plain dict for a child (pickled settings carry no credentials)."""
+    return None if settings is None else asdict(settings)
+
+
+def run_in_child(data: bytes, progress_to: dict[str, Any] | None = None,
+                 output_to: dict[str, Any] | None = None) -> tuple[str, bytes | str, str]:
     """Process-mode entry: unpickle the job bytes here (never in the worker), run the call (a coroutine
     function on its own loop), return ("ok", pickled value) or an error.
 
     `progress_to`: the fields of the settings the job's `progress` calls are written with from this
-    process (a plain dict: pickled settings carry no credentials).
+    process; `output_to`: those its output is published with (None: not captured). Plain dicts:
+    pickled settings carry no credentials.
     """
     try:
         job = Job.deserialize(data)
     except SerializationError as e:
         return "unreadable", str(e), ""
     try:
-        with child_reporting(job.job_id, None if progress_to is None else ConnectionSettings(**progress_to)):
+        register_sources(job.sources, job.function)
+        with (child_reporting(job.job_id, _settings(progress_to)),
+              output.child_capture(job.job_id, _settings(output_to), job.result_ttl)):
             call = functools.partial(job.function, *job.args, **job.kwargs)
             value = asyncio.run(call()) if is_async_callable(job.function) else call()
     except (Exception, SystemExit) as e:
@@ -143,6 +157,7 @@ def _load_and_call(data: bytes) -> Any:
         job = Job.deserialize(data)
     except SerializationError as e:
         raise UnreadableCall(str(e)) from None
+    register_sources(job.sources, job.function)
     if is_async_callable(job.function):
         return _CoroutineCall(job)
     return job.function(*job.args, **job.kwargs)
@@ -190,9 +205,9 @@ class _ProcessSlots:
         child = await self._take()
         if stop is not None:
             stop.set_stopper(child.kill)
-        delegate = delegate_to_child()
         future = asyncio.get_running_loop().run_in_executor(child.pool, run_in_child, data,
-                                                            None if delegate is None else asdict(delegate))
+                                                            _fields(delegate_to_child()),
+                                                            _fields(output.delegate_to_child()))
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout_s)
         finally:
@@ -276,7 +291,7 @@ class Executor:
 
     async def _run_thread(self, job: Job, data: bytes, stop: StopHandle | None = None) -> Any:
         """Unpickle the call and make it in one pool thread (a coroutine function comes back as `_CoroutineCall`)."""
-        # a copy of this task's context: `progress` in the thread sees the current job
+        # a copy of this task's context: `progress` and the output capture in the thread see the current job
         call: Callable[[], Any] = functools.partial(contextvars.copy_context().run, _load_and_call, data)
         if stop is not None:
             call = ThreadCall(call, stop)

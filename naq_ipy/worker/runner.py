@@ -37,6 +37,7 @@ from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, validate_key
 from naq_ipy.wire.signing import refusal, signer_id
 from naq_ipy.worker.executor import Executor, JobFailure, UnreadableCall, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
+from naq_ipy.worker.output import capturing
 from naq_ipy.worker.stopping import JobCancelled, StopHandle
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class JobRunner:
         self.concurrency = concurrency
         self.max_waiting = WAITING_PER_SLOT * concurrency
         self.processed = self.failed = 0
+        self.capture_output = True  # jobs' stdout, stderr, logging and warnings go to naq.logs.<job id>
         self._deliveries: dict[asyncio.Task[None], Delivery] = {}
         self._conn: Connection | None = None
         self._executor: Executor | None = None
@@ -292,7 +294,9 @@ class JobRunner:
         running_written.set_result(delivery.revision)
         logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
-            async with reporting(job.job_id, self.conn, running_written) as progress:
+            # capturing() flushes on every way out (a JobCancelled too): a stopped job keeps its output
+            async with (reporting(job.job_id, self.conn, running_written) as progress,
+                        capturing(job.job_id, self.conn, job.result_ttl, self.capture_output)):
                 value = await self._executor.run(job, msg.data, stop)
             data = results.encode_result(self.conn, job.job_id, value)
         except JobCancelled:
