@@ -397,3 +397,27 @@ def test_payload_settings_survive_pickling_without_secrets() -> None:
     assert (copied.payload_threshold_bytes, copied.payload_max_bytes, copied.payload_cache_bytes) == (1000, 10 * MB,
                                                                                                       5 * MB)
     assert "secret" not in copied.url
+
+
+@pytest.mark.parametrize("spec", [{"buffers": [["sha256-x", 1]]}, {"body": None}, {"buffers": [], "extra": 1}, [1]])
+def test_a_status_with_a_malformed_result_payload_is_refused(spec: object) -> None:
+    import json
+
+    raw = json.dumps({"job_id": "j1", "status": "finished", "updated_at": 1.0, "result_payload": spec}).encode()
+    with pytest.raises(SerializationError, match="result_payload"):
+        results.JobStatus.from_bytes(raw)
+
+
+def test_a_status_names_its_result_payload_inside_the_signature() -> None:
+    from naq_ipy.errors import SignatureError
+    from naq_ipy.status.results import check_signed
+
+    settings = ConnectionSettings.resolve("nats://127.0.0.1:1", signing_key="k1")
+    spec = {"body": None, "buffers": [[payloads.NAME_PREFIX + "a" * 64, 8]]}
+    status = results.JobStatus(job_id="j1", status=results.FINISHED, updated_at=1.0, result_payload=spec)
+    stored = results.JobStatus.from_bytes(status.to_bytes(settings))
+    check_signed(settings, "j1", stored)
+    assert stored.result_payload == spec
+    swapped = stored.raw.replace(b"a" * 64, b"b" * 64)
+    with pytest.raises(SignatureError, match="refused"):
+        check_signed(settings, "j1", results.JobStatus.from_bytes(swapped))

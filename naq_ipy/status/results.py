@@ -124,16 +124,6 @@ class JobStatus:
 STATUS_RECORD = "status"
 _STATUS_FIELDS = tuple(f.name for f in fields(JobStatus) if f.name not in ("revision", "raw"))
 _TIME, _TEXT = optional(TIMESTAMP), optional(text())
-_STATUS_SPEC = {
-    "job_id": text(KEY_MAX), "status": text(32), "queue_name": optional(text(QUEUE_NAME_MAX)), "func_name": _TEXT,
-    "enqueue_time": _TIME, "started_at": _TIME, "finished_at": _TIME, "attempts": integer(0, 2**31),
-    "error": optional(text(LONG_TEXT_MAX)), "traceback": optional(text(4 * LONG_TEXT_MAX)),
-    "progress": optional(number(0.0, 1.0)), "message": _TEXT, "worker_id": optional(text(KEY_MAX)),
-    "schedule_key": optional(text(KEY_MAX)), "result_inline": optional(text(2 * INLINE_RESULT_MAX)),
-    "result_sha256": optional(text(64)), "cancelled_by": optional(text(KEY_MAX)), "updated_at": TIMESTAMP,
-    "result_payload": optional(lambda value: _payload_spec(value)), "args_bytes": optional(integer(0, 2**53)),
-    "result_bytes": optional(integer(0, 2**53)),
-}
 
 
 def _payload_spec(value: Any) -> dict[str, Any]:
@@ -145,6 +135,18 @@ def _payload_spec(value: Any) -> dict[str, Any]:
     if len(refs) > LIST_MAX or set(value) - {"body", "buffers"}:
         raise ValueError("is not a payload spec")
     return dict(value)
+
+
+_STATUS_SPEC = {
+    "job_id": text(KEY_MAX), "status": text(32), "queue_name": optional(text(QUEUE_NAME_MAX)), "func_name": _TEXT,
+    "enqueue_time": _TIME, "started_at": _TIME, "finished_at": _TIME, "attempts": integer(0, 2**31),
+    "error": optional(text(LONG_TEXT_MAX)), "traceback": optional(text(4 * LONG_TEXT_MAX)),
+    "progress": optional(number(0.0, 1.0)), "message": _TEXT, "worker_id": optional(text(KEY_MAX)),
+    "schedule_key": optional(text(KEY_MAX)), "result_inline": optional(text(2 * INLINE_RESULT_MAX)),
+    "result_sha256": optional(text(64)), "cancelled_by": optional(text(KEY_MAX)), "updated_at": TIMESTAMP,
+    "result_payload": optional(_payload_spec), "args_bytes": optional(integer(0, 2**53)),
+    "result_bytes": optional(integer(0, 2**53)),
+}
 
 
 async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None = DEFAULT_RESULT_TTL_S,
