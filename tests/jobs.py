@@ -186,3 +186,10 @@ def touch(path: str, value: object = None) -> object:
     """Mark `ran` (the side effect a test looks for); return `value`."""
     mark(path, "ran")
     return value
+
+
+def chatty(lines: int) -> int:
+    """Print `lines` lines (`line 0`, ...) and return how many."""
+    for i in range(lines):
+        print(f"line {i}")
+    return lines

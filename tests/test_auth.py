@@ -48,6 +48,7 @@ async def server(nats_server_factory: Callable[..., NatsServer], monkeypatch: py
     conn = await connect(as_role(started.url, "admin"))
     await conn.ensure_stream()
     await conn.ensure_stream(names.FAILED_STREAM_NAME)
+    await conn.ensure_stream(names.LOGS_STREAM_NAME)
     for bucket in BUCKETS:
         await conn.kv(bucket)
     await payloads.ensure_bucket(conn)
@@ -85,6 +86,9 @@ async def test_each_role_of_the_recommended_layout_does_its_work_without_a_viola
             running_scheduler(as_role(server.url, "scheduler")):
         job = await notebook.enqueue(jobs.add, 2, 3)
         assert await job.result(timeout=10) == 5
+        chatty = await notebook.enqueue(jobs.chatty, 3)  # its output: published by the worker, read by the notebook
+        assert await chatty.result(timeout=10) == 3
+        assert await chatty.logs() == "line 0\nline 1\nline 2\n"
         await notebook.schedule(jobs.mark, path, "tick", interval=0.25, repeat=2, name="ticks",
                                 start_at=quarter_after(0.3))
         await eventually(lambda: len(jobs.marks(path, "tick")) == 2, what="two scheduled runs")
@@ -236,7 +240,8 @@ async def test_each_role_is_refused_what_it_must_not_do_and_nothing_is_written(s
     for stream in (names.JOB_STREAM_NAME, names.FAILED_STREAM_NAME, *(f"KV_{b}" for b in BUCKETS)):
         assert (await admin.js.stream_info(stream)).state.messages == 0, f"{role} wrote to {stream}"
     assert {info.config.name for info in await admin.js.streams_info()} == {
-        names.JOB_STREAM_NAME, names.FAILED_STREAM_NAME, names.PAYLOAD_STREAM_NAME, *(f"KV_{b}" for b in BUCKETS)}
+        names.JOB_STREAM_NAME, names.FAILED_STREAM_NAME, names.LOGS_STREAM_NAME, names.PAYLOAD_STREAM_NAME,
+        *(f"KV_{b}" for b in BUCKETS)}
     # and through naq itself: the refusal is a PermissionDeniedError, not a hang or a silent success
     settings = as_role(server.url, role)
     attempt = (Queue("reports", settings).enqueue(jobs.add, 1, 1) if role == "worker"
