@@ -349,3 +349,22 @@ async def test_fires_continue_across_a_server_restart(nats_server_factory: Calla
     entry = await ScheduledJobManager(url).get("beat")
     assert entry.run_count == len(runs) and entry.paused
     assert entry.next_run_utc == interval_runs(start, 0.25, len(runs) + 1)[-1]
+
+
+@pytest.mark.slow
+async def test_fires_wait_for_the_watch_to_catch_up_and_each_run_fires_once(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no lag allowed: after every batch of fires the timer waits until the watch delivered its own updates
+    monkeypatch.setattr("naq_ipy.schedules.scheduler.WATCH_LAG_MAX", 0)
+    start = quarter_after(1.0)
+    keys = [f"burst{i}" for i in range(20)]
+    async with running(nats_url) as scheduler:
+        for key in keys:
+            await store(nats_url, key, start, interval_s=0.25, repeat=3)
+        for key in keys:
+            await wait_until(lambda key=key: entry_gone(nats_url, key), 15, f"{key} to finish")
+        assert scheduler._watched_seq >= scheduler._written_seq  # the watch saw every write of ours
+    runs = await queued_runs(nats_url)
+    assert sorted(r.job_id for r in runs) == sorted(
+        f"{key}.{int(due * 1000)}" for key in keys for due in interval_runs(start, 0.25, 3))

@@ -61,6 +61,9 @@ MAX_SLEEP_S = 30.0
 RETRY_MIN_S = 0.25
 RETRY_MAX_S = 5.0
 LATE_CHECK_S = 1.0  # a fire this late re-reads its entry first
+WATCH_LAG_MAX = 2000  # revisions the watch may lag behind our own latest write before fires wait for it
+WATCH_LAG_PAUSE_S = 0.01
+WATCH_STALL_S = 10.0  # a watch lagging this long without moving is started again
 
 
 async def publish_run(conn: Connection, record: ScheduledJob, job_id: str, enqueue_time: float,
@@ -108,6 +111,9 @@ class Scheduler(StopRequests):
         self.max_catch_up = int(max_catch_up)
         self.clock_offset_s: float | None = None
         self._view = ScheduleView()
+        self._draining: asyncio.Task[None] | None = None  # the task applying the current watch
+        self._watched_seq = 0  # the newest revision of the store the watch delivered
+        self._written_seq = 0  # the newest revision this scheduler wrote (since the watch started)
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -253,41 +259,70 @@ class Scheduler(StopRequests):
     async def _watch(self) -> None:
         """One watcher, drained continuously, until the connection reconnects (its consumer is then gone)."""
         conn = self._connection
-        reconnects = conn.nc.stats["reconnects"]
         kv = await conn.kv(SCHEDULED_JOBS_KV_NAME)
         async with nats_errors(self.settings):
             empty = (await kv.status()).values == 0
             watcher = await kv.watchall()
-        initial: set[str] | None = set()  # keys of the current values, until they are all in
+        self._written_seq = self._watched_seq = 0  # a bucket made again numbers its revisions from 1
+        self._draining = drain = asyncio.create_task(self._drain(watcher, empty))
+        reconnect = asyncio.create_task(_reconnected(conn))
         try:
-            while conn.nc.stats["reconnects"] == reconnects:
-                try:
-                    entry = await watcher.updates(WATCH_POLL_S)
-                except nats.errors.TimeoutError:
-                    continue
-                _raise_if_cancelled()
-                if isinstance(entry, KeyValue.Entry):
-                    if initial is not None:
-                        initial.add(entry.key)
-                    if self._view.apply(entry.key, entry.revision or 0, entry.operation, entry.value):
-                        self._wake.set()
-                # nats-py's "current values delivered" marker (None) can come before the values:
-                # they are all in at the entry with nothing pending after it (or at once if none)
-                if initial is not None and (not entry.delta if isinstance(entry, KeyValue.Entry) else empty):
-                    self._view.prune(initial)
-                    initial = None
-                    self._watch_ready.set()
-                    self._wake.set()
+            await asyncio.wait({drain, reconnect}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (drain, reconnect):
+                task.cancel()
+            await asyncio.gather(drain, reconnect, return_exceptions=True)
+            self._draining = None
             with contextlib.suppress(Exception):
                 await watcher.stop()
-        logger.info("reconnected to NATS; watching %s again", SCHEDULED_JOBS_KV_NAME)
+        if drain.done() and not drain.cancelled() and drain.exception() is not None:
+            raise drain.exception()  # type: ignore[misc]
+        logger.info("watching %s again", SCHEDULED_JOBS_KV_NAME)
+
+    async def _drain(self, watcher: KeyValue.KeyWatcher, empty: bool) -> None:
+        """Apply every entry of `watcher` to the view; no timer per entry, so a backlog is taken in one go."""
+        initial: set[str] | None = set()  # keys of the current values, until they are all in
+        async for entry in watcher:
+            _raise_if_cancelled()
+            if isinstance(entry, KeyValue.Entry):
+                self._watched_seq = max(self._watched_seq, entry.revision or 0)
+                if initial is not None:
+                    initial.add(entry.key)
+                if self._view.apply(entry.key, entry.revision or 0, entry.operation, entry.value):
+                    self._wake.set()
+            # nats-py's "current values delivered" marker (None) can come before the values:
+            # they are all in at the entry with nothing pending after it (or at once if none)
+            if initial is not None and (not entry.delta if isinstance(entry, KeyValue.Entry) else empty):
+                self._view.prune(initial)
+                initial = None
+                self._watch_ready.set()
+                self._wake.set()
+
+    async def _watch_caught_up(self) -> None:
+        """Fire nothing while the watch lags WATCH_LAG_MAX revisions behind our own writes.
+
+        Every fire's update comes back through the watch; a scheduler that fires faster than it
+        reads would hold an ever longer backlog in memory. A watch that stays stuck is restarted.
+        """
+        stuck_since, seen = time.monotonic(), self._watched_seq
+        while self._written_seq - self._watched_seq > WATCH_LAG_MAX:
+            if self._watched_seq != seen:
+                stuck_since, seen = time.monotonic(), self._watched_seq
+            elif time.monotonic() - stuck_since > WATCH_STALL_S:
+                logger.warning("watch of %s stuck %d revisions behind; watching again", SCHEDULED_JOBS_KV_NAME,
+                               self._written_seq - self._watched_seq)
+                self._written_seq = 0
+                if self._draining is not None:
+                    self._draining.cancel()
+                return
+            await asyncio.sleep(WATCH_LAG_PAUSE_S)
 
     async def _timer_loop(self) -> None:
         await self._clock_ready.wait()
         while True:
             _raise_if_cancelled()
             self._wake.clear()
+            await self._watch_caught_up()
             due = self._view.due(self.now())
             results = await asyncio.gather(*(self._fire(record) for record in due))
             for record, fired in zip(due, results, strict=True):
@@ -352,6 +387,15 @@ class Scheduler(StopRequests):
                         record.run_count + len(plan.due_times))
         else:
             self._view.wrote(replace(new, revision=revision))
+            self._written_seq = max(self._written_seq, revision)
+
+
+async def _reconnected(conn: Connection) -> None:
+    """Return once `conn` reconnected: a watch's ordered consumer is gone with the old connection."""
+    reconnects = conn.nc.stats["reconnects"]
+    while conn.nc.stats["reconnects"] == reconnects:
+        await asyncio.sleep(WATCH_POLL_S)
+    logger.info("reconnected to NATS")
 
 
 async def run_now(key: str, url: str | ConnectionSettings | None = None) -> str:
