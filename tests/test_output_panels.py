@@ -6,11 +6,11 @@ import asyncio
 import threading
 
 import pytest
+from monitors import monitor_and_worker
 from polling import wait_until
 
 from naq_ipy.client.queue import Queue
 from naq_ipy.ipython.livejob import SHOW_ALL, SHOW_TAIL, LiveJob
-from naq_ipy.ipython.monitor_panel import QueueMonitor
 from naq_ipy.ipython.schedules_panel import ScheduledJobsPanel
 from naq_ipy.status.results import FAILED, JobStatus, write_status
 from naq_ipy.wire.connection import close_all, get_connection
@@ -30,20 +30,12 @@ def add(a: int, b: int) -> int:
 
 
 def test_the_queue_monitor_shows_a_failed_jobs_output(nats_url: str) -> None:
-    monitor = QueueMonitor(url=nats_url, refresh_s=0.2)
-    worker = Worker("default", url=nats_url, heartbeat_s=0.2, concurrency=2)
-    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
-    try:
-        assert monitor.wait_loaded(5) and monitor.widget is not None
-        thread.start()
+    with monitor_and_worker(nats_url, concurrency=2) as running:
+        monitor = running.monitor
         failed = Queue("default", nats_url).enqueue_sync(loud_failure, 3)
         wait_until(lambda: monitor.failed_keys[0] == failed.job_id, 10, "failed row")
         wait_until(lambda: "working on 3" in monitor.controls.failed[0].line.value, 5, "output")
         assert "ValueError: broken 3" in monitor.controls.failed[0].line.value
-    finally:
-        worker.request_stop()
-        thread.join(10)
-        monitor.close()
 
 
 def test_recent_runs_show_each_runs_output(nats_url: str) -> None:

@@ -31,10 +31,6 @@ def work(x: int) -> int:
     return x
 
 
-def broken(x: int) -> int:
-    raise ValueError(f"broken {x}")
-
-
 def elsewhere(coro_fn: Callable[[], Any]) -> Any:
     """Run a coroutine on a fresh loop in this thread: its own NATS connection, not the panel's."""
     return asyncio.run(coro_fn())
@@ -383,43 +379,6 @@ def test_marshal_and_coalescer_hand_work_to_the_widgets_loop() -> None:
     assert calls == ["direct", "MainThread"]
 
 
-def test_queue_monitor_counts_requeues_and_purges(nats_url: str) -> None:
-    from naq_ipy.worker.consumer import Worker
-
-    queue = Queue("default", nats_url)
-    monitor = QueueMonitor(url=nats_url, refresh_s=0.2)
-    worker = Worker("default", url=nats_url, heartbeat_s=0.2, concurrency=2)
-    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
-    try:
-        assert monitor.wait_loaded(5) and monitor.widget is not None
-        thread.start()
-        for i in range(3):
-            queue.enqueue_sync(work, i)
-        failed = queue.enqueue_sync(broken, 1)
-        wait_until(lambda: [s.cells() for s in monitor.queue_stats()] == [("default", "0", "0", "0", "3", "1")],
-                   10, "counts")
-        wait_until(lambda: worker.worker_id in monitor.controls.workers.value, 5, "worker row")
-        wait_until(lambda: monitor.failed_keys[0] == failed.job_id, 5, "failed row")
-        assert "ValueError: broken 1" in monitor.controls.failed[0].line.value
-        wait_until(lambda: "Traceback" in monitor.controls.failed[0].line.value, 5, "traceback")
-        assert "broken" in monitor.controls.recent.value
-        worker.request_stop()
-        thread.join(10)
-        monitor.controls.failed[0].requeue.click()
-        wait_until(lambda: monitor.status_text == f"requeued {failed.job_id}", 5, "requeued")
-        wait_until(lambda: monitor.poll.pending.get("default") == 1, 5, "requeued job waiting")
-        assert monitor.controls.purge_queue.value == "default"
-        monitor.controls.purge.click()
-        assert "Remove all 1 waiting job(s) of default?" in monitor.controls.purge_text.value
-        monitor.controls.purge_yes.click()
-        wait_until(lambda: monitor.status_text == "purged 1 job(s) from default", 5, "purged")
-        assert "default" in repr(monitor) and "<table" in monitor._repr_html_()
-    finally:
-        worker.request_stop()
-        thread.join(10)
-        monitor.close()
-
-
 @pytest.mark.slow
 def test_in_a_kernel_updates_go_through_the_kernel_loop_and_nbconvert_gets_a_table(nats_url: str) -> None:
     import nbclient
@@ -444,56 +403,6 @@ def test_in_a_kernel_updates_go_through_the_kernel_loop_and_nbconvert_gets_a_tab
     assert notebook.cells[1].outputs[-1]["text"].strip() == "kernel loop: True updated: True"
     page, _ = HTMLExporter().from_notebook_node(notebook)
     assert "naq-scheduled" in page and ">static-one<" in page
-
-
-def test_queue_monitor_reports_a_lost_server_and_recovers(nats_server_factory: Callable[..., NatsServer]) -> None:
-    server = nats_server_factory()
-    monitor = QueueMonitor(url=server.url, refresh_s=0.2)
-    try:
-        assert monitor.wait_loaded(5) and monitor.widget is not None and monitor.problem is None
-        server.stop()
-        wait_until(lambda: monitor.problem and "queue figures:" in monitor.problem, 15, "problem shown")
-        assert "queue figures:" in monitor.status_html
-        server.start()
-        wait_until(lambda: monitor.problem is None, 20, "recovered")
-    finally:
-        monitor.close()
-
-
-@pytest.mark.slow
-def test_queue_monitor_cancel_buttons_on_running_and_pending_jobs(nats_url: str, tmp_path: Any) -> None:
-    """The running list's Cancel stops a busy thread job; the pending list's Cancel drops a queued one."""
-    import jobs
-
-    from naq_ipy.status.results import fetch_status
-    from naq_ipy.worker.consumer import Worker
-
-    queue = Queue("default", nats_url)
-    evidence = str(tmp_path / "spin")
-    spinning = queue.enqueue_sync(jobs.busy_loop, evidence)
-    waiting = queue.enqueue_sync(jobs.touch, str(tmp_path / "waiting"))
-    monitor = QueueMonitor(url=nats_url, refresh_s=0.2)
-    worker = Worker("default", url=nats_url, heartbeat_s=0.2, concurrency=1)
-    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
-    try:
-        assert monitor.wait_loaded(5) and monitor.widget is not None
-        thread.start()
-        running, pending = monitor.job_lists["running"], monitor.job_lists["pending"]
-        wait_until(lambda: running.shown[0] == spinning.job_id, 15, "the running row")
-        wait_until(lambda: pending.shown[0] == waiting.job_id, 5, "the pending row")
-        assert "jobs.touch" in pending.rows[0][1].value and "jobs.busy_loop" in running.rows[0][1].value
-        pending.rows[0][2].click()
-        wait_until(lambda: monitor.status_text == f"cancel {waiting.job_id}: cancelled", 5, "pending cancelled")
-        running.rows[0][2].click()
-        wait_until(lambda: monitor.status_text == f"cancel {spinning.job_id}: cancelled", 5, "running cancelled")
-        wait_until(lambda: running.shown[0] is None and pending.shown[0] is None, 15, "both lists empty")
-        for job in (spinning, waiting):
-            assert asyncio.run(fetch_status(job.job_id, nats_url)).status == "cancelled"  # type: ignore[union-attr]
-        assert not (tmp_path / "waiting").exists()
-    finally:
-        worker.request_stop()
-        thread.join(10)
-        monitor.close()
 
 
 async def store_schedules_pipelined(url: str, count: int) -> None:

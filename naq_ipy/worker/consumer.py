@@ -43,8 +43,9 @@ from naq_ipy.wire.settings import (
     validate_key,
     validate_queue_name,
 )
+from naq_ipy.worker.delivery import DeliveryState, Stopping
 from naq_ipy.worker.executor import Executor
-from naq_ipy.worker.runner import DeliveryState, JobRunner, Stopping
+from naq_ipy.worker.runner import JobRunner
 from naq_ipy.worker.stopping import listen_for_cancels
 
 logger = logging.getLogger(__name__)

@@ -14,20 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
 
 from naq_ipy.client.job import Job, read_header
 from naq_ipy.client.offload import load_call
 from naq_ipy.errors import (
-    ConfigurationError,
     ConflictError,
     NaqConnectionError,
     NaqException,
@@ -39,11 +35,21 @@ from naq_ipy.status import results
 from naq_ipy.status.cancel import cancelled_record
 from naq_ipy.status.payload_sweep import drop_payloads, job_payload_names
 from naq_ipy.status.progress import reporting
-from naq_ipy.status.results import JobStatus, read_status_or_stand_in, watch_until_ended, write_status
+from naq_ipy.status.results import JobStatus, read_status_or_stand_in, write_status
 from naq_ipy.wire.connection import Connection
-from naq_ipy.wire.names import JOB_STATUS_KV_NAME, QUEUE_SUBJECT_PREFIX, SIGNATURE_HEADER
-from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, validate_key
+from naq_ipy.wire.names import JOB_STATUS_KV_NAME
+from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S
 from naq_ipy.wire.signing import refusal, signer_id
+from naq_ipy.worker.delivery import (
+    Delivery,
+    DeliveryState,
+    Stopping,
+    header_job_id,
+    queue_of,
+    settled_elsewhere,
+    signature,
+)
+from naq_ipy.worker.dependencies import wait_for_dependencies
 from naq_ipy.worker.executor import Executor, JobFailure, UnreadableCall, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
 from naq_ipy.worker.output import capturing
@@ -58,57 +64,6 @@ WAITING_FULL_DELAY_S = 5.0
 OUTCOME_RETRY_MIN_S = 0.25
 OUTCOME_RETRY_MAX_S = 2.0
 CONFLICT_RETRIES = 5
-
-
-class Stopping(Exception):
-    """The worker began to stop while a message waited."""
-
-
-class DeliveryState(StrEnum):
-    """Where a fetched message is: just fetched, held for its dependencies, or running."""
-
-    NEW = "new"
-    WAITING = "waiting"
-    RUNNING = "running"
-
-
-@dataclass(eq=False)
-class Delivery:
-    """One fetched message from fetch to ack or nak."""
-
-    msg: Msg
-    job_id: str | None = None
-    state: DeliveryState = DeliveryState.NEW
-    settled: bool = False  # acked or nak'ed: no more progress acks
-    revision: int = 0  # of the job's status record as this worker last saw or wrote it (0: none)
-    stop: StopHandle | None = None  # set while the job runs
-
-
-def _signature(msg: Msg) -> str | None:
-    return (msg.headers or {}).get(SIGNATURE_HEADER)
-
-
-def _settled_elsewhere(record: JobStatus, delivery: Delivery) -> bool:
-    """Whether a record the worker's write lost to settles the job: a cancel, or an outcome of this job's run.
-
-    An ended record met by the first delivery before it runs is from an earlier job of the same id
-    (enqueued again after the duplicate window): it is written over, and the job runs.
-    """
-    if record.status in results.CANCELS:
-        return True
-    return record.ended and (delivery.state == DeliveryState.RUNNING or delivery.msg.metadata.num_delivered > 1)
-
-
-def _queue_of(msg: Msg) -> str:
-    return msg.subject[len(QUEUE_SUBJECT_PREFIX) + 1:]
-
-
-def _header_job_id(data: bytes) -> str | None:
-    """The job id in an unusable job's header, if it has a readable header with a valid id."""
-    try:
-        return validate_key(read_header(data)[0].get("job_id"), "job id")
-    except (SerializationError, ConfigurationError):
-        return None
 
 
 class JobRunner:
@@ -223,14 +178,14 @@ class JobRunner:
     async def _accept(self, delivery: Delivery) -> Job | None:
         """The message's job (its options only), or None when it was rejected or has already ended."""
         msg = delivery.msg
-        refused = refusal(msg.data, msg.headers, self.conn.settings, _queue_of(msg))
+        refused = refusal(msg.data, msg.headers, self.conn.settings, queue_of(msg))
         if refused:  # not even its header is trusted: it is recorded under `rejected-<seq>` only
             await self._reject(delivery, refused)
             return None
         try:  # its options only: the call is unpickled off this loop, by the executor
             job = Job.options_only(msg.data)
         except SerializationError as e:
-            delivery.job_id = _header_job_id(msg.data)
+            delivery.job_id = header_job_id(msg.data)
             await self._reject(delivery, str(e))
             return None
         delivery.job_id = job.job_id
@@ -247,10 +202,10 @@ class JobRunner:
     async def _reject(self, delivery: Delivery, reason: str) -> None:
         """Record unreadable input (status if a job id is known, failed store), ack it."""
         msg, job_id, now = delivery.msg, delivery.job_id, time.time()
-        queue = _queue_of(msg)
+        queue = queue_of(msg)
         seq = msg.metadata.sequence.stream
         await record_failed(self.conn, msg.data, queue_name=queue, reason=reason, seq=seq, job_id=job_id,
-                            signature=_signature(msg))
+                            signature=signature(msg))
         if job_id:
             await write_status(self.conn, JobStatus(
                 job_id=job_id, status=results.REJECTED, queue_name=queue, error=one_line(reason),
@@ -356,7 +311,7 @@ class JobRunner:
         msg = delivery.msg
         await self._durably(job.job_id, record_failed, self.conn, msg.data, queue_name=job.queue_name, reason=error,
                             seq=msg.metadata.sequence.stream, job_id=job.job_id, func_name=job.func_name,
-                            signature=_signature(msg))
+                            signature=signature(msg))
         failed = base.evolve(status=results.FAILED, error=error, traceback=tb or None, finished_at=time.time())
         if not await self._write_over(delivery, write_status, failed, job.result_ttl or DEFAULT_RESULT_TTL_S):
             return
@@ -388,7 +343,7 @@ class JobRunner:
                                               revision=delivery.revision)
             except ConflictError:  # a cancel, a progress report or an earlier delivery wrote in between
                 current = await read_status_or_stand_in(self.conn, status.job_id)
-                if current is not None and _settled_elsewhere(current, delivery):
+                if current is not None and settled_elsewhere(current, delivery):
                     await self._drop_ended(delivery, current)
                     return False
                 delivery.revision = current.revision if current is not None else 0
@@ -470,29 +425,3 @@ class JobRunner:
                     await self._nak(delivery)
                 except nats.errors.Error as e:  # it comes back after its ack wait instead
                     logger.warning("job %s: nak failed: %s", delivery.job_id, e)
-
-
-async def wait_for_dependencies(kv: KeyValue, job_ids: Sequence[str], also: str | None = None) -> JobStatus | None:
-    """Wait (KV watches on the status bucket `kv`) until every job ended; the first that did not finish, or None.
-
-    `also`: a job whose cancel ends the wait at once (then its record is returned).
-    """
-    # a `stopping` dependency can only end `cancelled`: its dependents need not wait for its thread
-    waits = [asyncio.ensure_future(watch_until_ended(kv, job_id, ends=results.TERMINAL | results.CANCELS))
-             for job_id in job_ids]
-    if also is not None:
-        waits.append(asyncio.ensure_future(watch_until_ended(kv, also, ends=results.CANCELS)))
-    try:
-        left = len(job_ids)
-        for next_end in asyncio.as_completed(waits):
-            status = await next_end
-            if status.status != results.FINISHED or status.job_id == also:
-                return status
-            left -= 1
-            if not left:
-                return None
-        return None
-    finally:
-        for wait in waits:
-            wait.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
