@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from naq_ipy.client.bridge import StopRequests
-from naq_ipy.errors import ConfigurationError, NaqException
+from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException
 from naq_ipy.status.payload_sweep import sweep_forever
 from naq_ipy.status.workers import list_workers as list_workers  # its old home; it lives in status/workers.py
 from naq_ipy.status.workers import read_heartbeat as read_heartbeat  # likewise
@@ -51,6 +51,7 @@ from naq_ipy.worker.stopping import listen_for_cancels
 logger = logging.getLogger(__name__)
 
 CONNECT_RETRY_S = 30.0
+BIND_RETRY_S = 1.0
 CLOSE_TIMEOUT_S = 2.0
 FETCH_WAIT_S = 1.0  # an idle fetch lingers this long; a stop waits at most this for it
 FETCH_MORE_WAIT_S = 0.05
@@ -115,7 +116,7 @@ class Worker(JobRunner, StopRequests):
             self._executor = Executor(self.concurrency, self.process_pool)
             await self._conn.ensure_stream()
             await listen_for_cancels(self._conn, self.cancel_notice)
-            subs = [await self._subscribe(queue) for queue in self.queues]
+            subs = [await self._bind(queue) for queue in self.queues]
             self._progress_s = min(ack_wait for _, ack_wait in subs) / 3
             self.started_at = time.time()
             fetchers = [asyncio.create_task(self._fetch_loop(sub)) for sub, _ in subs]
@@ -189,6 +190,19 @@ class Worker(JobRunner, StopRequests):
         loop = asyncio.get_running_loop()
         while self._signals:
             loop.remove_signal_handler(self._signals.pop())
+
+    async def _bind(self, queue: str) -> tuple[JetStreamContext.PullSubscription, float]:
+        """`_subscribe`, tried again for CONNECT_RETRY_S while the server does not answer (a cluster electing
+        its leaders after a start), as the first connection is: a worker waits for its server, it does not exit."""
+        deadline = time.monotonic() + CONNECT_RETRY_S
+        while True:
+            try:
+                return await self._subscribe(queue)
+            except NaqConnectionError as e:
+                if time.monotonic() > deadline or self._stopping.is_set():
+                    raise
+                logger.warning("worker %s: cannot bind to queue %s yet (%s); trying again", self.worker_id, queue, e)
+                await asyncio.sleep(BIND_RETRY_S)
 
     async def _subscribe(self, queue: str) -> tuple[JetStreamContext.PullSubscription, float]:
         """Bind to the queue's durable consumer (created if missing, else kept as it is); also its ack wait."""
