@@ -235,7 +235,11 @@ class Job:
         A worker reads this on its event loop; the call itself may take any time to unpickle, so
         `deserialize` runs where it cannot stall the loop (a thread, or the child process).
         """
-        header, _ = read_header(data)
+        return cls.options_from_header(read_header(data)[0])
+
+    @classmethod
+    def options_from_header(cls, header: Mapping[str, Any]) -> Job:
+        """`options_only` of a header already read (`read_header`)."""
         job = cls.from_header(header, _call_not_loaded, (), {})
         job.payload_bytes = spec_bytes(header.get("payload"))
         return job
@@ -266,6 +270,16 @@ class Job:
         job.func_name = function_name(function)
         if function is not self.function:
             job.sources = function_sources(function)
+        return job
+
+    def with_call(self, function: Any, args: Any, kwargs: Any) -> Job:
+        """A copy of this job with an unpickled call (a worker's options-only job made whole); SerializationError
+        for a call that is no (callable, tuple, dict)."""
+        if not callable(function) or not isinstance(args, tuple | list) or not isinstance(kwargs, dict):
+            raise SerializationError(f"job {self.job_id!r}: its pickle holds no (function, args, kwargs) call")
+        job = object.__new__(type(self))
+        job.__dict__.update(self.__dict__)
+        job.function, job.args, job.kwargs = function, tuple(args), kwargs
         return job
 
     def with_id(self, job_id: str, **changes: Any) -> Job:

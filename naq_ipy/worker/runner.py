@@ -182,8 +182,9 @@ class JobRunner:
         if refused:  # not even its header is trusted: it is recorded under `rejected-<seq>` only
             await self._reject(delivery, refused)
             return None
-        try:  # its options only: the call is unpickled off this loop, by the executor
-            job = Job.options_only(msg.data)
+        try:  # its options only: the call is unpickled by the executor
+            delivery.split = read_header(msg.data)
+            job = Job.options_from_header(delivery.split[0])
         except SerializationError as e:
             delivery.job_id = header_job_id(msg.data)
             await self._reject(delivery, str(e))
@@ -251,7 +252,7 @@ class JobRunner:
         assert self._executor is not None
         msg, attempt = delivery.msg, delivery.msg.metadata.num_delivered
         try:  # a data-sized call's buffers: read here as bytes (digest-checked), unpickled by the executor
-            buffers = None if self._executor.loads_in_child else await load_call(self.conn, read_header(msg.data)[0])
+            buffers = None if self._executor.loads_in_child else await load_call(self.conn, delivery.split[0])
         except SerializationError as e:  # missing or corrupt: unreadable input, like a bad header
             await self._reject(delivery, str(e))
             return None
@@ -262,12 +263,12 @@ class JobRunner:
         delivery.state, delivery.stop = DeliveryState.RUNNING, (stop := StopHandle())
         running_written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         running_written.set_result(delivery.revision)
-        logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
+        logger.debug("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
             # capturing() flushes on every way out (a JobCancelled too): a stopped job keeps its output
             async with (reporting(job.job_id, self.conn, running_written) as progress,
                         capturing(job.job_id, self.conn, job.result_ttl, self.capture_output)):
-                value = await self._executor.run(job, msg.data, stop, buffers)
+                value = await self._executor.run(job, msg.data, stop, buffers, delivery.split)
             data = results.encode_result(self.conn, job.job_id, value)
         except JobCancelled:
             await self._record_stopped(delivery, job)
