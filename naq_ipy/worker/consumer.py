@@ -109,7 +109,7 @@ class Worker(JobRunner, StopRequests):
         self._loop = asyncio.get_running_loop()
         self._new_run_state()
         if self._stop_requested:
-            self._stopping.set()
+            self._begin_stop()
         tasks: list[asyncio.Task[None]] = []
         try:
             self._conn = await connect(self.settings, name=f"naq-worker {self.worker_id}", retry_s=CONNECT_RETRY_S)
@@ -169,7 +169,7 @@ class Worker(JobRunner, StopRequests):
         """Stop gracefully and wait until the worker has shut down (call on the worker's loop)."""
         self._stop_requested = True
         if self._loop is not None:
-            self._stopping.set()
+            self._begin_stop()
             await self._stopped.wait()
 
     def install_signal_handlers(self) -> bool:

@@ -53,6 +53,7 @@ from naq_ipy.worker.dependencies import wait_for_dependencies
 from naq_ipy.worker.executor import Executor, JobFailure, UnreadableCall, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
 from naq_ipy.worker.output import capturing
+from naq_ipy.worker.slots import Slots, SlotsClosed
 from naq_ipy.worker.stopping import JobCancelled, StopHandle
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,13 @@ class JobRunner:
         """Fresh events and slots for one run (asyncio primitives bind to the loop that first uses them)."""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._slots_taken = 0
+        self._slots = Slots(self.concurrency)
         self._room_changed = asyncio.Event()
+
+    def _begin_stop(self) -> None:
+        """Fetch no more, and fail what waits for a slot (its message goes back to the queue)."""
+        self._stopping.set()
+        self._slots.close()
 
     @property
     def conn(self) -> Connection:
@@ -122,19 +127,17 @@ class JobRunner:
     @property
     def free_slots(self) -> int:
         """Execution slots not taken right now."""
-        return self.concurrency - self._slots_taken
+        return self.concurrency - self._slots.taken
 
     async def _acquire_slot(self) -> bool:
         """Take an execution slot, waiting for one unless a stop comes first (Stopping)."""
-        if self._slots.locked():
-            await self._unless_stopping(self._slots.acquire())
-        else:
-            await self._slots.acquire()
-        self._slots_taken += 1
+        try:
+            await self._slots.take()
+        except SlotsClosed:
+            raise Stopping from None
         return True
 
     def _release_slot(self) -> None:
-        self._slots_taken -= 1
         self._slots.release()
 
     async def _unless_stopping(self, coro: Coroutine[Any, Any, T]) -> T:
