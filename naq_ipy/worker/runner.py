@@ -93,6 +93,7 @@ class JobRunner:
         """Fetch no more, and fail what waits for a slot (its message goes back to the queue)."""
         self._stopping.set()
         self._slots.close()
+        self._room_changed.set()
 
     @property
     def conn(self) -> Connection:
@@ -119,10 +120,19 @@ class JobRunner:
         return 2 * self.concurrency - in_hand
 
     async def wait_for_room(self) -> None:
-        """Wait until `room` > 0, unless a stop comes first (Stopping)."""
-        while self.room <= 0:
+        """Wait until there is room for a batch of half the slots (or any room while fewer are in hand than
+        slots), unless a stop comes first (Stopping): fetching one message per finished job costs a round
+        trip each, while the prefetched half keeps every slot busy."""
+        while not self._stopping.is_set() and self.room < self._fetch_batch:
             self._room_changed.clear()
-            await self._unless_stopping(self._room_changed.wait())
+            await self._room_changed.wait()
+        if self._stopping.is_set():
+            raise Stopping
+
+    @property
+    def _fetch_batch(self) -> int:
+        in_hand = 2 * self.concurrency - self.room
+        return 1 if in_hand < self.concurrency else max(1, self.concurrency // 2)
 
     @property
     def free_slots(self) -> int:
