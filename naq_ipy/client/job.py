@@ -247,8 +247,7 @@ class Job:
     @classmethod
     def from_header(cls, header: Mapping[str, Any], function: Callable[..., Any], args: Any, kwargs: Any) -> Job:
         """A Job from a parsed header and its unpickled call."""
-        known = {f.name for f in fields(cls)} - {"function", "args", "kwargs", "url", "payload_bytes"}
-        values = {k: v for k, v in header.items() if k in known}
+        values = {k: v for k, v in header.items() if k in _HEADER_FIELDS}
         try:  # the header comes off the wire: any bad value is an unreadable job, never a crash
             _check_header_types(values)
             values["retry_delay"] = retry_delay_from_json(values.get("retry_delay", 0))
@@ -369,6 +368,9 @@ def serialize_many(jobs: Sequence[Job], packer: Packer | None = None) -> list[by
         once = shared.get(key)
         out.append(job._serialize_call(once if once is not None else job.function, packer))
     return out
+
+
+_HEADER_FIELDS = frozenset(f.name for f in fields(Job)) - {"function", "args", "kwargs", "url", "payload_bytes"}
 
 
 def _call_not_loaded(*args: Any, **kwargs: Any) -> Any:
