@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
-from common import BENCH_DIR, POLL_S, Child, cpu_s, load_average, mem_total_gib, say, spawn
+from common import BENCH_DIR, POLL_S, Child, cpu_s, load_average, mem_total_gib, say, spawn, wait_for_log
 from firelag import lag_lines, run_lag
 from nats.js import JetStreamContext, api
 from peers import Row, noop, rate, run_arq, run_rq, run_saq, version
@@ -147,7 +147,9 @@ async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int
                   workdir / "worker.log")
     worker.append(child)
     with py_spy(child.proc.pid, profile):
-        cpu_before, server_before = cpu_s(child.proc.pid), cpu_s(server.pid)
+        server_before = cpu_s(server.pid)
+        await wait_for_log(child, "started on")  # the worker's CPU counts from here: its imports are no job's
+        cpu_before = cpu_s(child.proc.pid)
         done = await wait_drained(conn, child)
         cpu, server_cpu = cpu_s(child.proc.pid) - cpu_before, cpu_s(server.pid) - server_before
     statuses = await read_statuses(conn)
@@ -159,7 +161,7 @@ async def run_naq(conn: Connection, server: NatsServer, n: int, concurrency: int
         f"naq processed/s counts from the first job's `started_at` to an empty stream; with the worker "
         f"subprocess start-up included it is {rate(len(finished), done - spawned):,.0f}/s "
         f"(start-up {first - spawned:.2f} s)",
-        f"naq worker CPU while draining: {cpu:.2f} s for {len(finished):,} jobs "
+        f"naq worker CPU while draining (from its 'started on' line): {cpu:.2f} s for {len(finished):,} jobs "
         f"({1e3 * cpu / max(len(finished), 1):.3f} ms/job, {100 * cpu / max(done - first, 1e-9):.0f}% of one core); "
         f"nats-server CPU meanwhile {server_cpu:.2f} s",
     ]

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from conftest import cluster_node_options
 from nats.js import JetStreamContext
@@ -21,6 +23,7 @@ from nats.js.api import RetentionPolicy, StreamConfig
 
 import naq_ipy
 from naq_ipy import ConnectionSettings, NaqConnectionError, NaqException, Queue, SerializationError
+from naq_ipy.wire import acks, names
 from naq_ipy.wire.connection import close_all, connect, get_connection, publish
 from naq_ipy.wire.server import NatsServer, free_port
 
@@ -340,3 +343,29 @@ async def test_replicas_reach_stream_and_bucket_configs(nats_server_factory: Fac
     finally:
         await nc.close()
     await close_all()
+
+
+async def test_publish_acks_come_back_to_their_own_publish(nats_url: str) -> None:
+    conn = await get_connection(nats_url)
+    await conn.ensure_stream()
+    subject = names.queue_subject("acks")
+    acks = await asyncio.gather(*(conn.acks.publish(subject, b"%d" % i, None, 5.0) for i in range(200)))
+    assert sorted(ack.seq for ack in acks) == list(range(1, 201))
+    # each future got the ack of its own message: the stream holds message i at the seq its publish was told
+    for i in (0, 57, 199):
+        stored = await conn.js.get_msg(names.JOB_STREAM_NAME, acks[i].seq)
+        assert stored.data == b"%d" % i
+
+
+async def test_publish_without_a_stream_and_unanswered_publishes_fail(nats_url: str) -> None:
+    conn = await get_connection(nats_url)
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await conn.acks.publish("naq.nowhere", b"x", None, 5.0)
+    silent = await conn.nc.subscribe("naq.silent")  # receives, never answers
+    started = time.monotonic()
+    with pytest.raises(nats.errors.TimeoutError):
+        await conn.acks.publish("naq.silent", b"x", None, 0.2)
+    assert time.monotonic() - started < 0.2 + acks.SWEEP_S + 1.0
+    await silent.unsubscribe()
+    await conn.ensure_stream()  # the inbox still works after a timeout
+    assert (await conn.acks.publish(names.queue_subject("acks"), b"y", None, 5.0)).seq >= 1

@@ -235,7 +235,11 @@ class Job:
         A worker reads this on its event loop; the call itself may take any time to unpickle, so
         `deserialize` runs where it cannot stall the loop (a thread, or the child process).
         """
-        header, _ = read_header(data)
+        return cls.options_from_header(read_header(data)[0])
+
+    @classmethod
+    def options_from_header(cls, header: Mapping[str, Any]) -> Job:
+        """`options_only` of a header already read (`read_header`)."""
         job = cls.from_header(header, _call_not_loaded, (), {})
         job.payload_bytes = spec_bytes(header.get("payload"))
         return job
@@ -243,8 +247,7 @@ class Job:
     @classmethod
     def from_header(cls, header: Mapping[str, Any], function: Callable[..., Any], args: Any, kwargs: Any) -> Job:
         """A Job from a parsed header and its unpickled call."""
-        known = {f.name for f in fields(cls)} - {"function", "args", "kwargs", "url", "payload_bytes"}
-        values = {k: v for k, v in header.items() if k in known}
+        values = {k: v for k, v in header.items() if k in _HEADER_FIELDS}
         try:  # the header comes off the wire: any bad value is an unreadable job, never a crash
             _check_header_types(values)
             values["retry_delay"] = retry_delay_from_json(values.get("retry_delay", 0))
@@ -266,6 +269,16 @@ class Job:
         job.func_name = function_name(function)
         if function is not self.function:
             job.sources = function_sources(function)
+        return job
+
+    def with_call(self, function: Any, args: Any, kwargs: Any) -> Job:
+        """A copy of this job with an unpickled call (a worker's options-only job made whole); SerializationError
+        for a call that is no (callable, tuple, dict)."""
+        if not callable(function) or not isinstance(args, tuple | list) or not isinstance(kwargs, dict):
+            raise SerializationError(f"job {self.job_id!r}: its pickle holds no (function, args, kwargs) call")
+        job = object.__new__(type(self))
+        job.__dict__.update(self.__dict__)
+        job.function, job.args, job.kwargs = function, tuple(args), kwargs
         return job
 
     def with_id(self, job_id: str, **changes: Any) -> Job:
@@ -355,6 +368,9 @@ def serialize_many(jobs: Sequence[Job], packer: Packer | None = None) -> list[by
         once = shared.get(key)
         out.append(job._serialize_call(once if once is not None else job.function, packer))
     return out
+
+
+_HEADER_FIELDS = frozenset(f.name for f in fields(Job)) - {"function", "args", "kwargs", "url", "payload_bytes"}
 
 
 def _call_not_loaded(*args: Any, **kwargs: Any) -> Any:

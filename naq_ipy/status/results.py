@@ -22,7 +22,7 @@ import json
 import logging
 import pickle
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -105,13 +105,18 @@ class JobStatus:
 
     def evolve(self, **changes: Any) -> JobStatus:
         """A copy with `changes` and `updated_at` = now (no longer the bytes it was read from)."""
-        return replace(self, updated_at=time.time(), raw=b"", **changes)
+        unknown = changes.keys() - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"JobStatus has no field {sorted(unknown)[0]!r}")
+        copy = object.__new__(JobStatus)  # a frozen dataclass without __post_init__: `replace`, minus its cost
+        copy.__dict__.update(self.__dict__, **changes, updated_at=time.time(), raw=b"")
+        return copy
 
     def to_bytes(self, settings: ConnectionSettings | None = None, signer: str | None = None) -> bytes:
         """The stored JSON form (every field but `revision` and `raw`), signed when `settings` hold keys
         (with the key of id `signer` if held)."""
-        data = {name: getattr(self, name) for name in _STATUS_FIELDS}
-        body = json.dumps(data, separators=(",", ":")).encode()
+        data = {name: value for name in _STATUS_FIELDS if (value := getattr(self, name)) is not None}
+        body = _COMPACT_JSON.encode(data).encode()
         return body if settings is None else sign_record(settings, STATUS_RECORD, self.job_id, body, signer)
 
     @classmethod
@@ -122,7 +127,9 @@ class JobStatus:
 
 
 STATUS_RECORD = "status"
+_FIELD_NAMES = frozenset(f.name for f in fields(JobStatus))
 _STATUS_FIELDS = tuple(f.name for f in fields(JobStatus) if f.name not in ("revision", "raw"))
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _TIME, _TEXT = optional(TIMESTAMP), optional(text())
 
 

@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from naq_ipy.errors import ConflictError, NaqConnectionError, NaqException, PermissionDeniedError, SerializationError
 from naq_ipy.wire import names
+from naq_ipy.wire.acks import AckInbox
 from naq_ipy.wire.server import Answer, first_address, probe
 from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, ConnectionSettings
 
@@ -50,6 +51,14 @@ class Connection:
     js: JetStreamContext
     _kvs: dict[str, KeyValue] = field(default_factory=dict)
     _streams: set[str] = field(default_factory=set)
+    _acks: AckInbox | None = None
+
+    @property
+    def acks(self) -> AckInbox:
+        """Where this connection's JetStream publishes wait for their acks (made on first use)."""
+        if self._acks is None:
+            self._acks = AckInbox(self.nc)
+        return self._acks
 
     @property
     def max_payload(self) -> int:
@@ -388,11 +397,11 @@ async def publish(
     check_payload(conn, data, headers=hdrs)
     async with nats_errors(conn.settings):
         try:
-            return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs)
+            return await conn.acks.publish(subject, data, hdrs, PUBLISH_TIMEOUT_S)
         except nats.js.errors.NoStreamResponseError:
             if not await conn.recreate_stream_for(subject):
                 raise
-            return await conn.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers=hdrs)
+            return await conn.acks.publish(subject, data, hdrs, PUBLISH_TIMEOUT_S)
 
 
 async def kv_put(conn: Connection, bucket: str, key: str, value: bytes, ttl_s: float | None = None, *,

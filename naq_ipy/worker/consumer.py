@@ -26,8 +26,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from naq_ipy.client.bridge import StopRequests
 from naq_ipy.errors import ConfigurationError, NaqConnectionError, NaqException
@@ -37,6 +36,7 @@ from naq_ipy.status.workers import read_heartbeat as read_heartbeat  # likewise
 from naq_ipy.wire import names
 from naq_ipy.wire.connection import connect, kv_put, nats_errors
 from naq_ipy.wire.names import JOB_STREAM_NAME
+from naq_ipy.wire.pull_feed import PullFeed
 from naq_ipy.wire.settings import (
     DEFAULT_QUEUE_NAME,
     ConnectionSettings,
@@ -98,6 +98,7 @@ class Worker(JobRunner, StopRequests):
         self._stop_requested = False
         self._progress_s = self.ack_wait_s / 3
         self._signals: list[signal.Signals] = []
+        self._feeds: list[PullFeed] = []
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id} queues={self.queues} concurrency={self.concurrency}>"
@@ -109,7 +110,7 @@ class Worker(JobRunner, StopRequests):
         self._loop = asyncio.get_running_loop()
         self._new_run_state()
         if self._stop_requested:
-            self._stopping.set()
+            self._begin_stop()
         tasks: list[asyncio.Task[None]] = []
         try:
             self._conn = await connect(self.settings, name=f"naq-worker {self.worker_id}", retry_s=CONNECT_RETRY_S)
@@ -117,9 +118,10 @@ class Worker(JobRunner, StopRequests):
             await self._conn.ensure_stream()
             await listen_for_cancels(self._conn, self.cancel_notice)
             subs = [await self._bind(queue) for queue in self.queues]
+            self._feeds = [feed for feed, _ in subs]
             self._progress_s = min(ack_wait for _, ack_wait in subs) / 3
             self.started_at = time.time()
-            fetchers = [asyncio.create_task(self._fetch_loop(sub)) for sub, _ in subs]
+            fetchers = [asyncio.create_task(self._fetch_loop(feed)) for feed in self._feeds]
             tasks = [*fetchers, asyncio.create_task(self._heartbeat_loop()),
                      asyncio.create_task(self._progress_loop()), asyncio.create_task(sweep_forever(self._conn))]
             logger.info("worker %s started on %s (concurrency %d, %s)", self.worker_id, ",".join(self.queues),
@@ -138,10 +140,19 @@ class Worker(JobRunner, StopRequests):
             _, late = await asyncio.wait(held, timeout=self.grace_s)
             await self._abandon({task: held[task] for task in late})
 
+    def _begin_stop(self) -> None:
+        super()._begin_stop()
+        for feed in self._feeds:
+            feed.cancel()  # an idle pull lingers FETCH_WAIT_S: end it now
+
     async def _close(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for feed in self._feeds:  # no more messages handed over once the held ones are returned
+            with contextlib.suppress(Exception):
+                await feed.close()
+        self._feeds = []
         if self._conn is not None and not self._conn.nc.is_closed:
             await self._abandon(dict(self._deliveries))
             if self._conn.nc.is_connected:  # with the server gone, the heartbeat expires on its own
@@ -169,7 +180,7 @@ class Worker(JobRunner, StopRequests):
         """Stop gracefully and wait until the worker has shut down (call on the worker's loop)."""
         self._stop_requested = True
         if self._loop is not None:
-            self._stopping.set()
+            self._begin_stop()
             await self._stopped.wait()
 
     def install_signal_handlers(self) -> bool:
@@ -191,7 +202,7 @@ class Worker(JobRunner, StopRequests):
         while self._signals:
             loop.remove_signal_handler(self._signals.pop())
 
-    async def _bind(self, queue: str) -> tuple[JetStreamContext.PullSubscription, float]:
+    async def _bind(self, queue: str) -> tuple[PullFeed, float]:
         """`_subscribe`, tried again for CONNECT_RETRY_S while the server does not answer (a cluster electing
         its leaders after a start), as the first connection is: a worker waits for its server, it does not exit."""
         deadline = time.monotonic() + CONNECT_RETRY_S
@@ -204,7 +215,7 @@ class Worker(JobRunner, StopRequests):
                 logger.warning("worker %s: cannot bind to queue %s yet (%s); trying again", self.worker_id, queue, e)
                 await asyncio.sleep(BIND_RETRY_S)
 
-    async def _subscribe(self, queue: str) -> tuple[JetStreamContext.PullSubscription, float]:
+    async def _subscribe(self, queue: str) -> tuple[PullFeed, float]:
         """Bind to the queue's durable consumer (created if missing, else kept as it is); also its ack wait."""
         durable, js = names.worker_durable(queue), self.conn.js
         config = api.ConsumerConfig(
@@ -220,11 +231,11 @@ class Worker(JobRunner, StopRequests):
                     info = await js.add_consumer(JOB_STREAM_NAME, config)
                 except nats.js.errors.BadRequestError:
                     info = await js.consumer_info(JOB_STREAM_NAME, durable)  # made concurrently by another worker
-            sub = await js.pull_subscribe_bind(durable=durable, stream=JOB_STREAM_NAME)
-        return sub, info.config.ack_wait or self.ack_wait_s
+        return PullFeed(self.conn, JOB_STREAM_NAME, durable, self.start), info.config.ack_wait or self.ack_wait_s
 
-    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        """Keep up to `room` messages in hand: one lingering fetch when idle, batches while busy."""
+    async def _fetch_loop(self, feed: PullFeed) -> None:
+        """Keep up to `room` messages in hand: pulls that linger FETCH_WAIT_S when idle, FETCH_MORE_WAIT_S while
+        busy; each message starts as it arrives."""
         idle = True
         while not self._stopping.is_set():
             try:
@@ -232,20 +243,11 @@ class Worker(JobRunner, StopRequests):
             except Stopping:
                 return
             try:
-                # idle: fetch(1) returns at the first message; busy: a batch comes back at once (no_wait)
-                msgs = await sub.fetch(1 if idle else self.room, timeout=FETCH_WAIT_S if idle else FETCH_MORE_WAIT_S)
-                self._start_all(msgs)
-                idle = not msgs
-            except TimeoutError:
-                idle = True
+                idle = not await feed.pull(self.room, FETCH_WAIT_S if idle else FETCH_MORE_WAIT_S)
             except Exception as e:  # a disconnect, a deleted consumer: log, pause, go on
                 logger.warning("worker %s: fetch failed: %s", self.worker_id, e)
                 await asyncio.sleep(ERROR_PAUSE_S)
             await asyncio.sleep(0)  # let the new handlers take their slots before room is counted again
-
-    def _start_all(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
-            self.start(msg)
 
     async def _progress_loop(self) -> None:
         """Tell the server every ack_wait/3 that each held message is still being worked on."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -38,6 +39,7 @@ class Delivery:
     settled: bool = False  # acked or nak'ed: no more progress acks
     revision: int = 0  # of the job's status record as this worker last saw or wrote it (0: none)
     stop: StopHandle | None = None  # set while the job runs
+    split: tuple[dict[str, Any], bytes] | None = None  # the message as read_header split it (header, pickled call)
 
 
 def signature(msg: Msg) -> str | None:

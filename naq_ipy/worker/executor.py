@@ -29,7 +29,7 @@ from typing import Any
 
 import cloudpickle
 
-from naq_ipy.client.job import Job, read_header
+from naq_ipy.client.job import Job, load_call, read_header
 from naq_ipy.client.offload import Loaded, load_call_sync
 from naq_ipy.client.pickling import dumps_value
 from naq_ipy.errors import NaqConnectionError, SerializationError
@@ -37,6 +37,7 @@ from naq_ipy.status.progress import child_reporting, delegate_to_child
 from naq_ipy.status.results import PickledValue
 from naq_ipy.wire.settings import ConnectionSettings
 from naq_ipy.worker import output
+from naq_ipy.worker.plain_calls import plain_coroutine_call
 from naq_ipy.worker.stopping import JobCancelled, StopHandle, ThreadCall
 from naq_ipy.worker.tracebacks import register_sources, remote_traceback
 
@@ -161,6 +162,9 @@ def _exit_when_ready(sentinel: int) -> None:
     os._exit(1)
 
 
+Split = tuple[dict[str, Any], bytes]  # a job message as read_header splits it: (header, pickled call)
+
+
 @dataclass(frozen=True)
 class _CoroutineCall:
     """A loaded job whose function is a coroutine function: it runs on the worker's loop."""
@@ -168,11 +172,12 @@ class _CoroutineCall:
     job: Job
 
 
-def _load_and_call(data: bytes, loaded: Loaded | None = None) -> Any:
+def _load_and_call(job: Job, data: bytes, loaded: Loaded | None = None, split: Split | None = None) -> Any:
     """Thread-mode entry: unpickle the job's call here (with its payload's buffers, `loaded`), off the
     worker's loop, and make it unless it is async."""
     try:
-        job = Job.deserialize(data, loaded)
+        header, body = split or read_header(data)
+        job = job.with_call(*load_call(header, body, loaded))
     except SerializationError as e:
         raise UnreadableCall(str(e)) from None
     register_sources(job.sources, job.function)
@@ -286,7 +291,8 @@ class Executor:
         """Whether calls are unpickled in child processes (which then read their payloads themselves)."""
         return self._processes is not None
 
-    async def run(self, job: Job, data: bytes, stop: StopHandle | None = None, buffers: Loaded | None = None) -> Any:
+    async def run(self, job: Job, data: bytes, stop: StopHandle | None = None, buffers: Loaded | None = None,
+                  split: Split | None = None) -> Any:
         """The call's return value; JobFailure if it raised or overran, SerializationError for a bad result,
         UnreadableCall if its call cannot be unpickled.
 
@@ -294,15 +300,25 @@ class Executor:
         pool thread, or in process mode in the child, never on the worker's event loop. `stop` lets the
         worker stop the call when the job is cancelled (JobCancelled, or a JobFailure of a killed child,
         with `stop.requested` set). `buffers`: the call's payload, read (bytes only) on the loop, for
-        the thread that unpickles it; a child reads its own.
+        the thread that unpickles it; a child reads its own. `split`: `data` as `read_header` split it,
+        when the caller did; a call of plain data around an imported coroutine function is then read
+        here and awaited without a thread (see worker/plain_calls.py).
         """
         if self._processes is not None:
             return await self._processes.run(data, job.timeout, stop)
-        value = await self._run_thread(job, data, stop, buffers)
+        plain = plain_coroutine_call(split[1]) if split is not None and buffers is None else None
+        if plain is not None:
+            job = job.with_call(*plain)
+            register_sources(job.sources, job.function)
+            return await self._await(job, stop)
+        value = await self._run_thread(job, data, stop, buffers, split)
         if isinstance(value, _CoroutineCall):
-            coroutine = self._run_coroutine(value.job)
-            return await (coroutine if stop is None else _stoppable(coroutine, stop))
+            return await self._await(value.job, stop)
         return value
+
+    async def _await(self, job: Job, stop: StopHandle | None) -> Any:
+        coroutine = self._run_coroutine(job)
+        return await (coroutine if stop is None else _stoppable(coroutine, stop))
 
     async def _run_coroutine(self, job: Job) -> Any:
         deadline = asyncio.timeout(job.timeout)
@@ -315,11 +331,11 @@ class Executor:
             raise JobFailure.from_exception(e) from None
 
     async def _run_thread(self, job: Job, data: bytes, stop: StopHandle | None = None,
-                          buffers: Loaded | None = None) -> Any:
+                          buffers: Loaded | None = None, split: Split | None = None) -> Any:
         """Unpickle the call and make it in one pool thread (a coroutine function comes back as `_CoroutineCall`)."""
         # a copy of this task's context: `progress` and the output capture in the thread see the current job
-        call: Callable[[], Any] = functools.partial(contextvars.copy_context().run, _load_and_call, data,
-                                                       buffers)
+        call: Callable[[], Any] = functools.partial(contextvars.copy_context().run, _load_and_call, job, data,
+                                                       buffers, split)
         if stop is not None:
             call = ThreadCall(call, stop)
         future = asyncio.get_running_loop().run_in_executor(self._threads, call)

@@ -53,6 +53,7 @@ from naq_ipy.worker.dependencies import wait_for_dependencies
 from naq_ipy.worker.executor import Executor, JobFailure, UnreadableCall, describe_exception, one_line
 from naq_ipy.worker.failed_store import record_failed
 from naq_ipy.worker.output import capturing
+from naq_ipy.worker.slots import Slots, SlotsClosed
 from naq_ipy.worker.stopping import JobCancelled, StopHandle
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,14 @@ class JobRunner:
         """Fresh events and slots for one run (asyncio primitives bind to the loop that first uses them)."""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._slots_taken = 0
+        self._slots = Slots(self.concurrency)
         self._room_changed = asyncio.Event()
+
+    def _begin_stop(self) -> None:
+        """Fetch no more, and fail what waits for a slot (its message goes back to the queue)."""
+        self._stopping.set()
+        self._slots.close()
+        self._room_changed.set()
 
     @property
     def conn(self) -> Connection:
@@ -114,27 +120,34 @@ class JobRunner:
         return 2 * self.concurrency - in_hand
 
     async def wait_for_room(self) -> None:
-        """Wait until `room` > 0, unless a stop comes first (Stopping)."""
-        while self.room <= 0:
+        """Wait until there is room for a batch of half the slots (or any room while fewer are in hand than
+        slots), unless a stop comes first (Stopping): fetching one message per finished job costs a round
+        trip each, while the prefetched half keeps every slot busy."""
+        while not self._stopping.is_set() and self.room < self._fetch_batch:
             self._room_changed.clear()
-            await self._unless_stopping(self._room_changed.wait())
+            await self._room_changed.wait()
+        if self._stopping.is_set():
+            raise Stopping
+
+    @property
+    def _fetch_batch(self) -> int:
+        in_hand = 2 * self.concurrency - self.room
+        return 1 if in_hand < self.concurrency else max(1, self.concurrency // 2)
 
     @property
     def free_slots(self) -> int:
         """Execution slots not taken right now."""
-        return self.concurrency - self._slots_taken
+        return self.concurrency - self._slots.taken
 
     async def _acquire_slot(self) -> bool:
         """Take an execution slot, waiting for one unless a stop comes first (Stopping)."""
-        if self._slots.locked():
-            await self._unless_stopping(self._slots.acquire())
-        else:
-            await self._slots.acquire()
-        self._slots_taken += 1
+        try:
+            await self._slots.take()
+        except SlotsClosed:
+            raise Stopping from None
         return True
 
     def _release_slot(self) -> None:
-        self._slots_taken -= 1
         self._slots.release()
 
     async def _unless_stopping(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -182,8 +195,9 @@ class JobRunner:
         if refused:  # not even its header is trusted: it is recorded under `rejected-<seq>` only
             await self._reject(delivery, refused)
             return None
-        try:  # its options only: the call is unpickled off this loop, by the executor
-            job = Job.options_only(msg.data)
+        try:  # its options only: the call is unpickled by the executor
+            delivery.split = read_header(msg.data)
+            job = Job.options_from_header(delivery.split[0])
         except SerializationError as e:
             delivery.job_id = header_job_id(msg.data)
             await self._reject(delivery, str(e))
@@ -251,7 +265,7 @@ class JobRunner:
         assert self._executor is not None
         msg, attempt = delivery.msg, delivery.msg.metadata.num_delivered
         try:  # a data-sized call's buffers: read here as bytes (digest-checked), unpickled by the executor
-            buffers = None if self._executor.loads_in_child else await load_call(self.conn, read_header(msg.data)[0])
+            buffers = None if self._executor.loads_in_child else await load_call(self.conn, delivery.split[0])
         except SerializationError as e:  # missing or corrupt: unreadable input, like a bad header
             await self._reject(delivery, str(e))
             return None
@@ -262,12 +276,12 @@ class JobRunner:
         delivery.state, delivery.stop = DeliveryState.RUNNING, (stop := StopHandle())
         running_written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         running_written.set_result(delivery.revision)
-        logger.info("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
+        logger.debug("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
         try:
             # capturing() flushes on every way out (a JobCancelled too): a stopped job keeps its output
             async with (reporting(job.job_id, self.conn, running_written) as progress,
                         capturing(job.job_id, self.conn, job.result_ttl, self.capture_output)):
-                value = await self._executor.run(job, msg.data, stop, buffers)
+                value = await self._executor.run(job, msg.data, stop, buffers, delivery.split)
             data = results.encode_result(self.conn, job.job_id, value)
         except JobCancelled:
             await self._record_stopped(delivery, job)
