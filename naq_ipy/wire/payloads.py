@@ -87,17 +87,14 @@ def _transfer_timeout_s(size: int) -> float:
 
 async def ensure_bucket(conn: Connection) -> None:
     """Create the payload bucket if missing (an existing one, with its limits, is kept as it is)."""
-    if STREAM_NAME in conn._streams:
-        return
-    async with nats_errors(conn.settings):
-        try:
-            await conn.js.stream_info(STREAM_NAME)
-        except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently: fine
-                await conn.js.create_object_store(PAYLOAD_BUCKET_NAME, config=api.ObjectStoreConfig(
-                    description="naq job arguments and results",
-                    storage=api.StorageType.FILE, replicas=conn.settings.replicas))
-    conn._streams.add(STREAM_NAME)
+
+    async def create() -> None:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently: fine
+            await conn.js.create_object_store(PAYLOAD_BUCKET_NAME, config=api.ObjectStoreConfig(
+                description="naq job arguments and results",
+                storage=api.StorageType.FILE, replicas=conn.settings.replicas))
+
+    await conn.ensure_stream(STREAM_NAME, create=create)
 
 
 async def read_meta(conn: Connection, name: str) -> dict[str, object] | None:
