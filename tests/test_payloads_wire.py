@@ -15,8 +15,9 @@ from nats.js import JetStreamContext, api
 
 from naq_ipy import SerializationError
 from naq_ipy.wire import direct_get, names, payloads
-from naq_ipy.wire.connection import Connection, close_all, get_connection
+from naq_ipy.wire.connection import Connection, close_all, connect, get_connection
 from naq_ipy.wire.payloads import PayloadRef
+from naq_ipy.wire.settings import ConnectionSettings
 
 MB = 1_000_000
 HOUR = 3600.0
@@ -125,3 +126,80 @@ async def test_an_empty_object_round_trips(conn: Connection) -> None:
     empty = memoryview(b"")
     assert await payloads.store(conn, ref_of(empty), empty, HOUR)
     assert bytes(await payloads.fetch(conn, ref_of(empty))) == b""
+
+
+async def stream_messages(js: JetStreamContext) -> int:
+    """Messages in the payload bucket's stream (chunks and metas)."""
+    return (await js.stream_info(payloads.STREAM_NAME)).state.messages
+
+
+@pytest.mark.parametrize("size", [MB, 3 * MB])  # chunks sent while the lookup is answered, or after it
+async def test_writers_of_the_same_value_at_once_leave_one_readable_object(
+    nats_url: str, conn: Connection, raw_js: JetStreamContext, size: int,
+) -> None:
+    others = [await connect(ConnectionSettings.resolve(nats_url)) for _ in range(2)]
+    value = content(size, 4)
+    ref = ref_of(value)
+    try:
+        written = await asyncio.gather(*(payloads.store(c, ref, value, HOUR) for c in [conn, *others]))
+    finally:
+        for other in others:
+            await other.nc.close()
+    assert sorted(written) == [False, False, True]
+    assert list(await payloads.list_objects(conn)) == [ref.name]
+    meta = await payloads.read_meta(conn, ref.name)
+    assert meta is not None and await stream_messages(raw_js) == meta["chunks"] + 1, "the losers' chunks are gone"
+    assert bytes(await payloads.fetch(conn, ref)) == bytes(value)
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+async def test_a_value_stored_again_only_extends_its_keep_until(
+    conn: Connection, raw_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch, pipelined: bool,
+) -> None:
+    if not pipelined:
+        monkeypatch.setattr(payloads, "PIPELINED_LOOKUP_MAX_BYTES", 0)
+    value = content(MB, 5)
+    ref = ref_of(value)
+    assert await payloads.store(conn, ref, value, 60)
+    messages = await stream_messages(raw_js)
+    assert not await payloads.store(conn, ref, value, HOUR)
+    meta = await payloads.read_meta(conn, ref.name)
+    assert meta is not None and payloads.keep_until(meta) > time.time() + HOUR - 60
+    assert await stream_messages(raw_js) == messages, "the meta replaced, no chunks added"
+
+
+async def test_a_full_store_takes_a_value_it_holds_already(conn: Connection, raw_js: JetStreamContext) -> None:
+    await raw_js.create_object_store("naq_payloads", config=api.ObjectStoreConfig(max_bytes=3 * MB))
+    value = content(2 * MB, 6)
+    ref = ref_of(value)
+    assert await payloads.store(conn, ref, value, 60)
+    assert not await payloads.store(conn, ref, value, HOUR), "its chunks sent again are refused: it is there"
+    meta = await payloads.read_meta(conn, ref.name)
+    assert meta is not None and payloads.keep_until(meta) > time.time() + HOUR - 60
+    assert bytes(await payloads.fetch(conn, ref)) == bytes(value)
+
+
+async def test_a_delete_loses_to_an_upload_between_its_read_and_its_write(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    value = content(MB, 7)
+    ref = ref_of(value)
+    await payloads.store(conn, ref, value, 0)
+    real_stored = payloads.stored
+    raced = False
+
+    async def read_then_upload_again(c: Connection, name: str) -> payloads.Stored:
+        nonlocal raced
+        found = await real_stored(c, name)
+        if not raced:  # the sweep's delete has read the expired meta; a client uploads the value again now
+            raced = True
+            assert not await payloads.store(c, ref, value, HOUR)
+        return found
+
+    monkeypatch.setattr(payloads, "stored", read_then_upload_again)
+    assert not await payloads.delete(conn, ref.name, expired_by=time.time())
+    monkeypatch.setattr(payloads, "stored", real_stored)
+    assert not await payloads.delete(conn, ref.name, expired_by=time.time()), "kept for another hour"
+    assert bytes(await payloads.fetch(conn, ref)) == bytes(value)
+    assert await payloads.delete(conn, ref.name, expired_by=time.time() + HOUR + 1)
+    assert await payloads.read_meta(conn, ref.name) is None

@@ -3,10 +3,11 @@
 An object is named by its content, `sha256-<hex>`, so a value stored by many jobs exists once.
 The layout is the NATS Object Store's own (chunks on `$O.<bucket>.C.<nuid>`, a JSON meta
 message on `$O.<bucket>.M.<base64 name>`), so `nats object` tools read it, but both ways
-are done here: a write pipelines its chunks straight from the caller's memory (no joined copy),
-a read takes the meta and then the chunks with batched direct gets (no consumer) into a
-preallocated buffer (nats-py's `get` grows a bytes object and is quadratic). Every read checks
-size and digest before anything uses it.
+are done here: a write pipelines its chunks straight from the caller's memory (no joined copy)
+while the existence lookup is answered, then writes the meta only over the one it looked up (two
+writers of one value leave one object); a read takes the meta and then the chunks with batched
+direct gets (no consumer) into a preallocated buffer (nats-py's `get` grows a bytes object and is
+quadratic). Every read checks size and digest before anything uses it.
 
 The meta carries `Naq-Keep-Until` (unix seconds): the sweep (naq_ipy.status.payload_sweep)
 never removes an object before that, and never one a queued job or a schedule refers to.
@@ -30,15 +31,17 @@ from datetime import UTC, datetime
 import nats.js.errors
 from nats.js import api
 
-from naq_ipy.errors import RefusedError, SerializationError
+from naq_ipy.errors import NaqConnectionError, RefusedError, SerializationError
 from naq_ipy.wire import direct_get
 from naq_ipy.wire.connection import Connection, nats_errors, publish
 from naq_ipy.wire.names import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     PAYLOAD_BUCKET_NAME,
     PAYLOAD_KEEP_UNTIL_HEADER,
     PAYLOAD_NAME_PREFIX,
     PAYLOAD_STREAM_NAME,
     ROLLUP_HEADER,
+    is_wrong_last_sequence,
     payload_chunk_subject,
     payload_meta_subject,
     payload_subjects,
@@ -54,6 +57,8 @@ STREAM_NAME = PAYLOAD_STREAM_NAME
 IN_FLIGHT_BYTES = 32 * 2**20  # chunks sent ahead of their acks (the server refuses far more: "too many requests")
 _MMAP_MIN_BYTES = 2**20
 _MIN_RATE = 20 * 2**20  # bytes/s a transfer may not fall below before it times out
+PIPELINED_LOOKUP_MAX_BYTES = 2 * 2**20  # up to this size the chunks go out before the existence lookup answered
+_STORE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -150,41 +155,85 @@ def _meta(ref: PayloadRef, nuid: str, chunks: int, chunk_bytes: int, until: floa
             "headers": {KEEP_UNTIL_HEADER: [f"{until:.3f}"]}, "options": {"max_chunk_size": chunk_bytes}}
 
 
-async def _write_meta(conn: Connection, name: str, meta: dict[str, object]) -> None:
-    await publish(conn, payload_meta_subject(name), json.dumps(meta).encode(), headers={ROLLUP_HEADER: "sub"})
+async def write_meta(conn: Connection, name: str, meta: dict[str, object], over: int) -> bool:
+    """Write `meta` for `name` only over the meta message of sequence `over` (0: none); False if another came first."""
+    try:
+        await publish(conn, payload_meta_subject(name), json.dumps(meta).encode(),
+                      headers={ROLLUP_HEADER: "sub", EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(over)})
+    except nats.js.errors.APIError as e:
+        if is_wrong_last_sequence(e):
+            return False
+        raise
+    return True
 
 
 async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: float) -> bool:
     """Store `view` as `ref` unless it exists (then only its keep-until is extended); True if written.
 
     On any failure (a full store is RefusedError) the chunks written so far are purged: no
-    partial object is left, and none is ever visible, since the meta is written last.
+    partial object is left, and none is ever visible, since the meta is written last. Every meta
+    write is checked against the meta it looked up: a writer that lost a race to another (the same
+    value uploaded twice at once, or a sweep deleting it) looks again.
     """
     until = time.time() + keep_s
     await ensure_bucket(conn)
-    meta = await read_meta(conn, ref.name)
-    if meta is not None and meta.get("size") == ref.size:
-        if keep_until(meta) < until:
-            headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
-            await _write_meta(conn, ref.name, {**meta, "headers": {**headers, KEEP_UNTIL_HEADER: [f"{until:.3f}"]},
-                                               "mtime": datetime.now(UTC).isoformat()})
-        return False
+    for _ in range(_STORE_ATTEMPTS):
+        written = await _store_once(conn, ref, view, until)
+        if written is not None:
+            return written
+    raise NaqConnectionError(f"payload {ref.name} changed {_STORE_ATTEMPTS} times while it was being stored")
+
+
+async def _store_once(conn: Connection, ref: PayloadRef, view: memoryview, until: float) -> bool | None:
+    """One attempt of `store`: True written, False there already (kept long enough), None lost a race."""
+    lookup = asyncio.ensure_future(stored(conn, ref.name))
+    if ref.size > PIPELINED_LOOKUP_MAX_BYTES:  # too much to send in vain: wait for the answer first
+        found = await lookup
+        if found.holds(ref):
+            return await _keep(conn, ref, found, until)
     nuid = os.urandom(11).hex()
     subject = payload_chunk_subject(nuid)
     step = min(CHUNK_BYTES, conn.max_payload // 2)
     chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
-    try:
+    try:  # a small object's chunks go out while the lookup is answered: a round trip saved
         await publish_many(conn, chunks, _transfer_timeout_s(ref.size),  # type: ignore[arg-type]  # no copies
                            window=max(2, IN_FLIGHT_BYTES // step))
-        await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until))
-    except BaseException as e:
+        found = await lookup
+        if not found.holds(ref) and await write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until),
+                                                     over=found.seq):
+            logger.debug("stored payload %s (%d bytes)", ref.name, ref.size)
+            return True
+    except RefusedError as e:  # a full store: fine if the object is there already
         await asyncio.shield(_purge_subject(conn, subject))
-        if isinstance(e, RefusedError):
-            raise RefusedError(f"the payload store {PAYLOAD_BUCKET_NAME} refused {ref.name} ({ref.size:,} bytes): "
-                               f"{e}") from None
+        found = await lookup
+        if found.holds(ref):
+            return await _keep(conn, ref, found, until)
+        raise RefusedError(f"the payload store {PAYLOAD_BUCKET_NAME} refused {ref.name} ({ref.size:,} bytes): "
+                           f"{e}") from None
+    except BaseException:
+        _drop(lookup)
+        await asyncio.shield(_purge_subject(conn, subject))
         raise
-    logger.debug("stored payload %s (%d bytes)", ref.name, ref.size)
-    return True
+    await asyncio.shield(_purge_subject(conn, subject))  # the object was there, or another writer's came first
+    return await _keep(conn, ref, found, until) if found.holds(ref) else None
+
+
+def _drop(task: asyncio.Future[Stored]) -> None:
+    """Cancel a lookup no longer wanted (its error, if it failed, is not reported: another one is)."""
+    if task.done() and not task.cancelled():
+        task.exception()
+    task.cancel()
+
+
+async def _keep(conn: Connection, ref: PayloadRef, found: Stored, until: float) -> bool | None:
+    """Extend an existing object's keep-until to `until`: False when done (or not needed), None if its meta changed."""
+    meta = found.meta or {}
+    if keep_until(meta) >= until:
+        return False
+    headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
+    extended = {**meta, "headers": {**headers, KEEP_UNTIL_HEADER: [f"{until:.3f}"]},  # type: ignore[dict-item]
+                "mtime": datetime.now(UTC).isoformat()}
+    return False if await write_meta(conn, ref.name, extended, over=found.seq) else None
 
 
 async def _purge_subject(conn: Connection, subject: str) -> None:
@@ -261,13 +310,19 @@ async def _read_chunks(conn: Connection, subject: str, view: memoryview, chunks:
     return sink.sha.hexdigest()
 
 
-async def delete(conn: Connection, name: str) -> bool:
-    """Remove an object (meta tombstone, then its chunks); False if it was not there."""
-    meta = await read_meta(conn, name)
-    if meta is None:
+async def delete(conn: Connection, name: str, *, expired_by: float | None = None) -> bool:
+    """Remove an object (meta tombstone, then its chunks); False if it was not there.
+
+    `expired_by` (unix seconds): only if its keep-until is not later. Also False when its meta
+    changed between the read and the tombstone (uploaded again meanwhile: that write wins).
+    """
+    found = await stored(conn, name)
+    if found.meta is None or (expired_by is not None and keep_until(found.meta) > expired_by):
         return False
-    nuid = meta.get("nuid")
-    await _write_meta(conn, name, {**meta, "deleted": True, "size": 0, "chunks": 0, "digest": ""})
+    nuid = found.meta.get("nuid")
+    if not await write_meta(conn, name, {**found.meta, "deleted": True, "size": 0, "chunks": 0, "digest": ""},
+                            over=found.seq):
+        return False
     if isinstance(nuid, str):
         await _purge_subject(conn, payload_chunk_subject(nuid))
     logger.info("deleted payload %s", name)
