@@ -19,7 +19,6 @@ import pytest
 import test_worker
 from IPython.core.error import UsageError
 from magic_shell import RaisingShell, schedules
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from polling import eventually, eventually_async
 from test_worker import Spawn, running_worker
@@ -37,7 +36,7 @@ from naq_ipy.status.payload_sweep import (
     sweep_payloads,
 )
 from naq_ipy.status.results import fetch_status
-from naq_ipy.wire import names, payloads
+from naq_ipy.wire import payloads
 from naq_ipy.wire.connection import get_connection
 from naq_ipy.wire.payloads import PayloadRef
 from naq_ipy.wire.settings import ConnectionSettings
@@ -152,18 +151,16 @@ async def test_a_worker_killed_while_reading_a_payload_leaves_the_job_to_another
     first = spawn_worker(url, "--ack-wait", "2")
     await eventually(lambda: first.log_path.read_text().count("started") or first.poll() is not None,
                      what="the first worker to start")
-    reading: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def on_request(msg: Msg) -> None:  # a plain subscriber sees the worker's requests for chunks too
-        if not reading.done():
-            reading.set_result(None)
-
-    nc = (await get_connection(url)).nc
-    watching = await nc.subscribe(names.direct_get_subject(payloads.STREAM_NAME), cb=on_request)
     job = await Queue("default", url).enqueue(payload_jobs.total, value)
-    await asyncio.wait_for(reading, 20)  # the worker asked for its first window of chunks
+
+    async def reading() -> bool:
+        return (await raw_js.stream_info(payloads.STREAM_NAME)).state.consumer_count > 0
+
+    deadline = time.monotonic() + 20
+    while not await reading():
+        assert time.monotonic() < deadline, "the worker never started reading the payload"
+        await asyncio.sleep(0.005)
     first.send_signal(signal.SIGKILL)
-    await watching.unsubscribe()
     first.wait(5)
     assert await fetch_status(job.job_id, url) is None, "the job should not have run in the killed worker"
     async with running_worker(url):

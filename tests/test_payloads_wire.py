@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from naq_ipy import SerializationError
-from naq_ipy.wire import direct_get, names, payloads
+from naq_ipy.wire import direct_get, names, payload_chunks, payloads
 from naq_ipy.wire.connection import Connection, close_all, connect, get_connection
 from naq_ipy.wire.payloads import PayloadRef
 from naq_ipy.wire.settings import ConnectionSettings
@@ -53,6 +53,13 @@ async def chunk_seqs(js: JetStreamContext, nuid: str) -> list[int]:
         seq = (msg.seq or 0) + 1
 
 
+async def test_a_streamed_read_comes_back_whole(conn: Connection) -> None:
+    value = content(payload_chunks.DIRECT_READ_MAX_BYTES + 3 * MB, 8)
+    ref = ref_of(value)
+    assert await payloads.store(conn, ref, value, HOUR)
+    assert bytes(await payloads.fetch(conn, ref)) == bytes(value)
+
+
 async def test_a_read_in_many_windows_comes_back_whole(conn: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(direct_get, "WINDOW_BYTES", 600_000)  # about one chunk per batched direct get
     requests: list[bytes] = []
@@ -81,8 +88,17 @@ async def test_reads_of_many_objects_at_once_share_the_windows(conn: Connection,
     assert [bytes(buf) for buf in read] == [bytes(value) for value in values]
 
 
+@pytest.fixture(params=["direct", "streamed"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Chunks read by direct get (small objects), or through a consumer (large ones: here, every one)."""
+    if request.param == "streamed":
+        monkeypatch.setattr(payload_chunks, "DIRECT_READ_MAX_BYTES", 0)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("lost", ["last", "middle"])
-async def test_a_truncated_object_is_refused_at_once(conn: Connection, raw_js: JetStreamContext, lost: str) -> None:
+async def test_a_truncated_object_is_refused_at_once(conn: Connection, raw_js: JetStreamContext, lost: str,
+                                                     read_path: str) -> None:
     value = content(2 * MB)
     ref = ref_of(value)
     await payloads.store(conn, ref, value, HOUR)
@@ -97,7 +113,7 @@ async def test_a_truncated_object_is_refused_at_once(conn: Connection, raw_js: J
     assert time.monotonic() - started < 2, "a missing chunk is known from the server's answer, not from a timeout"
 
 
-async def test_a_corrupted_object_is_refused_by_its_digest(conn: Connection) -> None:
+async def test_a_corrupted_object_is_refused_by_its_digest(conn: Connection, read_path: str) -> None:
     good, bad = content(MB, 1), content(MB, 2)
     await payloads.store(conn, ref_of(good), bad, HOUR)  # the name of one content over another
     with pytest.raises(SerializationError, match=f"payload {ref_of(good).name} is corrupt"):

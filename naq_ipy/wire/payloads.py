@@ -5,9 +5,9 @@ The layout is the NATS Object Store's own (chunks on `$O.<bucket>.C.<nuid>`, a J
 message on `$O.<bucket>.M.<base64 name>`), so `nats object` tools read it, but both ways
 are done here: a write pipelines its chunks straight from the caller's memory (no joined copy)
 while the existence lookup is answered, then writes the meta only over the one it looked up (two
-writers of one value leave one object); a read takes the meta and then the chunks with batched
-direct gets (no consumer) into a preallocated buffer (nats-py's `get` grows a bytes object and is
-quadratic). Every read checks size and digest before anything uses it.
+writers of one value leave one object); a read takes the meta by direct get and then the chunks
+(naq_ipy.wire.payload_chunks) into a preallocated buffer (nats-py's `get` grows a bytes object and
+is quadratic). Every read checks size and digest before anything uses it.
 
 The meta carries `Naq-Keep-Until` (unix seconds): the sweep (naq_ipy.status.payload_sweep)
 never removes an object before that, and never one a queued job or a schedule refers to.
@@ -45,6 +45,7 @@ from naq_ipy.wire.names import (
     payload_meta_subject,
     payload_subjects,
 )
+from naq_ipy.wire.payload_chunks import read_chunks, transfer_timeout_s
 from naq_ipy.wire.publish import publish_many
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ KEEP_UNTIL_HEADER = PAYLOAD_KEEP_UNTIL_HEADER
 STREAM_NAME = PAYLOAD_STREAM_NAME
 IN_FLIGHT_BYTES = 32 * 2**20  # chunks sent ahead of their acks (the server refuses far more: "too many requests")
 _MMAP_MIN_BYTES = 2**20
-_MIN_RATE = 20 * 2**20  # bytes/s a transfer may not fall below before it times out
 PIPELINED_LOOKUP_MAX_BYTES = 2 * 2**20  # up to this size the chunks go out before the existence lookup answered
 _STORE_ATTEMPTS = 5
 
@@ -84,10 +84,6 @@ class PayloadRef:
                 or not isinstance(value[1], int) or isinstance(value[1], bool) or value[1] < 0):
             raise SerializationError(f"invalid payload reference {value!r}")
         return cls(value[0], value[1])
-
-
-def _transfer_timeout_s(size: int) -> float:
-    return 10.0 + size / _MIN_RATE
 
 
 async def ensure_bucket(conn: Connection) -> None:
@@ -195,7 +191,7 @@ async def _store_once(conn: Connection, ref: PayloadRef, view: memoryview, until
     step = min(CHUNK_BYTES, conn.max_payload // 2)
     chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
     try:  # a small object's chunks go out while the lookup is answered: a round trip saved
-        await publish_many(conn, chunks, _transfer_timeout_s(ref.size),  # type: ignore[arg-type]  # no copies
+        await publish_many(conn, chunks, transfer_timeout_s(ref.size),  # type: ignore[arg-type]  # no copies
                            window=max(2, IN_FLIGHT_BYTES // step))
         found = await lookup
         if not found.holds(ref) and await write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until),
@@ -265,48 +261,10 @@ async def fetch(conn: Connection, ref: PayloadRef) -> Buffer:
     buf = _allocate(ref.size)
     digest = hashlib.sha256().hexdigest()
     if ref.size:
-        digest = await _read_chunks(conn, payload_chunk_subject(nuid), memoryview(buf), chunks)
+        digest = await read_chunks(conn, payload_chunk_subject(nuid), memoryview(buf), chunks)
     if digest != ref.digest:
         raise SerializationError(f"payload {ref.name} is corrupt: its content has digest sha256-{digest}")
     return buf
-
-
-class _ChunkSink:
-    """Chunks copied in order into one buffer and hashed as they come; SerializationError past its end."""
-
-    def __init__(self, subject: str, view: memoryview) -> None:
-        self.subject = subject
-        self.view = view
-        self.sha = hashlib.sha256()  # on the loop: a hashing thread measured slower here (GIL hand-offs, 2 cores)
-        self.pos = 0
-        self.count = 0
-
-    def add(self, data: bytes) -> None:
-        pos = self.pos
-        if pos + len(data) > len(self.view):
-            raise SerializationError(f"payload chunks on {self.subject} exceed its size")
-        self.view[pos:pos + len(data)] = data
-        self.sha.update(data)
-        self.pos, self.count = pos + len(data), self.count + 1
-
-
-async def _read_chunks(conn: Connection, subject: str, view: memoryview, chunks: int) -> str:
-    """Copy the chunks on `subject` into `view` in order; the hex SHA-256 of what was read."""
-    sink = _ChunkSink(subject, view)
-    last_seq = await direct_get.read_subject(conn, STREAM_NAME, subject, chunks, sink.add,
-                                             _transfer_timeout_s(len(view)))
-    while sink.count < chunks:  # a replica behind the leader, or a bucket without direct gets: the rest, one by one
-        try:
-            async with nats_errors(conn.settings):
-                msg = await conn.js.get_msg(STREAM_NAME, seq=last_seq + 1, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        sink.add(msg.data or b"")
-        last_seq = msg.seq or last_seq + 1
-    if sink.pos != len(view) or sink.count != chunks:
-        raise SerializationError(f"payload chunks on {subject} are incomplete ({sink.pos:,} of "
-                                 f"{len(view):,} bytes)")
-    return sink.sha.hexdigest()
 
 
 async def delete(conn: Connection, name: str, *, expired_by: float | None = None) -> bool:
