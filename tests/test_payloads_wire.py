@@ -149,12 +149,11 @@ async def stream_messages(js: JetStreamContext) -> int:
     return (await js.stream_info(payloads.STREAM_NAME)).state.messages
 
 
-@pytest.mark.parametrize("size", [MB, 3 * MB])  # chunks sent while the lookup is answered, or after it
 async def test_writers_of_the_same_value_at_once_leave_one_readable_object(
-    nats_url: str, conn: Connection, raw_js: JetStreamContext, size: int,
+    nats_url: str, conn: Connection, raw_js: JetStreamContext,
 ) -> None:
     others = [await connect(ConnectionSettings.resolve(nats_url)) for _ in range(2)]
-    value = content(size, 4)
+    value = content(MB, 4)
     ref = ref_of(value)
     try:
         written = await asyncio.gather(*(payloads.store(c, ref, value, HOUR) for c in [conn, *others]))
@@ -168,12 +167,7 @@ async def test_writers_of_the_same_value_at_once_leave_one_readable_object(
     assert bytes(await payloads.fetch(conn, ref)) == bytes(value)
 
 
-@pytest.mark.parametrize("pipelined", [True, False])
-async def test_a_value_stored_again_only_extends_its_keep_until(
-    conn: Connection, raw_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch, pipelined: bool,
-) -> None:
-    if not pipelined:
-        monkeypatch.setattr(payloads, "PIPELINED_LOOKUP_MAX_BYTES", 0)
+async def test_a_value_stored_again_only_extends_its_keep_until(conn: Connection, raw_js: JetStreamContext) -> None:
     value = content(MB, 5)
     ref = ref_of(value)
     assert await payloads.store(conn, ref, value, 60)
@@ -189,7 +183,7 @@ async def test_a_full_store_takes_a_value_it_holds_already(conn: Connection, raw
     value = content(2 * MB, 6)
     ref = ref_of(value)
     assert await payloads.store(conn, ref, value, 60)
-    assert not await payloads.store(conn, ref, value, HOUR), "its chunks sent again are refused: it is there"
+    assert not await payloads.store(conn, ref, value, HOUR), "no room for it again, and no need"
     meta = await payloads.read_meta(conn, ref.name)
     assert meta is not None and payloads.keep_until(meta) > time.time() + HOUR - 60
     assert bytes(await payloads.fetch(conn, ref)) == bytes(value)

@@ -3,11 +3,11 @@
 An object is named by its content, `sha256-<hex>`, so a value stored by many jobs exists once.
 The layout is the NATS Object Store's own (chunks on `$O.<bucket>.C.<nuid>`, a JSON meta
 message on `$O.<bucket>.M.<base64 name>`), so `nats object` tools read it, but both ways
-are done here: a write pipelines its chunks straight from the caller's memory (no joined copy)
-while the existence lookup is answered, then writes the meta only over the one it looked up (two
-writers of one value leave one object); a read takes the meta by direct get and then the chunks
-(naq_ipy.wire.payload_chunks) into a preallocated buffer (nats-py's `get` grows a bytes object and
-is quadratic). Every read checks size and digest before anything uses it.
+are done here: a write pipelines its chunks straight from the caller's memory (no joined copy),
+then writes the meta only over the one it looked up (two writers of one value leave one object); a
+read takes the meta by direct get and then the chunks (naq_ipy.wire.payload_chunks) into a
+preallocated buffer (nats-py's `get` grows a bytes object and is quadratic). Every read checks
+size and digest before anything uses it.
 
 The meta carries `Naq-Keep-Until` (unix seconds): the sweep (naq_ipy.status.payload_sweep)
 never removes an object before that, and never one a queued job or a schedule refers to.
@@ -56,7 +56,6 @@ KEEP_UNTIL_HEADER = PAYLOAD_KEEP_UNTIL_HEADER
 STREAM_NAME = PAYLOAD_STREAM_NAME
 IN_FLIGHT_BYTES = 32 * 2**20  # chunks sent ahead of their acks (the server refuses far more: "too many requests")
 _MMAP_MIN_BYTES = 2**20
-PIPELINED_LOOKUP_MAX_BYTES = 2 * 2**20  # up to this size the chunks go out before the existence lookup answered
 _STORE_ATTEMPTS = 5
 
 
@@ -181,43 +180,28 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
 
 async def _store_once(conn: Connection, ref: PayloadRef, view: memoryview, until: float) -> bool | None:
     """One attempt of `store`: True written, False there already (kept long enough), None lost a race."""
-    lookup = asyncio.ensure_future(stored(conn, ref.name))
-    if ref.size > PIPELINED_LOOKUP_MAX_BYTES:  # too much to send in vain: wait for the answer first
-        found = await lookup
-        if found.holds(ref):
-            return await _keep(conn, ref, found, until)
+    # Not pipelined with the chunks: measured, the server answers the lookup only after storing them
+    found = await stored(conn, ref.name)
+    if found.holds(ref):
+        return await _keep(conn, ref, found, until)
     nuid = os.urandom(11).hex()
     subject = payload_chunk_subject(nuid)
     step = min(CHUNK_BYTES, conn.max_payload // 2)
     chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
-    try:  # a small object's chunks go out while the lookup is answered: a round trip saved
+    try:
         await publish_many(conn, chunks, transfer_timeout_s(ref.size),  # type: ignore[arg-type]  # no copies
                            window=max(2, IN_FLIGHT_BYTES // step))
-        found = await lookup
-        if not found.holds(ref) and await write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until),
-                                                     over=found.seq):
+        if await write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until), over=found.seq):
             logger.debug("stored payload %s (%d bytes)", ref.name, ref.size)
             return True
-    except RefusedError as e:  # a full store: fine if the object is there already
+    except BaseException as e:
         await asyncio.shield(_purge_subject(conn, subject))
-        found = await lookup
-        if found.holds(ref):
-            return await _keep(conn, ref, found, until)
-        raise RefusedError(f"the payload store {PAYLOAD_BUCKET_NAME} refused {ref.name} ({ref.size:,} bytes): "
-                           f"{e}") from None
-    except BaseException:
-        _drop(lookup)
-        await asyncio.shield(_purge_subject(conn, subject))
+        if isinstance(e, RefusedError):
+            raise RefusedError(f"the payload store {PAYLOAD_BUCKET_NAME} refused {ref.name} ({ref.size:,} bytes): "
+                               f"{e}") from None
         raise
-    await asyncio.shield(_purge_subject(conn, subject))  # the object was there, or another writer's came first
-    return await _keep(conn, ref, found, until) if found.holds(ref) else None
-
-
-def _drop(task: asyncio.Future[Stored]) -> None:
-    """Cancel a lookup no longer wanted (its error, if it failed, is not reported: another one is)."""
-    if task.done() and not task.cancelled():
-        task.exception()
-    task.cancel()
+    await asyncio.shield(_purge_subject(conn, subject))  # another writer's meta came first: that object stays
+    return None
 
 
 async def _keep(conn: Connection, ref: PayloadRef, found: Stored, until: float) -> bool | None:
