@@ -180,7 +180,7 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
 
 async def _store_once(conn: Connection, ref: PayloadRef, view: memoryview, until: float) -> bool | None:
     """One attempt of `store`: True written, False there already (kept long enough), None lost a race."""
-    # Not pipelined with the chunks: measured, the server answers the lookup only after storing them
+    # first, not beside the chunks: that measured within noise at 1 MB (<= 0.2 ms) and sends a stored value again
     found = await stored(conn, ref.name)
     if found.holds(ref):
         return await _keep(conn, ref, found, until)
