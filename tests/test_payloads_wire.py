@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from naq_ipy import SerializationError
+from naq_ipy.errors import ConflictError
 from naq_ipy.wire import direct_get, names, payload_chunks, payloads
 from naq_ipy.wire.connection import Connection, close_all, connect, get_connection
 from naq_ipy.wire.payloads import PayloadRef
@@ -213,3 +214,16 @@ async def test_a_delete_loses_to_an_upload_between_its_read_and_its_write(
     assert bytes(await payloads.fetch(conn, ref)) == bytes(value)
     assert await payloads.delete(conn, ref.name, expired_by=time.time() + HOUR + 1)
     assert await payloads.read_meta(conn, ref.name) is None
+
+
+async def test_a_writer_that_keeps_losing_gives_up_and_leaves_no_chunks(
+    conn: Connection, raw_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def always_beaten(*args: object, **kwargs: object) -> bool:  # another meta came first, every time
+        return False
+
+    monkeypatch.setattr(payloads, "write_meta", always_beaten)
+    value = content(MB, 9)
+    with pytest.raises(ConflictError, match=f"payload {ref_of(value).name} changed 5 times"):
+        await payloads.store(conn, ref_of(value), value, HOUR)
+    assert await stream_messages(raw_js) == 0

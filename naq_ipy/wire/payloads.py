@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 import nats.js.errors
 from nats.js import api
 
-from naq_ipy.errors import NaqConnectionError, RefusedError, SerializationError
+from naq_ipy.errors import ConflictError, RefusedError, SerializationError
 from naq_ipy.wire import direct_get
 from naq_ipy.wire.connection import Connection, nats_errors, publish
 from naq_ipy.wire.names import (
@@ -175,7 +175,7 @@ async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: flo
         written = await _store_once(conn, ref, view, until)
         if written is not None:
             return written
-    raise NaqConnectionError(f"payload {ref.name} changed {_STORE_ATTEMPTS} times while it was being stored")
+    raise ConflictError(f"payload {ref.name} changed {_STORE_ATTEMPTS} times while it was being stored")
 
 
 async def _store_once(conn: Connection, ref: PayloadRef, view: memoryview, until: float) -> bool | None:
