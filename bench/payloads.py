@@ -1,15 +1,16 @@
 """Data-sized jobs beside raw nats-py Object Store put/get on the same embedded server (run by hand, not a test).
 
     .venv/bin/python bench/payloads.py [--sizes 1,10,100] [--fanout-mb 200] [--fanout-jobs 100]
-                                       [--out bench/results/payloads.txt]
+                                       [--rounds N] [--out bench/results/payloads.txt]
 
 For each size (MB) a float64 numpy array of that size: `enqueue(doubled, a)` (client: pickle with
 out-of-band buffers, hash, upload) → one worker process reads it, returns `a * 2` (worker: read,
 run, upload the result) → `result()` (client: read back). Beside it, in the same run, on the same
 server: nats-py 2.16 `ObjectStore.put` of the same bytes, `get` (plain, quadratic: sizes up to
 100 MB only) and `get(writeinto=...)`. Each size runs 5 / 3 / 1 rounds (up to 10 MB / 100 MB /
-above) with new content each time, the two sides taking turns; medians are reported. Peak RSS
-above the start of each phase is sampled every 5 ms for the client and the worker (the largest).
+above; `--rounds` for every size) with new content each time, the two sides taking turns; medians
+are reported. Peak RSS above the start of each phase is sampled every 5 ms for the client and the
+worker (the largest).
 Then the fan-out: `enqueue_many` of `--fanout-jobs` jobs sharing one `--fanout-mb` DataFrame (numpy
 array without pandas), against one job with a value of that size.
 Targets: put >= 1.0x nats-py put; get >= 3x nats-py get; fan-out <= 2x one job, value stored once.
@@ -169,7 +170,7 @@ def mbps(size_mb: float, seconds: float) -> str:
     return f"{size_mb / seconds:,.0f}" if seconds > 0 else "-"
 
 
-async def run(sizes: list[int], fan_mb: int, fan_jobs: int, workdir: Path) -> str:
+async def run(sizes: list[int], fan_mb: int, fan_jobs: int, workdir: Path, rounds_each: int | None = None) -> str:
     server = NatsServer(port=None, store_dir=workdir / "nats").start()
     worker = spawn("naq_ipy.cli", ["worker", QUEUE, "-c", "4", "--url", server.url], workdir / "worker.log")
     try:
@@ -184,7 +185,7 @@ async def run(sizes: list[int], fan_mb: int, fan_jobs: int, workdir: Path) -> st
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         await queue.enqueue(doubled, np.ones(200_000))  # warm-up: connections, bucket, worker's first job
         for size in sizes:
-            rounds = 5 if size <= 10 else 3 if size <= 100 else 1  # the sides take turns; medians reported
+            rounds = rounds_each or (5 if size <= 10 else 3 if size <= 100 else 1)  # medians reported
             naqs, raws = [], []
             for turn in range(rounds):  # the sides take turns: a slow spell of the machine hits both
                 # new content every round: an array stored before would only be looked up, not uploaded
@@ -221,10 +222,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,100", help="array sizes in MB, comma-separated")
     parser.add_argument("--fanout-mb", type=int, default=200)
     parser.add_argument("--fanout-jobs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per size (default 5 / 3 / 1 by size)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "payloads.txt")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="naq-payload-bench-") as tmp:
-        report = asyncio.run(run([int(s) for s in args.sizes.split(",")], args.fanout_mb, args.fanout_jobs, Path(tmp)))
+        report = asyncio.run(run([int(s) for s in args.sizes.split(",")], args.fanout_mb, args.fanout_jobs, Path(tmp),
+                                 args.rounds))
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

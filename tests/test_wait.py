@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 
 import jobs
 import pytest
+from nats.aio.msg import Msg
 from test_worker import running_worker
 
 import naq_ipy
 import naq_ipy.status.results
 from naq_ipy import ConfigurationError, JobExecutionError, Queue, WaitResult
-from naq_ipy.status.results import FAILED, FINISHED, RUNNING, JobStatus, write_status
+from naq_ipy.status.results import FAILED, FINISHED, RUNNING, JobStatus, wait_for_end, write_status
 from naq_ipy.status.waiting import recent_runs, wait
 from naq_ipy.views.jobs import render_runs, wait_text
 from naq_ipy.wire.connection import close_all, get_connection
@@ -158,3 +159,24 @@ async def _divide_by_zero() -> float:
 async def test_fetch_status_refuses_a_bad_job_id_naming_it(url: str) -> None:
     with pytest.raises(ConfigurationError, match=r"^invalid job id 'no spaces': use letters"):
         await naq_ipy.status.results.fetch_status("no spaces", url)
+
+
+async def test_waiting_for_a_job_that_ended_is_one_status_read_and_no_watch(url: str) -> None:
+    conn = await get_connection(url)
+    consumers: list[str] = []  # a KV watch is a consumer: its create request is seen by a plain subscriber
+
+    async def on_create(msg: Msg) -> None:
+        consumers.append(msg.subject)
+
+    spy = await conn.nc.subscribe("$JS.API.CONSUMER.CREATE.>", cb=on_create)
+    await write_status(conn, JobStatus(job_id="ended1", status=FINISHED, updated_at=time.time()))
+    assert (await wait_for_end("ended1", 5, url)).status == FINISHED
+    await conn.nc.flush()
+    assert consumers == []
+    await write_status(conn, JobStatus(job_id="later1", status=RUNNING, updated_at=time.time()))
+    waiting = asyncio.create_task(wait_for_end("later1", 5, url))
+    while not consumers:  # not ended yet: watched until it ends
+        await asyncio.sleep(0.01)
+    await write_status(conn, JobStatus(job_id="later1", status=FAILED, error="boom", updated_at=time.time()))
+    assert (await waiting).status == FAILED
+    await spy.unsubscribe()

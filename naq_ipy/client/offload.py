@@ -21,6 +21,7 @@ from typing import Any
 from naq_ipy.errors import SerializationError
 from naq_ipy.wire import payloads
 from naq_ipy.wire.connection import Connection
+from naq_ipy.wire.payload_cache import fetch_cached
 from naq_ipy.wire.payloads import PayloadRef
 from naq_ipy.wire.settings import ConnectionSettings
 
@@ -150,7 +151,7 @@ async def load(conn: Connection, spec: Mapping[str, Any], *, shared: bool) -> Lo
 
     async def one(ref: PayloadRef) -> memoryview:
         if shared:
-            return memoryview(await payloads.fetch_cached(conn, ref)).toreadonly()
+            return memoryview(await fetch_cached(conn, ref)).toreadonly()
         return memoryview(await payloads.fetch(conn, ref))
 
     views = list(await asyncio.gather(*map(one, refs)))

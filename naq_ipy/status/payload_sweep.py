@@ -93,8 +93,8 @@ async def sweep_payloads(conn: Connection, now: float | None = None) -> list[str
     removed: list[str] = []
     if expired:
         for name in sorted(expired - await referenced_payloads(conn)):
-            meta = await payloads.read_meta(conn, name)  # again: a client may have uploaded it anew meanwhile
-            if meta is not None and payloads.keep_until(meta) <= now and await payloads.delete(conn, name):
+            # checked again on the meta the delete overwrites: a client may have uploaded it anew meanwhile
+            if await payloads.delete(conn, name, expired_by=now):
                 removed.append(name)
     await _purge_orphan_chunks(conn, {str(meta.get("nuid")) for meta in objects.values()}, now)
     if removed:
@@ -147,8 +147,6 @@ async def drop_payloads(conn: Connection, job_datas: Iterable[bytes] | None = No
         return []
     removed = []
     for name in sorted(names - await referenced_payloads(conn)):
-        meta = await payloads.read_meta(conn, name)
-        if meta is not None and payloads.keep_until(meta) <= now + ARGS_KEEP_S - RECENT_UPLOAD_S \
-                and await payloads.delete(conn, name):
+        if await payloads.delete(conn, name, expired_by=now + ARGS_KEEP_S - RECENT_UPLOAD_S):
             removed.append(name)
     return removed

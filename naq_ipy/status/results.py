@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -324,11 +325,21 @@ async def watch_until_ended(kv: KeyValue, job_id: str, *, ends: frozenset[str] =
 
 async def wait_for_end(job_id: str, timeout: float | None = None,
                        url: str | ConnectionSettings | None = None) -> JobStatus:
-    """Wait (with a KV watch) until the job has ended; TimeoutError after `timeout` seconds."""
+    """Wait (with a KV watch) until the job has ended; TimeoutError after `timeout` seconds.
+
+    A job that ended already costs one read (a watch is a consumer to create and delete).
+    """
     conn = await get_connection(url)
     kv = await conn.kv(JOB_STATUS_KV_NAME)
+    job_id = validate_key(job_id, "job id")
     async with nats_errors(conn.settings), asyncio.timeout(timeout):
-        return await watch_until_ended(kv, validate_key(job_id, "job id"))
+        found = await _get(conn, JOB_STATUS_KV_NAME, job_id)
+        if found is not None:
+            with contextlib.suppress(SerializationError):  # the watch reports an unreadable record
+                status = JobStatus.from_bytes(*found)
+                if status.ended:
+                    return status
+        return await watch_until_ended(kv, job_id)
 
 
 async def fetch_result(job_id: str, timeout: float | None = None,

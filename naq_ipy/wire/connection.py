@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,15 +73,22 @@ class Connection:
                 self._kvs[bucket] = await _open_or_create_kv(self.js, bucket, self.settings.replicas)
         return self._kvs[bucket]
 
-    async def ensure_stream(self, name: str = names.JOB_STREAM_NAME) -> None:
-        """Create the jobs (or failed-jobs) stream if missing; an existing one is left as it is."""
+    async def ensure_stream(self, name: str = names.JOB_STREAM_NAME,
+                            create: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Create the stream `name` if missing, once per connection; an existing one is left as it is.
+
+        `create`: how to make it (an Object Store's stream); by default naq's jobs, failed-jobs or logs stream.
+        """
         if name in self._streams:
             return
         async with nats_errors(self.settings):
             try:
                 await self.js.stream_info(name)
             except nats.js.errors.NotFoundError:
-                await _add_stream(self.js, _stream_config(name, self.settings, self.max_payload))
+                if create is None:
+                    await _add_stream(self.js, _stream_config(name, self.settings, self.max_payload))
+                else:
+                    await create()
         self._streams.add(name)
 
     async def recreate_stream_for(self, subject: str) -> bool:

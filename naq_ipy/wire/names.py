@@ -19,6 +19,7 @@ WORKER_DURABLE_PREFIX = f"{NAQ_PREFIX}-worker-"
 DUPLICATE_WINDOW_S = 600.0
 LOGS_STREAM_NAME = f"{NAQ_PREFIX}_job_logs"  # a job's captured stdout/stderr/logging, in batches
 LOGS_SUBJECT_PREFIX = f"{NAQ_PREFIX}.logs"
+DIRECT_GET_API_PREFIX = "$JS.API.DIRECT.GET"  # stored messages read without a consumer (allow_direct streams)
 
 # -- KV buckets -----------------------------------------------------------------------------------
 SCHEDULED_JOBS_KV_NAME = f"{NAQ_PREFIX}_scheduled_jobs"
@@ -38,6 +39,10 @@ SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job byte
 MSG_ID_HEADER = "Nats-Msg-Id"
 ROLLUP_HEADER = "Nats-Rollup"  # `sub`: this message replaces the earlier ones of its subject (payload metas)
 EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
+STATUS_HEADER = "Status"  # a reply with no message in it: `204` end of a direct-get batch, `404` none, `503` ...
+SEQUENCE_HEADER = "Nats-Sequence"  # a direct get's message: its stream sequence
+NUM_PENDING_HEADER = "Nats-Num-Pending"  # a direct-get batch: messages on the subject after the last one sent
+END_OF_BATCH_STATUS = "204"
 HEADER_JOB_ID = "Naq-Job-Id"  # failed store: the job's id
 HEADER_QUEUE = "Naq-Queue"  # failed store: the queue it came from
 HEADER_FUNC = "Naq-Func"  # failed store: the function's name
@@ -139,6 +144,11 @@ def requeue_msg_id(job_id: str, now_ns: int) -> str:
 def is_wrong_last_sequence(error: Exception) -> bool:
     """True if `error` is the server's answer to a revision-checked write that lost to a concurrent change."""
     return getattr(error, "err_code", None) in WRONG_LAST_SEQUENCE_CODES
+
+
+def direct_get_subject(stream: str, last_by_subject: str | None = None) -> str:
+    """`$JS.API.DIRECT.GET.<stream>` (a JSON request), or `....<stream>.<subject>`: the last message of `subject`."""
+    return f"{DIRECT_GET_API_PREFIX}.{stream}" + (f".{last_by_subject}" if last_by_subject else "")
 
 
 def payload_subjects(kind: str) -> str:

@@ -4,8 +4,10 @@ An object is named by its content, `sha256-<hex>`, so a value stored by many job
 The layout is the NATS Object Store's own (chunks on `$O.<bucket>.C.<nuid>`, a JSON meta
 message on `$O.<bucket>.M.<base64 name>`), so `nats object` tools read it, but both ways
 are done here: a write pipelines its chunks straight from the caller's memory (no joined copy),
-a read takes them with one ordered consumer into a preallocated buffer (nats-py's `get` grows a
-bytes object and is quadratic). Every read checks size and digest before anything uses it.
+then writes the meta only over the one it looked up (two writers of one value leave one object); a
+read takes the meta by direct get and then the chunks (naq_ipy.wire.payload_chunks) into a
+preallocated buffer (nats-py's `get` grows a bytes object and is quadratic). Every read checks
+size and digest before anything uses it.
 
 The meta carries `Naq-Keep-Until` (unix seconds): the sweep (naq_ipy.status.payload_sweep)
 never removes an object before that, and never one a queued job or a schedule refers to.
@@ -22,26 +24,28 @@ import logging
 import mmap
 import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import api
 
-from naq_ipy.errors import NaqConnectionError, RefusedError, SerializationError
+from naq_ipy.errors import ConflictError, RefusedError, SerializationError
+from naq_ipy.wire import direct_get
 from naq_ipy.wire.connection import Connection, nats_errors, publish
 from naq_ipy.wire.names import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     PAYLOAD_BUCKET_NAME,
     PAYLOAD_KEEP_UNTIL_HEADER,
     PAYLOAD_NAME_PREFIX,
     PAYLOAD_STREAM_NAME,
     ROLLUP_HEADER,
+    is_wrong_last_sequence,
     payload_chunk_subject,
     payload_meta_subject,
     payload_subjects,
 )
+from naq_ipy.wire.payload_chunks import read_chunks, transfer_timeout_s
 from naq_ipy.wire.publish import publish_many
 
 logger = logging.getLogger(__name__)
@@ -52,7 +56,7 @@ KEEP_UNTIL_HEADER = PAYLOAD_KEEP_UNTIL_HEADER
 STREAM_NAME = PAYLOAD_STREAM_NAME
 IN_FLIGHT_BYTES = 32 * 2**20  # chunks sent ahead of their acks (the server refuses far more: "too many requests")
 _MMAP_MIN_BYTES = 2**20
-_MIN_RATE = 20 * 2**20  # bytes/s a transfer may not fall below before it times out
+_STORE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -81,37 +85,51 @@ class PayloadRef:
         return cls(value[0], value[1])
 
 
-def _transfer_timeout_s(size: int) -> float:
-    return 10.0 + size / _MIN_RATE
-
-
 async def ensure_bucket(conn: Connection) -> None:
     """Create the payload bucket if missing (an existing one, with its limits, is kept as it is)."""
-    if STREAM_NAME in conn._streams:
-        return
-    async with nats_errors(conn.settings):
-        try:
-            await conn.js.stream_info(STREAM_NAME)
-        except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently: fine
-                await conn.js.create_object_store(PAYLOAD_BUCKET_NAME, config=api.ObjectStoreConfig(
-                    description="naq job arguments and results",
-                    storage=api.StorageType.FILE, replicas=conn.settings.replicas))
-    conn._streams.add(STREAM_NAME)
+
+    async def create() -> None:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently: fine
+            await conn.js.create_object_store(PAYLOAD_BUCKET_NAME, config=api.ObjectStoreConfig(
+                description="naq job arguments and results",
+                storage=api.StorageType.FILE, replicas=conn.settings.replicas))
+
+    await conn.ensure_stream(STREAM_NAME, create=create)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An object's meta subject: its record (None: no object, or a deleted one) and its sequence (0: no message)."""
+
+    meta: dict[str, object] | None = None
+    seq: int = 0
+
+    def holds(self, ref: PayloadRef) -> bool:
+        """True if this is a live object of `ref`'s size."""
+        return self.meta is not None and self.meta.get("size") == ref.size
+
+
+def _parse_meta(data: bytes | None) -> dict[str, object] | None:
+    try:
+        meta = json.loads(data or b"{}")
+    except ValueError:
+        return None
+    return None if not isinstance(meta, dict) or meta.get("deleted") else meta
+
+
+async def stored(conn: Connection, name: str) -> Stored:
+    """The object's meta as the stream leader has it (the newest: for decisions that write)."""
+    try:
+        async with nats_errors(conn.settings):
+            msg = await conn.js.get_msg(STREAM_NAME, subject=payload_meta_subject(name))
+    except nats.js.errors.NotFoundError:  # no such object, or no bucket yet
+        return Stored()
+    return Stored(_parse_meta(msg.data), msg.seq or 0)
 
 
 async def read_meta(conn: Connection, name: str) -> dict[str, object] | None:
     """The object's meta record, None if there is none (or it was deleted, or there is no bucket)."""
-    try:
-        async with nats_errors(conn.settings):
-            msg = await conn.js.get_msg(STREAM_NAME, subject=payload_meta_subject(name))
-    except nats.js.errors.NotFoundError:
-        return None
-    try:
-        meta = json.loads(msg.data or b"{}")
-    except ValueError:
-        return None
-    return None if not isinstance(meta, dict) or meta.get("deleted") else meta
+    return (await stored(conn, name)).meta
 
 
 def keep_until(meta: dict[str, object]) -> float:
@@ -131,41 +149,70 @@ def _meta(ref: PayloadRef, nuid: str, chunks: int, chunk_bytes: int, until: floa
             "headers": {KEEP_UNTIL_HEADER: [f"{until:.3f}"]}, "options": {"max_chunk_size": chunk_bytes}}
 
 
-async def _write_meta(conn: Connection, name: str, meta: dict[str, object]) -> None:
-    await publish(conn, payload_meta_subject(name), json.dumps(meta).encode(), headers={ROLLUP_HEADER: "sub"})
+async def write_meta(conn: Connection, name: str, meta: dict[str, object], over: int) -> bool:
+    """Write `meta` for `name` only over the meta message of sequence `over` (0: none); False if another came first."""
+    try:
+        await publish(conn, payload_meta_subject(name), json.dumps(meta).encode(),
+                      headers={ROLLUP_HEADER: "sub", EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(over)})
+    except nats.js.errors.APIError as e:
+        if is_wrong_last_sequence(e):
+            return False
+        raise
+    return True
 
 
 async def store(conn: Connection, ref: PayloadRef, view: memoryview, keep_s: float) -> bool:
     """Store `view` as `ref` unless it exists (then only its keep-until is extended); True if written.
 
     On any failure (a full store is RefusedError) the chunks written so far are purged: no
-    partial object is left, and none is ever visible, since the meta is written last.
+    partial object is left, and none is ever visible, since the meta is written last. Every meta
+    write is checked against the meta it looked up: a writer that lost a race to another (the same
+    value uploaded twice at once, or a sweep deleting it) looks again.
     """
     until = time.time() + keep_s
     await ensure_bucket(conn)
-    meta = await read_meta(conn, ref.name)
-    if meta is not None and meta.get("size") == ref.size:
-        if keep_until(meta) < until:
-            headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
-            await _write_meta(conn, ref.name, {**meta, "headers": {**headers, KEEP_UNTIL_HEADER: [f"{until:.3f}"]},
-                                               "mtime": datetime.now(UTC).isoformat()})
-        return False
+    for _ in range(_STORE_ATTEMPTS):
+        written = await _store_once(conn, ref, view, until)
+        if written is not None:
+            return written
+    raise ConflictError(f"payload {ref.name} changed {_STORE_ATTEMPTS} times while it was being stored")
+
+
+async def _store_once(conn: Connection, ref: PayloadRef, view: memoryview, until: float) -> bool | None:
+    """One attempt of `store`: True written, False there already (kept long enough), None lost a race."""
+    # first, not beside the chunks: that measured within noise at 1 MB (<= 0.2 ms) and sends a stored value again
+    found = await stored(conn, ref.name)
+    if found.holds(ref):
+        return await _keep(conn, ref, found, until)
     nuid = os.urandom(11).hex()
     subject = payload_chunk_subject(nuid)
     step = min(CHUNK_BYTES, conn.max_payload // 2)
     chunks = [(subject, view[i:i + step], None, None) for i in range(0, ref.size, step)]
     try:
-        await publish_many(conn, chunks, _transfer_timeout_s(ref.size),  # type: ignore[arg-type]  # no copies
+        await publish_many(conn, chunks, transfer_timeout_s(ref.size),  # type: ignore[arg-type]  # no copies
                            window=max(2, IN_FLIGHT_BYTES // step))
-        await _write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until))
+        if await write_meta(conn, ref.name, _meta(ref, nuid, len(chunks), step, until), over=found.seq):
+            logger.debug("stored payload %s (%d bytes)", ref.name, ref.size)
+            return True
     except BaseException as e:
         await asyncio.shield(_purge_subject(conn, subject))
         if isinstance(e, RefusedError):
             raise RefusedError(f"the payload store {PAYLOAD_BUCKET_NAME} refused {ref.name} ({ref.size:,} bytes): "
                                f"{e}") from None
         raise
-    logger.debug("stored payload %s (%d bytes)", ref.name, ref.size)
-    return True
+    await asyncio.shield(_purge_subject(conn, subject))  # another writer's meta came first: that object stays
+    return None
+
+
+async def _keep(conn: Connection, ref: PayloadRef, found: Stored, until: float) -> bool | None:
+    """Extend an existing object's keep-until to `until`: False when done (or not needed), None if its meta changed."""
+    meta = found.meta or {}
+    if keep_until(meta) >= until:
+        return False
+    headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
+    extended = {**meta, "headers": {**headers, KEEP_UNTIL_HEADER: [f"{until:.3f}"]},  # type: ignore[dict-item]
+                "mtime": datetime.now(UTC).isoformat()}
+    return False if await write_meta(conn, ref.name, extended, over=found.seq) else None
 
 
 async def _purge_subject(conn: Connection, subject: str) -> None:
@@ -186,65 +233,37 @@ def _allocate(size: int) -> Buffer:
 
 async def fetch(conn: Connection, ref: PayloadRef) -> Buffer:
     """The object's bytes, read into one preallocated buffer; SerializationError if missing or corrupt."""
-    meta = await read_meta(conn, ref.name)
+    msg = await direct_get.last_message(conn, STREAM_NAME, payload_meta_subject(ref.name))
+    meta = _parse_meta(msg.data) if msg is not None else None
+    if meta is None:  # not on the replica that answered (a cluster may lag), or no direct gets: ask the leader
+        meta = await read_meta(conn, ref.name)
     if meta is None:
         raise SerializationError(f"payload {ref.name} ({ref.size:,} bytes) is missing from the store")
     nuid, chunks = meta.get("nuid"), meta.get("chunks")
     if meta.get("size") != ref.size or not isinstance(nuid, str) or not isinstance(chunks, int):
         raise SerializationError(f"payload {ref.name}: stored size {meta.get('size')} is not {ref.size}")
     buf = _allocate(ref.size)
+    digest = hashlib.sha256().hexdigest()
     if ref.size:
-        digest = await _read_chunks(conn, payload_chunk_subject(nuid), memoryview(buf), chunks)
-    else:
-        digest = hashlib.sha256().hexdigest()
+        digest = await read_chunks(conn, payload_chunk_subject(nuid), memoryview(buf), chunks)
     if digest != ref.digest:
         raise SerializationError(f"payload {ref.name} is corrupt: its content has digest sha256-{digest}")
     return buf
 
 
-async def _read_chunks(conn: Connection, subject: str, view: memoryview, chunks: int) -> str:
-    """Copy the chunks on `subject` into `view` in order; the hex SHA-256 of what was read."""
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    sha = hashlib.sha256()
-    state = {"pos": 0, "count": 0}
+async def delete(conn: Connection, name: str, *, expired_by: float | None = None) -> bool:
+    """Remove an object (meta tombstone, then its chunks); False if it was not there.
 
-    async def on_chunk(msg: Msg) -> None:
-        if done.done():
-            return
-        data, pos = msg.data, state["pos"]
-        if pos + len(data) > len(view):
-            done.set_exception(SerializationError(f"payload chunks on {subject} exceed its size"))
-            return
-        view[pos:pos + len(data)] = data
-        sha.update(data)
-        state["pos"], state["count"] = pos + len(data), state["count"] + 1
-        if state["count"] == chunks:
-            done.set_result(None)
-
-    async with nats_errors(conn.settings):
-        sub = await conn.js.subscribe(subject, stream=STREAM_NAME, cb=on_chunk, ordered_consumer=True,
-                                      pending_msgs_limit=-1, pending_bytes_limit=-1)  # stream named: no lookup
-    try:
-        await asyncio.wait_for(done, _transfer_timeout_s(len(view)))
-    except TimeoutError:
-        raise NaqConnectionError(f"reading payload chunks {subject} timed out "
-                                 f"({state['pos']:,} of {len(view):,} bytes)") from None
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-    if state["pos"] != len(view) or state["count"] != chunks:
-        raise SerializationError(f"payload chunks on {subject} are incomplete ({state['pos']:,} of "
-                                 f"{len(view):,} bytes)")
-    return sha.hexdigest()
-
-
-async def delete(conn: Connection, name: str) -> bool:
-    """Remove an object (meta tombstone, then its chunks); False if it was not there."""
-    meta = await read_meta(conn, name)
-    if meta is None:
+    `expired_by` (unix seconds): only if its keep-until is not later. Also False when its meta
+    changed between the read and the tombstone (uploaded again meanwhile: that write wins).
+    """
+    found = await stored(conn, name)
+    if found.meta is None or (expired_by is not None and keep_until(found.meta) > expired_by):
         return False
-    nuid = meta.get("nuid")
-    await _write_meta(conn, name, {**meta, "deleted": True, "size": 0, "chunks": 0, "digest": ""})
+    nuid = found.meta.get("nuid")
+    if not await write_meta(conn, name, {**found.meta, "deleted": True, "size": 0, "chunks": 0, "digest": ""},
+                            over=found.seq):
+        return False
     if isinstance(nuid, str):
         await _purge_subject(conn, payload_chunk_subject(nuid))
     logger.info("deleted payload %s", name)
@@ -283,57 +302,3 @@ async def stored_bytes(conn: Connection) -> int:
     except nats.js.errors.NotFoundError:
         return 0
     return int(info.state.bytes or 0)
-
-
-class PayloadCache:
-    """Objects read by this process, by name, up to `max_bytes` in total (least recently used go first)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._items: OrderedDict[str, Buffer] = OrderedDict()
-
-    def get(self, name: str) -> Buffer | None:
-        """The cached object, now the most recently used; None if not cached."""
-        found = self._items.get(name)
-        if found is not None:
-            self._items.move_to_end(name)
-        return found
-
-    def put(self, name: str, value: Buffer) -> None:
-        """Keep `value` (unless larger than the whole cache), dropping the least recently used beyond the bound."""
-        if len(value) > self.max_bytes or name in self._items:
-            return
-        self._items[name] = value
-        self.size += len(value)
-        while self.size > self.max_bytes:
-            self.size -= len(self._items.popitem(last=False)[1])
-
-
-_caches: dict[int, PayloadCache] = {}
-_reading: dict[tuple[int, str], asyncio.Future[Buffer]] = {}  # reads in flight, by (loop, name)
-
-
-async def fetch_cached(conn: Connection, ref: PayloadRef) -> Buffer:
-    """`fetch` through this process's cache (bounded by `payload_cache_bytes`); one read per object at a time.
-
-    Callers share the returned buffer: hand it out read-only.
-    """
-    limit = conn.settings.payload_cache_bytes
-    cache = _caches.setdefault(limit, PayloadCache(limit))
-    found = cache.get(ref.name)
-    if found is not None:
-        return found
-    key = (id(asyncio.get_running_loop()), ref.name)
-    pending = _reading.get(key)
-    if pending is not None:
-        return await asyncio.shield(pending)
-    future = asyncio.ensure_future(fetch(conn, ref))
-    _reading[key] = future
-    try:
-        value = await asyncio.shield(future)
-    finally:
-        if _reading.get(key) is future:
-            del _reading[key]
-    cache.put(ref.name, value)
-    return value
