@@ -25,22 +25,32 @@ from collections.abc import Callable
 
 from nats.js.kv import KeyValue
 
-from naq_ipy.errors import ConflictError, SerializationError
+from naq_ipy.errors import ConflictError, RefusedError, SerializationError
 from naq_ipy.status.results import (
     CANCELLED,
+    QUEUED,
     CancelRequest,
     JobStatus,
     cancel_change,
+    cancelled_record,
     read_status_or_stand_in,
     write_status,
 )
-from naq_ipy.wire.connection import Connection, nats_errors
-from naq_ipy.wire.names import CANCEL_REQUESTS_KV_NAME, KV_DELETE_OPERATIONS
+from naq_ipy.wire.connection import Connection, message_headers, nats_errors
+from naq_ipy.wire.names import (
+    CANCEL_REQUESTS_KV_NAME,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
+    JOB_STATUS_KV_NAME,
+    KV_DELETE_OPERATIONS,
+    kv_subject,
+)
+from naq_ipy.wire.publish import publish_many
 from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S
 
 logger = logging.getLogger(__name__)
 
-RECORDERS = 16  # requests being recorded at once
+RECORD_BATCH = 1000  # first guesses written in one pipelined batch
+READ_WINDOW = 64  # requests recorded one by one (read, then write) at once
 CONFLICT_ROUNDS = 5
 FORGET_AFTER_S = DEFAULT_RESULT_TTL_S + 24 * 3600.0  # the bucket's max age, and a day for clocks that disagree
 FORGET_EVERY_S = 600.0
@@ -64,6 +74,30 @@ async def record_cancel(conn: Connection, request: CancelRequest, worker_id: str
         logger.info("job %s %s (cancel requested by %s)", request.job_id, change.status, request.by)
         return change
     raise ConflictError(f"job {request.job_id}: its status record kept changing; its cancel was not recorded")
+
+
+async def record_cancels(conn: Connection, requests: list[CancelRequest], worker_id: str) -> None:
+    """Record many requests: first the guess that each job is still queued (no record yet: `cancelled` over
+    revision 0), all in one pipelined batch; every guess that lost is recorded by `record_cancel`."""
+    guesses = [cancelled_record(JobStatus(job_id=r.job_id, status=QUEUED), r.by).evolve(worker_id=worker_id)
+               for r in requests]
+    headers = message_headers(None, {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0"}, DEFAULT_RESULT_TTL_S)
+    lost: set[int] = set()
+    try:
+        await publish_many(conn, [(kv_subject(JOB_STATUS_KV_NAME, g.job_id), g.to_bytes(conn.settings), None, headers)
+                                  for g in guesses])
+    except RefusedError as e:  # mostly a record there already (a job that ran, or a cancel recorded elsewhere)
+        lost = set(e.refused)
+    for index, request in enumerate(requests):
+        if index not in lost:
+            logger.info("job %s cancelled (cancel requested by %s)", request.job_id, request.by)
+    again = [requests[index] for index in sorted(lost)]
+    for start in range(0, len(again), READ_WINDOW):
+        window = again[start:start + READ_WINDOW]
+        done = await asyncio.gather(*(record_cancel(conn, r, worker_id) for r in window), return_exceptions=True)
+        for request, outcome in zip(window, done, strict=True):
+            if isinstance(outcome, Exception):  # the view still keeps the job from starting here
+                logger.warning("job %s: cancel not recorded: %s", request.job_id, outcome)
 
 
 class CancelWatch:
@@ -90,8 +124,7 @@ class CancelWatch:
             if entry is None:  # the stored ones are in
                 break
             self._take(entry)
-        self._tasks = [asyncio.create_task(self._follow()),
-                       *(asyncio.create_task(self._record_loop()) for _ in range(RECORDERS))]
+        self._tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._record_loop())]
 
     async def stop(self) -> None:
         """Stop watching and recording (a request not recorded yet is recorded by the next worker that starts)."""
@@ -139,8 +172,10 @@ class CancelWatch:
 
     async def _record_loop(self) -> None:
         while True:
-            request = await self._todo.get()
+            batch = [await self._todo.get()]
+            while len(batch) < RECORD_BATCH and not self._todo.empty():
+                batch.append(self._todo.get_nowait())
             try:
-                await record_cancel(self._conn, request, self._worker_id)
-            except Exception as e:  # the view still keeps the job from starting here; other workers record it too
-                logger.warning("job %s: cancel not recorded: %s", request.job_id, e)
+                await record_cancels(self._conn, batch, self._worker_id)
+            except Exception as e:  # the view still keeps the jobs from starting here; other workers record them too
+                logger.warning("%d cancel(s) not recorded: %s", len(batch), e)
