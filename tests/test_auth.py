@@ -7,7 +7,9 @@ the request timeout; no password shows in any log line, error or repr.
 
 from __future__ import annotations
 
+import base64
 import logging
+import pickle
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,9 +22,10 @@ from test_scheduler import quarter_after
 from test_scheduler import running as running_scheduler
 from test_worker import running_worker
 
-from naq_ipy import ConnectionSettings, PermissionDeniedError, Queue
+from naq_ipy import ConnectionSettings, JobExecutionError, PermissionDeniedError, Queue
+from naq_ipy.status.cancel import Outcome, who
 from naq_ipy.status.payload_sweep import sweep_payloads
-from naq_ipy.status.results import fetch_result, write_result
+from naq_ipy.status.results import JobStatus, fetch_result, fetch_status, wait_for_end, write_result, write_status
 from naq_ipy.wire import names, payloads
 from naq_ipy.wire.connection import close_all, connect, get_connection, kv_put
 from naq_ipy.wire.server import NatsServer
@@ -33,7 +36,7 @@ CONFIG = Path(__file__).parent.parent / "docs" / "nats-permissions.conf"
 ROLES = ("admin", "notebook", "enqueue", "worker", "scheduler")
 PASSWORDS = {role: f"pw-{role}-Zq8x{len(role)}" for role in ROLES}
 BUCKETS = (names.SCHEDULED_JOBS_KV_NAME, names.JOB_STATUS_KV_NAME, names.RESULTS_KV_NAME, names.WORKERS_KV_NAME,
-           names.SCHEDULER_CLOCK_KV_NAME)
+           names.SCHEDULER_CLOCK_KV_NAME, names.CANCEL_REQUESTS_KV_NAME)
 DENIAL_BOUND_S = 8.0  # the request timeout (5 s) plus slack
 
 
@@ -140,7 +143,7 @@ async def test_enqueue_only_user_enqueues_but_schedules_are_permission_denied(se
 
 @pytest.mark.slow
 async def test_notebooks_cannot_write_results(server: NatsServer) -> None:
-    """Only workers write result values; a notebook may write statuses (to cancel), which signatures guard."""
+    """Only workers write result values."""
     conn = await get_connection(as_role(server.url, "notebook"))
     for bucket in (names.RESULTS_KV_NAME,):
         with pytest.raises(PermissionDeniedError, match="permission denied"):
@@ -152,12 +155,11 @@ async def test_notebook_may_cancel_jobs_and_enqueue_may_not(server: NatsServer, 
     """`naq-notebook` cancels a queued and a running job (the worker stops it) without a violation;
     `naq-enqueue` is told "permission denied" and its cancel changes nothing."""
     from naq_ipy import cancel
-    from naq_ipy.status.results import fetch_status, wait_for_end
 
     evidence = str(tmp_path / "spin")
     notebook = Queue("reports", as_role(server.url, "notebook"))
     queued = await notebook.enqueue(jobs.add, 1, 2)
-    assert str((await cancel(queued, notebook.settings))[queued.job_id]) == "cancelled"
+    assert str((await cancel(queued, notebook.settings))[queued.job_id]) == "cancel requested"  # no worker yet
     spinning = await notebook.enqueue(jobs.busy_loop, evidence)
     async with running_worker(as_role(server.url, "worker"), "reports", concurrency=1):
         await eventually(lambda: jobs.marks(evidence, "start"), what="the job to start")
@@ -174,10 +176,68 @@ async def test_notebook_may_cancel_jobs_and_enqueue_may_not(server: NatsServer, 
     assert violations(server) == denied
 
 
+async def test_notebook_cannot_forge_a_status_but_cancels_through_a_worker(server: NatsServer, tmp_path: Path) -> None:
+    """As `naq-notebook` a forged `finished` status (a pickle inlined) is refused by the server and nothing is
+    stored; `job.cancel()` as naq-notebook still stops a running job and cancels a job queued where no worker
+    serves, end to end through a worker running as naq-worker."""
+    notebook = Queue("reports", as_role(server.url, "notebook"))
+    victim = await notebook.enqueue(jobs.add, 1, 1)
+    inlined = base64.b64encode(pickle.dumps(666)).decode()
+    forged = JobStatus(job_id=victim.job_id, status="finished", result_inline=inlined)
+    conn = await get_connection(notebook.settings)
+    for attempt in (lambda: write_status(conn, forged),
+                    lambda: kv_put(conn, names.JOB_STATUS_KV_NAME, victim.job_id, forged.to_bytes())):
+        started = time.monotonic()
+        with pytest.raises(PermissionDeniedError, match="permission denied by NATS at"):
+            await attempt()
+        assert time.monotonic() - started < DENIAL_BOUND_S
+    admin = await get_connection(as_role(server.url, "admin"))
+    assert (await admin.js.stream_info(names.kv_stream(names.JOB_STATUS_KV_NAME))).state.messages == 0
+    denied = violations(server)
+    assert denied and all("naq-notebook" in line and "naq_job_status" in line for line in denied)
+    evidence = str(tmp_path / "spin")
+    spinning = await notebook.enqueue(jobs.busy_loop, evidence)
+    idle = await Queue("idle", notebook.settings).enqueue(jobs.add, 2, 2)  # no worker serves `idle`
+    async with running_worker(as_role(server.url, "worker"), "reports", concurrency=1) as worker:
+        assert await victim.result(timeout=10) == 2
+        await eventually(lambda: jobs.marks(evidence, "start"), what="the loop to start")
+        assert await spinning.cancel() is Outcome.CANCELLED
+        ended = await wait_for_end(spinning.job_id, 10, notebook.settings)
+        assert ended.status == "cancelled" and ended.cancelled_by == who()
+        assert await idle.cancel() is Outcome.CANCELLED  # recorded by the worker of another queue
+        recorded = await fetch_status(idle.job_id, notebook.settings)
+        assert recorded is not None and recorded.status == "cancelled" and recorded.worker_id == worker.worker_id
+    assert not jobs.marks(evidence, "end")
+    assert violations(server) == denied
+
+
+async def test_a_job_cancelled_while_no_worker_runs_never_runs(server: NatsServer, tmp_path: Path) -> None:
+    """No worker at all: the notebook's cancel is `cancel requested` (the status shows `cancelled`); the worker
+    started later records it and drops the job without running it; no permission is violated."""
+    evidence = tmp_path / "ran.txt"
+    notebook = Queue("reports", as_role(server.url, "notebook"))
+    doomed = await notebook.enqueue(jobs.touch, str(evidence))
+    assert await doomed.cancel() is Outcome.REQUESTED
+    shown = await fetch_status(doomed.job_id, notebook.settings)
+    assert shown is not None and shown.status == "cancelled" and shown.cancelled_by == who()
+    later = await notebook.enqueue(jobs.touch, str(tmp_path / "later.txt"), "later")
+    async with running_worker(as_role(server.url, "worker"), "reports", concurrency=1) as worker:
+        assert await later.result(timeout=10) == "later"
+        ended = await wait_for_end(doomed.job_id, 10, notebook.settings)
+    assert ended.status == "cancelled" and ended.worker_id == worker.worker_id and ended.cancelled_by == who()
+    with pytest.raises(JobExecutionError, match="cancelled"):
+        await doomed.result(timeout=1)
+    assert not evidence.exists()
+    admin = await get_connection(as_role(server.url, "admin"))
+    assert (await admin.js.stream_info(names.JOB_STREAM_NAME)).state.messages == 0
+    assert violations(server) == []
+
+
 # What each role may NOT do (docs/nats-permissions.conf, "Roles"): (subject, why it must be refused).
 REFUSED = {
     "notebook": [
         ("$JS.API.STREAM.CREATE.naq_other", "creating streams and buckets is for naq-admin"),
+        ("$KV.naq_job_status.forged", "statuses are written by workers (a cancel is a request)"),
         ("$JS.API.STREAM.DELETE.naq_jobs", "deleting the job stream"),
         ("$KV.naq_results.forged", "results are written by workers"),
         ("$KV.naq_workers.fake-worker", "heartbeats are written by workers"),
@@ -187,12 +247,14 @@ REFUSED = {
     "worker": [
         ("naq.queue.reports", "a worker cannot enqueue"),
         ("$KV.naq_scheduled_jobs.forged", "a worker cannot touch schedules"),
+        ("$KV.naq_cancel_requests.forged", "a worker cannot request cancels"),
         ("$JS.API.CONSUMER.CREATE.KV_naq_scheduled_jobs", "a worker cannot watch schedules"),
         ("$JS.API.STREAM.PURGE.naq_jobs", "purging queues"),
         ("$JS.API.STREAM.CREATE.naq_other", "creating streams"),
     ],
     "scheduler": [
-        ("$KV.naq_job_status.forged", "statuses are written by workers and notebooks"),
+        ("$KV.naq_job_status.forged", "statuses are written by workers"),
+        ("$KV.naq_cancel_requests.forged", "cancels are requested by notebooks"),
         ("$KV.naq_results.forged", "results are written by workers"),
         ("naq.failed.reports", "failed jobs are recorded by workers"),
         ("$JS.API.CONSUMER.MSG.NEXT.naq_jobs.naq-worker-reports", "a scheduler does not take jobs"),

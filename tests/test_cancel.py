@@ -15,14 +15,14 @@ from pathlib import Path
 import jobs
 import pytest
 from pids import alive, wait_gone
-from polling import eventually
-from test_worker import running_worker, spawn_worker  # noqa: F401 - spawn_worker is a fixture
+from polling import eventually, eventually_async
+from test_worker import running_worker, spawn_worker, stream_count  # noqa: F401 - spawn_worker is a fixture
 
 from naq_ipy import JobExecutionError, Queue, cancel
 from naq_ipy.status import results
 from naq_ipy.status.cancel import Outcome, job_ids, who
-from naq_ipy.status.results import fetch_status, wait_for_end
-from naq_ipy.wire.connection import close_all
+from naq_ipy.status.results import fetch_status, read_status, wait_for_end
+from naq_ipy.wire.connection import close_all, get_connection
 
 END_S = 20.0
 
@@ -39,20 +39,40 @@ async def _status(job_id: str, url: str) -> results.JobStatus | None:
 
 
 async def test_queued_job_cancelled_never_runs_when_a_worker_starts(url: str, tmp_path: Path) -> None:
-    """Cancelled before any worker was up: the worker that comes later drops it; its side effect never happens."""
+    """Cancelled before any worker was up: `cancel requested`, shown `cancelled` meanwhile; the worker that
+    comes later records it and drops the job; its side effect never happens."""
     queue = Queue(nats_url=url)
     evidence = tmp_path / "ran.txt"
     doomed = await queue.enqueue(jobs.touch, str(evidence))
     report = await cancel(doomed, url)
-    assert report[doomed.job_id] is Outcome.CANCELLED
+    assert report[doomed.job_id] is Outcome.REQUESTED
     status = await _status(doomed.job_id, url)
     assert status is not None and status.status == results.CANCELLED and status.cancelled_by == who()
+    assert await read_status(await get_connection(url), doomed.job_id) is None  # no worker wrote it yet
     later = await queue.enqueue(jobs.touch, str(tmp_path / "later.txt"), "later")
-    async with running_worker(url, concurrency=1):
+    async with running_worker(url, concurrency=1) as worker:
         assert await later.result(timeout=END_S) == "later"
     assert not evidence.exists()
     with pytest.raises(JobExecutionError, match="cancelled"):
         await doomed.result(timeout=1)
+    recorded = await read_status(await get_connection(url), doomed.job_id)
+    assert recorded is not None and recorded.status == results.CANCELLED
+    assert recorded.cancelled_by == who() and recorded.worker_id == worker.worker_id
+
+
+async def test_a_worker_of_another_queue_records_the_cancel_at_once(url: str, tmp_path: Path) -> None:
+    """Every worker watches the requests: a job queued where no worker serves is `cancelled` by the worker of
+    another queue within the call, and the worker of its own queue, started later, drops it."""
+    evidence = tmp_path / "ran.txt"
+    doomed = await Queue("elsewhere", nats_url=url).enqueue(jobs.touch, str(evidence))
+    async with running_worker(url, "default") as worker:
+        assert await doomed.cancel() is Outcome.CANCELLED
+        recorded = await read_status(await get_connection(url), doomed.job_id)
+        assert recorded is not None and recorded.status == results.CANCELLED
+        assert recorded.worker_id == worker.worker_id and recorded.cancelled_by == who()
+    async with running_worker(url, "elsewhere") as own:
+        await eventually(lambda: own.processed == 1, END_S, "the cancelled job to be dropped")
+    assert not evidence.exists()
 
 
 async def test_outcomes_already_finished_and_not_found(url: str) -> None:
@@ -84,8 +104,13 @@ async def test_delayed_job_cancelled_leaves_the_schedule_store(url: str) -> None
     """`enqueue_in`: cancelled at once, its schedule entry deleted."""
     queue = Queue(nats_url=url)
     later = await queue.enqueue_in(3600, jobs.add, 1, 2)
-    assert (await cancel([later], url))[later.job_id] is Outcome.CANCELLED
+    assert (await cancel([later], url))[later.job_id] is Outcome.REQUESTED  # no worker runs
     assert (await _status(later.job_id, url)).status == results.CANCELLED  # type: ignore[union-attr]
+    assert [r.job_id for r in await queue.list_scheduled_jobs()] == []
+    soon = await queue.enqueue_in(3600, jobs.add, 1, 2)
+    async with running_worker(url, concurrency=1):
+        assert (await cancel([soon], url))[soon.job_id] is Outcome.CANCELLED
+        assert (await read_status(await get_connection(url), later.job_id)).status == results.CANCELLED  # type: ignore[union-attr]
     assert [r.job_id for r in await queue.list_scheduled_jobs()] == []
 
 
@@ -169,13 +194,21 @@ async def test_thousand_queued_jobs_cancelled_in_one_call(url: str, tmp_path: Pa
     evidence = str(tmp_path / "many.txt")
     fanned = await queue.enqueue_many([(jobs.touch, (evidence,)) for _ in range(1000)])
     report = await cancel(fanned, url)
-    assert report.summary() == "1,000 cancelled"
-    marker = await queue.enqueue(jobs.add, 1, 1)
-    async with running_worker(url, concurrency=10):
-        assert await marker.result(timeout=60) == 2
-    assert not Path(evidence).exists()
+    assert report.summary() == "1,000 cancel requested"  # no worker runs
     statuses = await asyncio.gather(*(_status(job.job_id, url) for job in fanned))
     assert {s.status for s in statuses if s is not None} == {results.CANCELLED} and None not in statuses
+    marker = await queue.enqueue(jobs.add, 1, 1)
+    conn = await get_connection(url)
+
+    async def recorded() -> set[str | None]:
+        return {r.status if r else None for r in await asyncio.gather(*(read_status(conn, j.job_id) for j in fanned))}
+
+    async with running_worker(url, concurrency=10):
+        assert await marker.result(timeout=60) == 2
+        await eventually_async(recorded, {results.CANCELLED}, "every cancel recorded by the worker", 60)
+        await eventually_async(lambda: stream_count(conn.js), 0, "the cancelled jobs dropped", 60)
+    assert not Path(evidence).exists()
+    assert (await cancel(fanned, url)).summary() == "1,000 cancelled"
 
 
 @pytest.mark.slow
@@ -214,7 +247,7 @@ async def test_cancel_while_the_worker_is_down_holds_after_restart(url: str, tmp
     await eventually(lambda: jobs.marks(evidence, "start"), END_S, "the job to start")
     first.kill()
     first.wait(10)
-    assert (await cancel(job, url))[job.job_id] is Outcome.CANCELLED
+    assert (await cancel(job, url))[job.job_id] is Outcome.REQUESTED  # no worker alive records it
     assert (await _status(job.job_id, url)).status == results.STOPPING  # type: ignore[union-attr]
     spawn_worker(url, "--concurrency", "1")
     assert (await wait_for_end(job.job_id, END_S, url)).status == results.CANCELLED

@@ -42,7 +42,7 @@ JOBS = 2000
 BATCH = 100
 ACK_WAIT_S = 15  # longer than a failover (~5 s here): a redelivery during it could race the first run's outcome
 BUCKETS = (names.SCHEDULED_JOBS_KV_NAME, names.JOB_STATUS_KV_NAME, names.RESULTS_KV_NAME, names.WORKERS_KV_NAME,
-           names.SCHEDULER_CLOCK_KV_NAME)
+           names.SCHEDULER_CLOCK_KV_NAME, names.CANCEL_REQUESTS_KV_NAME)
 
 
 def replicated(urls: Sequence[str]) -> ConnectionSettings:

@@ -24,6 +24,8 @@ from IPython.core.error import UsageError
 from magic_shell import RaisingShell
 from nats.js import JetStreamContext
 from polling import eventually, wait_until
+from test_auth import PASSWORDS
+from test_auth import server as server  # noqa: F401 - the fixture: a server with the recommended permissions
 from test_scheduler import entry_gone, quarter_after, queued_runs, store
 from test_scheduler import running as running_scheduler
 from test_scheduler import wait_until as wait_until_async
@@ -31,7 +33,15 @@ from test_signing import KEY, Bomb, forged, keyed
 from test_worker import running_worker, stream_count
 from test_worker import url as url  # noqa: F401 - the `url` fixture, shared
 
-from naq_ipy import ConfigurationError, ConnectionSettings, Job, Queue, ScheduledJobsPanel, SignatureError
+from naq_ipy import (
+    ConfigurationError,
+    ConnectionSettings,
+    Job,
+    PermissionDeniedError,
+    Queue,
+    ScheduledJobsPanel,
+    SignatureError,
+)
 from naq_ipy.cli.main import main as naq_main
 from naq_ipy.errors import NaqConnectionError, SerializationError
 from naq_ipy.rules.records import decode_object
@@ -39,10 +49,10 @@ from naq_ipy.schedules.fires import ScheduleView
 from naq_ipy.schedules.record import new_record
 from naq_ipy.schedules.scheduler import Scheduler
 from naq_ipy.schedules.store import ScheduledJobManager
-from naq_ipy.status.results import FINISHED, JobStatus
+from naq_ipy.status.results import FINISHED, JobStatus, fetch_status, write_status
 from naq_ipy.wire.connection import connect, get_connection
 from naq_ipy.wire.names import FAILED_STREAM_NAME, JOB_STATUS_KV_NAME, SCHEDULED_JOBS_KV_NAME, WORKERS_KV_NAME
-from naq_ipy.wire.server import free_port
+from naq_ipy.wire.server import NatsServer, free_port
 from naq_ipy.wire.settings import (
     DEFAULT_FAILED_MAX_AGE_S,
     DEFAULT_FAILED_MAX_BYTES,
@@ -127,6 +137,28 @@ async def test_a_forged_finished_status_is_refused_and_never_unpickled(url: str,
         with pytest.raises(SignatureError, match="bad signature"):
             await victim.result(timeout=10)
         assert await genuine.result(timeout=10) == 5
+    assert not Path(path).exists(), "a forged result was unpickled"
+
+
+async def test_a_notebook_cannot_write_a_status_even_holding_the_key(server: NatsServer, tmp_path: Path) -> None:
+    """The recommended permissions: `naq-notebook`, holding the shared signing key, signs a forged `finished`
+    status with a pickle inlined under another user's job. The server refuses it (statuses are written by
+    workers only; a cancel is a request), nothing is stored or unpickled, and the owner reads the real result."""
+    path = str(tmp_path / "marks")
+    notebook = ConnectionSettings.resolve(server.url, user="naq-notebook", password=PASSWORDS["notebook"],
+                                          signing_key=[KEY])
+    worker = ConnectionSettings.resolve(server.url, user="naq-worker", password=PASSWORDS["worker"],
+                                        signing_key=[KEY])
+    victim = await Queue("reports", notebook).enqueue(jobs.add, 1, 1)
+    bomb = base64.b64encode(cloudpickle.dumps(Bomb(path))).decode()
+    forged = JobStatus(job_id=victim.job_id, status=FINISHED, result_inline=bomb, updated_at=time.time())
+    with pytest.raises(PermissionDeniedError, match="permission denied by NATS at"):
+        await write_status(await get_connection(notebook), forged)  # signed with the key: still refused
+    assert await fetch_status(victim.job_id, notebook) is None
+    async with running_worker(worker, "reports"):
+        assert await victim.result(timeout=10) == 2
+    recorded = await fetch_status(victim.job_id, notebook)
+    assert recorded is not None and recorded.status == FINISHED and recorded.worker_id is not None
     assert not Path(path).exists(), "a forged result was unpickled"
 
 

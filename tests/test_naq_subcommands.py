@@ -46,7 +46,8 @@ def test_pause_resume_cancel_list(ip: RaisingShell, nats_url: str, capsys: pytes
 
 def test_cancel_jobs_by_variable_and_by_id(ip: RaisingShell, nats_url: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """`%naq cancel VAR` takes a Job or a list of Jobs, `%naq cancel ID` an id; each says what happened."""
+    """`%naq cancel VAR` takes a Job or a list of Jobs, `%naq cancel ID` an id; each says what happened (no worker
+    runs: the cancels are requested, and the statuses show them)."""
     ip.run_cell("one = %naq_enqueue add(1)\ntwo = %naq_enqueue add(2)\nthree = %naq_enqueue add(3)\n"
                 "many = [two, three]")
     ip.run_line_magic("naq", "cancel one")
@@ -54,8 +55,8 @@ def test_cancel_jobs_by_variable_and_by_id(ip: RaisingShell, nats_url: str,
     ip.run_line_magic("naq", f"cancel {ip.user_ns['one'].job_id}")
     out = capsys.readouterr().out
     jobs = [ip.user_ns["one"], *ip.user_ns["many"]]
-    assert out.count(f"{jobs[0].job_id}: cancelled") == 2
-    assert f"{jobs[1].job_id}: cancelled" in out and f"{jobs[2].job_id}: cancelled" in out
+    assert out.count(f"{jobs[0].job_id}: cancel requested") == 2
+    assert f"{jobs[1].job_id}: cancel requested" in out and f"{jobs[2].job_id}: cancel requested" in out
     assert {job.status_sync().status for job in jobs} == {"cancelled"}
     ip.user_ns["n"] = 5
     with pytest.raises(UsageError, match="'n' must hold a Job or a list of Jobs"):
@@ -64,14 +65,14 @@ def test_cancel_jobs_by_variable_and_by_id(ip: RaisingShell, nats_url: str,
 
 def test_cli_cancel_prints_each_job_and_exits_by_outcome(ip: RaisingShell, nats_url: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """`naq cancel ID...`: 0 when all were cancelled, 2 when an id is unknown."""
+    """`naq cancel ID...`: 0 when all were cancelled (or requested: no worker runs), 2 when an id is unknown."""
     from naq_ipy.cli import main as cli
 
     job = ip.run_line_magic("naq_enqueue", "add(1)")
     assert cli.main(["cancel", "--url", nats_url, job.job_id]) == 0
     assert cli.main(["cancel", "--url", nats_url, job.job_id, "nosuch"]) == 2
     out = capsys.readouterr().out
-    assert out.count(f"{job.job_id}: cancelled") == 2 and "nosuch: not found" in out
+    assert out.count(f"{job.job_id}: cancel requested") == 2 and "nosuch: not found" in out
 
 
 def test_run_now_fires_once(ip: RaisingShell, nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,7 +72,8 @@ def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cancel(args: argparse.Namespace) -> int:
-    """`naq cancel ID...`: one line per job; exit 0 all cancelled, 1 some had already ended, 2 some unknown."""
+    """`naq cancel ID...`: one line per job; exit 0 all cancelled (or requested), 1 some had already ended,
+    2 some unknown."""
     from naq_ipy.status.cancel import Outcome
     from naq_ipy.status.cancel import cancel as cancel_jobs
 

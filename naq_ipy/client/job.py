@@ -339,7 +339,8 @@ class Job:
         return run_sync(self.logs())
 
     async def cancel(self) -> Any:
-        """Cancel this job (queued: never starts; running: stopped); `cancelled`, `already finished` or `not found`."""
+        """Cancel this job (queued: never starts; running: stopped); `cancelled`, `cancel requested` (no worker
+        recorded it yet), `already finished` or `not found`."""
         from naq_ipy.status.cancel import cancel
 
         return (await cancel(self, url=self.url))[self.job_id]

@@ -5,6 +5,7 @@ record itself, so a job's outcome is one KV write and one read; larger ones go t
 first; a data-sized one keeps its large parts in the payload store (`result_payload` names them by
 digest, see naq_ipy.client.offload). A job with no status record yet is `queued` (it is in the stream)
 or `scheduled` (it is in `naq_scheduled_jobs`). Waiting for a job uses a KV watch on its key, never a sleep loop.
+A cancel is asked for in `naq_cancel_requests` (`CancelRequest`) and recorded here by a worker (`cancel_change`).
 
 Records are read strictly (`naq_ipy.rules.records`). With signing keys, every status is signed
 (`naq_ipy.wire.signing.sign_record`) and a client unpickles a result only after `check_signed`
@@ -35,7 +36,7 @@ from naq_ipy.client.pickling import dumps_value
 from naq_ipy.errors import JobExecutionError, JobNotFoundError, SerializationError, SignatureError
 from naq_ipy.rules.records import LIST_MAX, LONG_TEXT_MAX, TIMESTAMP, decode_checked, integer, number, optional, text
 from naq_ipy.wire.connection import Connection, get_connection, kv_put, nats_errors
-from naq_ipy.wire.names import JOB_STATUS_KV_NAME, RESULTS_KV_NAME, SCHEDULED_JOBS_KV_NAME
+from naq_ipy.wire.names import CANCEL_REQUESTS_KV_NAME, JOB_STATUS_KV_NAME, RESULTS_KV_NAME, SCHEDULED_JOBS_KV_NAME
 from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S, KEY_MAX, QUEUE_NAME_MAX, ConnectionSettings, validate_key
 from naq_ipy.wire.signing import record_refusal, sign_record
 
@@ -165,6 +166,64 @@ async def write_status(conn: Connection, status: JobStatus, ttl_s: float | None 
                         revision=revision)
 
 
+def cancelled_record(record: JobStatus, by: str | None, at: float | None = None) -> JobStatus:
+    """`record` as `cancelled` by `by`, at `at` (UTC seconds; default now)."""
+    return record.evolve(status=CANCELLED, finished_at=time.time() if at is None else at, cancelled_by=by,
+                         error=f"cancelled by {by or '?'}")
+
+
+CANCEL_REQUEST_MAX_BYTES = 4096
+_REQUEST_SPEC = {"by": text(KEY_MAX), "at": TIMESTAMP}
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A cancel asked for one job: KV `naq_cancel_requests`, key = job id, value `{"by": "user@host", "at": UTC s}`.
+
+    Notebooks write requests, never statuses; every worker turns a request into the job's status change
+    (`cancel_change`). It can only cancel, so it carries no signature; it is read strictly.
+    """
+
+    job_id: str
+    by: str
+    at: float
+
+    def to_bytes(self) -> bytes:
+        """The stored JSON form (the job id is the key)."""
+        return json.dumps({"by": self.by, "at": self.at}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, job_id: str, raw: bytes) -> CancelRequest:
+        """Parse a stored request (strictly); SerializationError for anything malformed."""
+        data = decode_checked(raw, _REQUEST_SPEC, "corrupt cancel request", frozenset(_REQUEST_SPEC),
+                              max_bytes=CANCEL_REQUEST_MAX_BYTES)
+        return cls(job_id=job_id, **data)
+
+
+def cancel_change(record: JobStatus | None, request: CancelRequest, at: float | None = None) -> JobStatus | None:
+    """The record `request` makes of the job's `record` (None: it has none yet), or None if it changes nothing
+    (ended, or a cancel already recorded): `running` becomes `stopping`, anything else `cancelled` at `at`."""
+    if record is None:
+        return cancelled_record(JobStatus(job_id=request.job_id, status=QUEUED), request.by, at)
+    if record.ended or record.status in CANCELS:
+        return None
+    if record.status == RUNNING:
+        return record.evolve(status=STOPPING, cancelled_by=request.by)
+    return cancelled_record(record, request.by, at)
+
+
+async def read_cancel_request(conn: Connection, job_id: str) -> CancelRequest | None:
+    """The job's pending cancel request, None if it has none (or an unreadable one, logged)."""
+    found = await _get(conn, CANCEL_REQUESTS_KV_NAME, job_id)
+    if found is None or not found[0]:
+        return None
+    try:
+        return CancelRequest.from_bytes(job_id, found[0])
+    except SerializationError as e:
+        logger.warning("job %s: cancel request ignored: %s", job_id, e)
+        return None
+
+
 @dataclass(frozen=True)
 class PickledValue:
     """A result pickled elsewhere (a process-mode child), stored as it is: the worker never loads it.
@@ -251,9 +310,17 @@ async def read_status_or_stand_in(conn: Connection, job_id: str) -> JobStatus | 
 
 
 async def fetch_status(job_id: str, url: str | ConnectionSettings | None = None) -> JobStatus | None:
-    """The job's status record; `scheduled` if it waits in the schedule store; None if unknown."""
+    """The job's status record; `scheduled` if it waits in the schedule store; None if unknown.
+
+    A cancel request no worker has recorded yet shows as the change a worker will make: `cancelled`
+    (as of the request), or `stopping` for a running job."""
     conn = await get_connection(url)
     status = await read_status(conn, validate_key(job_id, "job id"))
+    if status is not None and (status.ended or status.status in CANCELS):
+        return status
+    request = await read_cancel_request(conn, job_id)
+    if request is not None:
+        return cancel_change(status, request, at=request.at)
     if status is not None:
         return status
     if await _get(conn, SCHEDULED_JOBS_KV_NAME, job_id) is not None:

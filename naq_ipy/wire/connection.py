@@ -40,6 +40,8 @@ _BUCKETS: dict[str, dict[str, Any]] = {
     names.RESULTS_KV_NAME: {"history": 1, "description": "naq job results"},
     names.WORKERS_KV_NAME: {"history": 1, "description": "naq worker heartbeats"},
     names.SCHEDULER_CLOCK_KV_NAME: {"history": 1, "ttl": 3600.0, "description": "naq scheduler clock probes"},
+    # a request outlives no result: it keeps a queued job from running as long as a `cancelled` status would
+    names.CANCEL_REQUESTS_KV_NAME: {"history": 1, "ttl": DEFAULT_RESULT_TTL_S, "description": "naq cancel requests"},
 }
 
 

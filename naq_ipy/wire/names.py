@@ -27,13 +27,13 @@ JOB_STATUS_KV_NAME = f"{NAQ_PREFIX}_job_status"
 RESULTS_KV_NAME = f"{NAQ_PREFIX}_results"
 WORKERS_KV_NAME = f"{NAQ_PREFIX}_workers"
 SCHEDULER_CLOCK_KV_NAME = f"{NAQ_PREFIX}_scheduler_clock"
+CANCEL_REQUESTS_KV_NAME = f"{NAQ_PREFIX}_cancel_requests"  # key = job id; value = `{"by", "at"}` JSON
 PAYLOAD_BUCKET_NAME = f"{NAQ_PREFIX}_payloads"  # Object Store of large arguments and results, see naq_ipy.wire.payloads
 PAYLOAD_STREAM_NAME = f"OBJ_{PAYLOAD_BUCKET_NAME}"
 PAYLOAD_NAME_PREFIX = "sha256-"  # an object is named by its content: `sha256-<hex>`
 KV_DELETE_OPERATIONS = ("DEL", "PURGE")  # a watch entry with one of these operations is a delete marker
 
 # -- headers --------------------------------------------------------------------------------------
-CANCEL_SUBJECT = f"{NAQ_PREFIX}.control.cancel"  # core NATS: a JSON list of job ids whose cancel was recorded
 OUTPUT_STREAM_HEADER = "Naq-Output"  # which stream a batch of output came from: `stdout` or `stderr`
 SIGNATURE_HEADER = "Naq-Signature"  # `<key id>:<hex HMAC-SHA256 of the job bytes>`, see naq_ipy.wire.signing
 MSG_ID_HEADER = "Nats-Msg-Id"

@@ -4,8 +4,9 @@ Each queue is read through the durable pull consumer `naq-worker-<queue>` shared
 workers of that queue; a worker fetches only as many messages as it has free slots. A
 message is acked only after its outcome (result + status, or failure record) is written;
 `msg.in_progress()` keeps every held message from being redelivered while it runs or
-waits for its dependencies. Retries are counted from the server's delivery count. Cancel notices
-(`naq.control.cancel`) stop the jobs it runs that were cancelled (see worker/stopping.py).
+waits for its dependencies. Retries are counted from the server's delivery count. Cancel requests
+(KV `naq_cancel_requests`, one watch per worker: worker/cancel_watch.py) keep jobs from starting, stop
+the ones it runs and are recorded in the jobs' statuses.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ from naq_ipy.wire.settings import (
     validate_key,
     validate_queue_name,
 )
+from naq_ipy.worker.cancel_watch import CancelWatch
 from naq_ipy.worker.delivery import DeliveryState, Stopping
 from naq_ipy.worker.executor import Executor
 from naq_ipy.worker.runner import JobRunner
-from naq_ipy.worker.stopping import listen_for_cancels
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Worker(JobRunner, StopRequests):
         self._progress_s = self.ack_wait_s / 3
         self._signals: list[signal.Signals] = []
         self._feeds: list[PullFeed] = []
+        self._cancel_watch: CancelWatch | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id} queues={self.queues} concurrency={self.concurrency}>"
@@ -116,7 +118,9 @@ class Worker(JobRunner, StopRequests):
             self._conn = await connect(self.settings, name=f"naq-worker {self.worker_id}", retry_s=CONNECT_RETRY_S)
             self._executor = Executor(self.concurrency, self.process_pool)
             await self._conn.ensure_stream()
-            await listen_for_cancels(self._conn, self.cancel_notice)
+            # every stored request is known before the first fetch: a job asked to stop never starts
+            self._cancel_watch = CancelWatch(self._conn, self.worker_id, self.cancel_requests, self.stop_job)
+            await self._cancel_watch.start()
             subs = [await self._bind(queue) for queue in self.queues]
             self._feeds = [feed for feed, _ in subs]
             self._progress_s = min(ack_wait for _, ack_wait in subs) / 3
@@ -153,6 +157,8 @@ class Worker(JobRunner, StopRequests):
             with contextlib.suppress(Exception):
                 await feed.close()
         self._feeds = []
+        if self._cancel_watch is not None:
+            await self._cancel_watch.stop()
         if self._conn is not None and not self._conn.nc.is_closed:
             await self._abandon(dict(self._deliveries))
             if self._conn.nc.is_connected:  # with the server gone, the heartbeat expires on its own
@@ -165,7 +171,7 @@ class Worker(JobRunner, StopRequests):
         if self._executor is not None:
             self._executor.shutdown()
         self._remove_signal_handlers()
-        self._conn = self._executor = self._loop = None
+        self._conn = self._executor = self._loop = self._cancel_watch = None
         self._stop_requested = False
         self._stopped.set()
         logger.info("worker %s stopped (processed %d, failed %d)", self.worker_id, self.processed, self.failed)

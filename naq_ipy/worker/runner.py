@@ -6,7 +6,8 @@ or the failed-jobs store + `failed`; those writes are retried while NATS is away
 fails over), since an unacked job would run again. Unreadable input, and with signing keys any
 job not signed by one of them, is recorded as `rejected` and acked, never unpickled.
 A job waiting for its dependencies holds its message (kept alive by progress acks) but no
-execution slot, and wakes on a KV watch of the dependencies' status keys.
+execution slot, and wakes on a KV watch of the dependencies' status keys. A job with a cancel request
+(`cancel_requests`, filled by worker/cancel_watch.py) never starts; a running one is stopped.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ from naq_ipy.errors import (
 )
 from naq_ipy.rules.retry import retry_delay_s
 from naq_ipy.status import results
-from naq_ipy.status.cancel import cancelled_record
 from naq_ipy.status.payload_sweep import drop_payloads, job_payload_names
 from naq_ipy.status.progress import reporting
-from naq_ipy.status.results import JobStatus, read_status_or_stand_in, write_status
+from naq_ipy.status.results import CancelRequest, JobStatus, cancelled_record, read_status_or_stand_in, write_status
 from naq_ipy.wire.connection import Connection
 from naq_ipy.wire.names import JOB_STATUS_KV_NAME
 from naq_ipy.wire.settings import DEFAULT_RESULT_TTL_S
@@ -79,7 +79,7 @@ class JobRunner:
         self._deliveries: dict[asyncio.Task[None], Delivery] = {}
         self._conn: Connection | None = None
         self._executor: Executor | None = None
-        self._stop_checks: set[asyncio.Future[None]] = set()
+        self.cancel_requests: dict[str, CancelRequest] = {}  # job id → request: the view of worker/cancel_watch.py
         self._new_run_state()
 
     def _new_run_state(self) -> None:
@@ -264,6 +264,10 @@ class JobRunner:
         """Run the job and record its outcome; returns the future of a thread that overran, if any."""
         assert self._executor is not None
         msg, attempt = delivery.msg, delivery.msg.metadata.num_delivered
+        if (request := self.cancel_requests.get(job.job_id)) is not None:  # asked before it started: it never does
+            await self._drop_ended(delivery, self._status(job, results.STOPPING, attempt, cancelled_by=request.by,
+                                                          revision=delivery.revision))
+            return None
         try:  # a data-sized call's buffers: read here as bytes (digest-checked), unpickled by the executor
             buffers = None if self._executor.loads_in_child else await load_call(self.conn, delivery.split[0])
         except SerializationError as e:  # missing or corrupt: unreadable input, like a bad header
@@ -274,6 +278,8 @@ class JobRunner:
         if not await self._write_over(delivery, write_status, running):
             return None
         delivery.state, delivery.stop = DeliveryState.RUNNING, (stop := StopHandle())
+        if job.job_id in self.cancel_requests:  # asked while `running` was written
+            stop.stop()
         running_written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         running_written.set_result(delivery.revision)
         logger.debug("job %s %s started (attempt %d)", job.job_id, job.func_name, attempt)
@@ -398,26 +404,17 @@ class JobRunner:
         record = await read_status_or_stand_in(self.conn, job.job_id)
         if record is None or not (record.ended or record.status == results.STOPPING):
             base = record or self._status(job, results.RUNNING, delivery.msg.metadata.num_delivered)
-            record = base.evolve(status=results.STOPPING)
+            request = self.cancel_requests.get(job.job_id)
+            record = base.evolve(status=results.STOPPING, cancelled_by=request.by if request else base.cancelled_by)
         await self._drop_ended(delivery, record)
 
-    def cancel_notice(self, job_id: str) -> None:
-        """A cancel was recorded for `job_id`: if it runs here, check its record, then stop it."""
+    def stop_job(self, job_id: str) -> None:
+        """A cancel was requested for `job_id`: stop its call if it runs here."""
         for delivery in self._deliveries.values():
             if delivery.job_id == job_id and delivery.stop is not None and not delivery.stop.requested:
-                check = asyncio.ensure_future(self._stop_if_cancelled(delivery, delivery.stop))
-                self._stop_checks.add(check)
-                check.add_done_callback(self._stop_checks.discard)
-
-    async def _stop_if_cancelled(self, delivery: Delivery, stop: StopHandle) -> None:
-        try:
-            record = await read_status_or_stand_in(self.conn, job_id := str(delivery.job_id))
-        except Exception as e:  # the job then ends as `cancelled` when it returns: its outcome write loses
-            logger.warning("job %s: cancel notice not checked: %s", delivery.job_id, e)
-            return
-        if record is not None and record.status in (results.STOPPING, results.CANCELLED):
-            logger.info("job %s: stopping it (cancelled by %s)", job_id, record.cancelled_by or "?")
-            stop.stop()
+                request = self.cancel_requests.get(job_id)
+                logger.info("job %s: stopping it (cancelled by %s)", job_id, request.by if request else "?")
+                delivery.stop.stop()
 
     async def _ack(self, delivery: Delivery) -> None:
         delivery.settled = True

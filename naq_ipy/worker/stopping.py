@@ -1,28 +1,18 @@
-"""Stopping a running job that was cancelled: the cancel notices a worker listens to, and one stop per kind of call.
+"""Stopping a running job that was cancelled: one stop per kind of call.
 
-A cancel is recorded in the job's status record (see `naq_ipy.status.cancel`); the notice on
-`naq.control.cancel` only wakes the worker that runs the job, which re-reads the record before it
-stops anything. How a call stops: a coroutine's task is cancelled; a thread gets `JobCancelled`
-raised in it asynchronously (a pure-Python loop stops at once, a call blocked in C when it
-returns); a process-mode child is killed, and its slot makes a new one for the next job.
+A cancel is asked for in KV `naq_cancel_requests` (see `naq_ipy.status.cancel`); every worker watches
+the requests (worker/cancel_watch.py) and stops the call of a requested job it runs. How a call
+stops: a coroutine's task is cancelled; a thread gets `JobCancelled` raised in it asynchronously (a
+pure-Python loop stops at once, a call blocked in C when it returns); a process-mode child is killed,
+and its slot makes a new one for the next job.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-
-from naq_ipy.wire.connection import Connection
-from naq_ipy.wire.names import CANCEL_SUBJECT
-
-logger = logging.getLogger(__name__)
 
 
 class JobCancelled(BaseException):
@@ -93,25 +83,3 @@ class ThreadCall:
         with self._lock:
             if self._thread_id is not None and not self._sent:
                 self._sent = _set_async_exc(self._thread_id, JobCancelled) == 1
-
-
-def parse_notice(data: bytes) -> list[str]:
-    """The job ids of one cancel notice (a JSON list); [] for anything else."""
-    try:
-        ids = json.loads(data)
-    except ValueError:
-        return []
-    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
-
-
-async def listen_for_cancels(conn: Connection, on_cancel: Callable[[str], None]) -> Subscription:
-    """Subscribe to the cancel notices; `on_cancel(job_id)` for each id in them (on the connection's loop)."""
-
-    async def on_notice(msg: Msg) -> None:
-        for job_id in parse_notice(msg.data):
-            try:
-                on_cancel(job_id)
-            except Exception:
-                logger.exception("job %s: cancel notice not handled", job_id)
-
-    return await conn.nc.subscribe(CANCEL_SUBJECT, cb=on_notice)
