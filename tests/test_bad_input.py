@@ -13,6 +13,7 @@ from nats.js.api import RawStreamMsg
 
 import naq_ipy
 from naq_ipy import ConfigurationError, NaqException, Queue, SerializationError
+from naq_ipy.client.job import read_header
 
 Msgs = Callable[..., Awaitable[list[RawStreamMsg]]]
 Snapshot = Callable[..., Awaitable[dict[str, tuple[bytes, int]]]]
@@ -122,6 +123,13 @@ CASES: dict[str, tuple[Action, type[NaqException], str]] = {
 }
 
 
+def _function_of(data: bytes | None) -> str | None:
+    try:
+        return read_header(data or b"")[0].get("func_name")
+    except SerializationError:
+        return None
+
+
 @pytest.fixture
 async def populated(nats_url: str, stream_msgs: Msgs, kv_snapshot: Snapshot) -> Callable[[], Awaitable[Any]]:
     """One job in the stream and one schedule in the store; returns a function giving the current state."""
@@ -151,7 +159,8 @@ async def test_bad_input_writes_nothing(capped: None, nats_url: str, populated: 
         await action(Queue("bad", nats_url))
     after = await populated()
     assert after == before
-    assert [seq for seq, _, _ in after[0]] == [1], [(seq, msg_id) for seq, msg_id, _ in after[0]]
+    # a stray message names who wrote it: its message id and, for a job, its function
+    assert [seq for seq, _, _ in after[0]] == [1], [(seq, msg_id, _function_of(data)) for seq, msg_id, data in after[0]]
     assert list(after[1]) == ["existing"]
 
 

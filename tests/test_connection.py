@@ -369,3 +369,16 @@ async def test_publish_without_a_stream_and_unanswered_publishes_fail(nats_url: 
     await silent.unsubscribe()
     await conn.ensure_stream()  # the inbox still works after a timeout
     assert (await conn.acks.publish(names.queue_subject("acks"), b"y", None, 5.0)).seq >= 1
+
+
+async def test_a_first_publish_cancelled_while_subscribing_leaves_the_inbox_working(nats_url: str) -> None:
+    conn = await connect(ConnectionSettings.resolve(nats_url))
+    try:
+        await conn.ensure_stream()
+        first = asyncio.create_task(conn.acks.publish(names.queue_subject("acks"), b"first", None, 5.0))
+        await asyncio.sleep(0)  # it is awaiting the inbox's subscription now
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        assert (await conn.acks.publish(names.queue_subject("acks"), b"second", None, 5.0)).seq >= 1
+    finally:
+        await conn.nc.close()

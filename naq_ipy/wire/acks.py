@@ -38,7 +38,8 @@ class AckInbox:
         nats.errors.TimeoutError after `timeout_s`."""
         if self._subscribed is None:
             self._subscribed = asyncio.ensure_future(self._subscribe())
-        await self._subscribed
+        if not self._subscribed.done():  # shielded: a first publish cancelled here must not cancel it for all
+            await asyncio.shield(self._subscribed)
         loop = asyncio.get_running_loop()
         token = str(next(self._tokens))
         future: asyncio.Future[api.PubAck] = loop.create_future()
