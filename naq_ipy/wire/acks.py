@@ -36,7 +36,9 @@ class AckInbox:
     async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout_s: float) -> api.PubAck:
         """Publish and return the stream's ack; APIError (or NoStreamResponseError) as `js.publish` raises them,
         nats.errors.TimeoutError after `timeout_s`."""
-        if self._subscribed is None:
+        failed = self._subscribed is not None and self._subscribed.done() and (
+            self._subscribed.cancelled() or self._subscribed.exception() is not None)
+        if self._subscribed is None or failed:  # a subscribe that failed (a closed connection) is tried again
             self._subscribed = asyncio.ensure_future(self._subscribe())
         if not self._subscribed.done():  # shielded: a first publish cancelled here must not cancel it for all
             await asyncio.shield(self._subscribed)
