@@ -27,6 +27,7 @@ from naq_ipy.wire.server import (
     free_port,
     free_ports,
     is_reachable,
+    server_name_at,
 )
 
 Factory = Callable[..., NatsServer]
@@ -138,6 +139,32 @@ def test_port_in_use_raises_with_log(nats_server: NatsServer, tmp_path: Path) ->
         clash.start(timeout_s=5)
     assert "address already in use" in str(excinfo.value)
     assert not clash.running
+
+
+IMPOSTOR = """#!{python}
+import sys, http.server
+monitor = int(sys.argv[sys.argv.index("-m") + 1])
+class Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", monitor), Healthy).serve_forever()
+"""
+
+
+def test_readiness_is_never_taken_from_another_server_on_its_port(nats_server: NatsServer, tmp_path: Path) -> None:
+    """A process that says it is healthy while its client port is someone else's (two free-port picks that
+    raced) is not ready: the INFO line on the port must carry this server's own name."""
+    impostor = tmp_path / "nats-server"
+    impostor.write_text(IMPOSTOR.format(python=sys.executable))
+    impostor.chmod(0o755)
+    clash = NatsServer(port=nats_server.port, store_dir=tmp_path / "store", binary=str(impostor))
+    with pytest.raises(NaqConnectionError, match="timed out"):
+        clash.start(timeout_s=2)
+    assert not clash.running
+    assert server_name_at(nats_server.url) is not None  # the real server's INFO names it
 
 
 def test_wait_ready_before_start_raises(tmp_path: Path) -> None:

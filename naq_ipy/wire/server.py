@@ -5,8 +5,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import enum
+import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -125,6 +127,23 @@ def probe(url: str, timeout_s: float = 0.5) -> Answer:
     return Answer.OTHER if head else Answer.CLOSED
 
 
+def server_name_at(url: str, timeout_s: float = 0.5) -> str | None:
+    """The `server_name` in the INFO line of the first server of `url` (None: no NATS server answered)."""
+    try:
+        with socket.create_connection(first_address(url), timeout=timeout_s) as sock:
+            line = sock.makefile("rb").readline(64 * 1024)
+    except OSError:
+        return None
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return None
+    name = info.get("server_name") if isinstance(info, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def is_reachable(url: str, timeout_s: float = 0.5) -> bool:
     """Return True if the first server of `url` answers a TCP connect with a NATS `INFO` line."""
     return probe(url, timeout_s) is Answer.NATS
@@ -172,6 +191,9 @@ class NatsServer:
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
+        # the name its INFO line must carry: a port taken by another server (a race between two free-port
+        # picks) answers with another name, so readiness is never taken from someone else's server
+        self._identity = server_name or f"naq-{secrets.token_hex(6)}"
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
@@ -219,8 +241,7 @@ class NatsServer:
         binary = self.binary or find_server_binary()
         cmd = [binary, "-js", "-sd", str(self.store_dir), "-a", self.host]
         cmd += ["-p", str(self.port), "-m", str(self.monitor_port)]
-        if self.server_name:
-            cmd += ["--server_name", self.server_name]
+        cmd += ["--server_name", self._identity]
         if self.cluster_name:
             cmd += ["--cluster_name", self.cluster_name]
         if self.cluster_port is not None:
@@ -272,7 +293,7 @@ class NatsServer:
         deadline = time.monotonic() + timeout_s
         while True:
             code = self.process.poll()
-            if code is None and _http_ok(health_url):
+            if code is None and _http_ok(health_url) and server_name_at(self.url) == self._identity:
                 logger.info("nats-server ready at %s (pid %s)", self.url, self.pid)
                 return
             if code is not None or time.monotonic() >= deadline:
